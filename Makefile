@@ -1,0 +1,30 @@
+# Everything a fresh machine needs: `make test` and `make demo` create .venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A bare `torch` requirement pulls several GB of CUDA wheels; install the CPU
+# build first when torch is absent (pyproject keeps a range that admits it).
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: venv test demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet ".[test]"
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+demo: venv
+	$(BIN)/mergekit-led demo
+
+bench: venv
+	$(BIN)/python benchmarks/bench_merge.py
+	$(BIN)/python benchmarks/bench_locate.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo-output

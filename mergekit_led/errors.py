@@ -1,0 +1,17 @@
+"""Errors raised by mergekit-led. Every message names what is wrong and where."""
+
+
+class LEDError(ValueError):
+    """Base class: a bad input to LED-Merging (config, store, model or data)."""
+
+
+class StoreError(LEDError):
+    """An importance store is missing, malformed, or does not fit the merge."""
+
+
+class FingerprintMismatch(StoreError):
+    """A store's scores were computed on other weights than the ones being merged."""
+
+
+class ConfigError(LEDError):
+    """A merge configuration that LED-Merging cannot run correctly."""
