@@ -79,6 +79,7 @@ def _led_merging_kernel(
         [entry.tensor for entry in entries],
         masks,
         [weight[entry.id] for entry in entries],
+        masks_disjoint=disjoint or len(masks) == 1,
     )
 
 

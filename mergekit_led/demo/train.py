@@ -1,0 +1,143 @@
+"""Deterministic training of the demo's tiny Llama family (pre-training and fine-tuning)."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from mergekit_led.demo.world import Sample, vocabulary
+
+
+@dataclass
+class ModelSize:
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 192
+
+
+def set_determinism(seed: int, threads: Optional[int] = 2) -> None:
+    """Seed everything and make kernels deterministic (same numbers every run)."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_tokenizer():
+    from mergekit_led.testing import build_word_tokenizer
+
+    words = vocabulary()
+    size = 8 * math.ceil((len(words) + 4) / 8)
+    return build_word_tokenizer(words, vocab_size=size)
+
+
+def new_model(tokenizer, size: ModelSize, seed: int):
+    from transformers import LlamaForCausalLM
+
+    from mergekit_led.testing import llama_config
+
+    config = llama_config(
+        hidden=size.hidden,
+        layers=size.layers,
+        vocab=len(tokenizer),
+        intermediate=size.intermediate,
+        heads=size.heads,
+        max_positions=64,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def encode_sample(tokenizer, prompt: str, response: Optional[str]):
+    """Token ids and labels the way the locate step reads a sample (LED_SPEC 1):
+    ``tokenizer(prompt)`` (with BOS), then the answer and EOS, loss on the answer."""
+    prompt_ids = tokenizer(prompt).input_ids
+    if response is None:  # plain text: loss on everything after BOS
+        ids = prompt_ids + [tokenizer.eos_token_id]
+        return ids, [-100] + ids[1:]
+    answer = tokenizer(response, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return prompt_ids + answer, [-100] * len(prompt_ids) + answer
+
+
+def _batches(encoded, batch_size: int, steps: int, generator: torch.Generator, pad_id: int):
+    n = len(encoded)
+    order: List[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(n, generator=generator).tolist()
+        chosen, order = order[:batch_size], order[batch_size:]
+        length = max(len(encoded[i][0]) for i in chosen)
+        ids = torch.full((len(chosen), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(chosen), length), -100, dtype=torch.long)
+        mask = torch.zeros((len(chosen), length), dtype=torch.long)
+        for row, i in enumerate(chosen):
+            seq, lab = encoded[i]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, : len(lab)] = torch.tensor(lab)
+            mask[row, : len(seq)] = 1
+        yield ids, labels, mask
+
+
+def train(
+    model,
+    tokenizer,
+    data: Sequence,
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 64,
+    device: str = "cpu",
+    desc: str = "train",
+    weight_decay: float = 0.0,
+    progress: bool = True,
+):
+    """AdamW with linear warm-up and cosine decay; ``data`` holds plain strings
+    (language modelling) or ``Sample``s (loss on the answer only)."""
+    from tqdm.auto import tqdm
+
+    encoded = [
+        encode_sample(tokenizer, d, None) if isinstance(d, str) else encode_sample(tokenizer, d.prompt, d.response)
+        for d in data
+    ]
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(total=steps, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    loss_value = float("nan")
+    for step, (ids, labels, mask) in enumerate(
+        _batches(encoded, batch_size, steps, generator, tokenizer.pad_token_id)
+    ):
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 20 == 0:
+            loss_value = float(out.loss)
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+        bar.update(1)
+    bar.close()
+    model.eval()
+    return loss_value
+
+
+def save(model, tokenizer, path: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    model.to("cpu").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
