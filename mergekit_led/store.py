@@ -43,6 +43,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "led_importance.json"
 FINGERPRINT_FILE = "fingerprint.safetensors"
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
+# Weights with a vocabulary axis, whose rows mergekit may re-order.
+_VOCABULARY_WEIGHTS = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "embed_out.weight")
 
 
 class DatasetInfo(BaseModel):
@@ -417,17 +419,17 @@ class ImportanceStore(Mapping):
                 "LED-Merging reads scores by output position, so keep each source "
                 "layer at its own position (or merge with `models:`)."
             )
-        elif name.endswith(("embed_tokens.weight", "lm_head.weight", "wte.weight")):
-            hint = (
-                " For an embedding or output layer this is what vocabulary "
-                "alignment (`tokenizer_source`/`tokenizer`) does: it re-orders rows, "
-                "and the scores would no longer line up. Merge without it."
-            )
         else:
             hint = (
                 " Check that `importance`/`base_importance` point at the stores "
                 "computed for this model."
             )
+            if name.endswith(_VOCABULARY_WEIGHTS):
+                hint += (
+                    " For an embedding or output layer, vocabulary alignment "
+                    "(`tokenizer_source`/`tokenizer`) also causes this: it re-orders "
+                    "rows, so the scores no longer line up; merge without it."
+                )
         raise FingerprintMismatch(
             f"Importance store {self.path} was computed on model "
             f"{self.manifest.model} (fingerprint {self.manifest.model_fingerprint}), "
