@@ -301,15 +301,13 @@ class ImportanceStore(Mapping):
         self.manifest = _read_manifest(self.path)
         self._lock = threading.Lock()
         self._samples: Optional[Dict[str, torch.Tensor]] = None
-        for name, file_name in {
-            **self.manifest.files,
-            **self.manifest.threshold_files,
-        }.items():
-            if not os.path.isfile(os.path.join(self.path, file_name)):
-                raise StoreError(
-                    f"Importance store {self.path} is incomplete: {file_name} "
-                    f"(holding {name!r}) is missing."
-                )
+        for files in (self.manifest.files, self.manifest.threshold_files):
+            for name, file_name in files.items():
+                if not os.path.isfile(os.path.join(self.path, file_name)):
+                    raise StoreError(
+                        f"Importance store {self.path} is incomplete: {file_name} "
+                        f"(holding {name!r}) is missing."
+                    )
 
     # Mapping interface -----------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -364,19 +362,15 @@ class ImportanceStore(Mapping):
     ) -> torch.Tensor:
         """``top(S, r)`` of weight ``name``, exactly as ``election.top_mask``."""
         stored = self._require(name, model)
+        scores = self.scores(name, model=model, device=device)
+        # One pass over the scores themselves: a file replaced after writing
+        # must not slip through behind a stale thresholds file.
+        self._check_values(scores, stored, model)
         threshold_file = self.manifest.threshold_files.get(stored)
         if threshold_file is None:
-            scores = self.scores(name, model=model, device=device)
-            self._check_values(scores, stored, model)
             return top_mask(scores, ratio)
-        numel = _numel(self.manifest.shapes[stored])
-        k = elected_count(numel, ratio)
-        largest, smallest = self._read_sorted(threshold_file, stored, [0, numel - 1])
-        self._check_range(largest, smallest, stored, model)
-        threshold = None
-        if k:
-            (threshold,) = self._read_sorted(threshold_file, stored, [k - 1])
-        scores = self.scores(name, model=model, device=device)
+        k = elected_count(scores.numel(), ratio)
+        threshold = self._read_sorted(threshold_file, stored, k - 1) if k else None
         return top_mask_from_threshold(scores, threshold)
 
     def check_weight(self, name: str, weight: torch.Tensor, *, model: str) -> None:
@@ -454,12 +448,12 @@ class ImportanceStore(Mapping):
         ) as handle:
             return handle.get_tensor(name)
 
-    def _read_sorted(self, file_name: str, name: str, positions: List[int]):
+    def _read_sorted(self, file_name: str, name: str, position: int) -> float:
+        """One element of a sorted thresholds tensor: the only bytes read."""
         with self._lock, safe_open(
             os.path.join(self.path, file_name), framework="pt"
         ) as handle:
-            lazy = handle.get_slice(name)
-            return [float(lazy[p : p + 1][0]) for p in positions]
+            return float(handle.get_slice(name)[position : position + 1][0])
 
     def _fingerprint_samples(self) -> Dict[str, torch.Tensor]:
         if self._samples is None:
@@ -485,13 +479,6 @@ class ImportanceStore(Mapping):
                 f"Negative importance scores (min {smallest:g}) for {where}; "
                 "scores must be non-negative."
             )
-
-
-def _numel(shape: List[int]) -> int:
-    numel = 1
-    for dim in shape:
-        numel *= int(dim)
-    return numel
 
 
 def _read_manifest(path: str) -> Manifest:

@@ -271,3 +271,20 @@ def test_full_pipeline_pure_functions_match_reference():
         ref.assert_matches_reference(
             out, base, fts[:count], ref_sets, weights[:count], exact=disjoint or count == 1
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_masked_disjoint_fast_path_same_result(dtype):
+    """If merge_masked offers a shortcut for disjoint masks, it gives the same bits."""
+    import inspect
+
+    if "masks_disjoint" not in inspect.signature(el.merge_masked).parameters:
+        pytest.skip("no masks_disjoint shortcut")
+    base, fts = _family((30, 20), 3, dtype, seed=8)
+    g = torch.Generator().manual_seed(8)
+    masks = ref.disjoint_sets([torch.rand(30, 20, generator=g) < 0.5 for _ in range(3)])
+    for weights in ([1.0, 1.0, 1.0], [0.3, -1.2, 2.5]):
+        slow = el.merge_masked(base, fts, masks, weights)
+        fast = el.merge_masked(base, fts, masks, weights, masks_disjoint=True)
+        assert torch.equal(slow, fast)
+        ref.assert_matches_reference(fast, base, fts, masks, weights, exact=True)
