@@ -46,7 +46,14 @@ def merge_config(
         parent, f".{os.path.basename(out_path)}.partial-{uuid.uuid4().hex[:8]}"
     )
     try:
-        run_merge(config, staging, options=options, config_source=config_source)
+        # run_merge normalises the config in place (models -> modules -> slices);
+        # the card section reads the config as the user wrote it.
+        run_merge(
+            config.model_copy(deep=True),
+            staging,
+            options=options,
+            config_source=config_source,
+        )
         if config.merge_method == METHOD_NAME and options.write_model_card:
             _add_card_section(config, staging)
         _move_into(staging, out_path)

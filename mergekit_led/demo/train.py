@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from mergekit_led.demo.world import Sample, vocabulary
+from mergekit_led.demo.world import vocabulary
 
 
 @dataclass
@@ -98,6 +98,7 @@ def train(
     device: str = "cpu",
     desc: str = "train",
     weight_decay: float = 0.0,
+    optimizer: str = "adamw",
     progress: bool = True,
 ):
     """AdamW with linear warm-up and cosine decay; ``data`` holds plain strings
@@ -109,7 +110,13 @@ def train(
         for d in data
     ]
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    if optimizer == "sgd":
+        # Updates proportional to the accumulated gradients, so the task vector
+        # is concentrated on the weights the task's loss is sensitive to (as in
+        # LLM fine-tunes), rather than Adam's uniform per-element step sizes.
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -128,7 +135,7 @@ def train(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 20 == 0:
-            loss_value = float(out.loss)
+            loss_value = float(out.loss.detach())
             bar.set_postfix(loss=f"{loss_value:.3f}")
         bar.update(1)
     bar.close()
