@@ -30,8 +30,8 @@ def register() -> None:
 
 
 def locate(*args, **kwargs):
-    """Compute and write an importance store; see ``mergekit_led.locate.locate``."""
-    from mergekit_led.locate import locate as _locate
+    """Compute and write an importance store; see ``mergekit_led.location.locate``."""
+    from mergekit_led.location import locate as _locate
 
     return _locate(*args, **kwargs)
 

@@ -15,3 +15,7 @@ class FingerprintMismatch(StoreError):
 
 class ConfigError(LEDError):
     """A merge configuration that LED-Merging cannot run correctly."""
+
+
+class LocateError(LEDError):
+    """Bad input to ``mergekit-led locate``: model, data, options or a sample."""

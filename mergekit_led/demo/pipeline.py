@@ -1,6 +1,6 @@
 """The demo end to end: world -> model family -> locate -> merge -> evaluate -> report.
 
-Every step goes through the package's public paths: ``mergekit_led.locate.locate``
+Every step goes through the package's public paths: ``mergekit_led.locate``
 for the scores, mergekit's YAML configs run by ``mergekit_led.merge.merge_config``
 (what ``mergekit-led merge`` / ``mergekit-yaml`` run) for every merge.
 """
@@ -128,7 +128,7 @@ def locate_all(family: Dict[str, str], location_files: Dict[str, str], settings:
 
     Returns ``{task: {"model": store, "base": store}}`` (stores at ``scores/<task>/<model>``).
     """
-    from mergekit_led.locate import locate
+    from mergekit_led.location import locate
 
     stores: Dict[str, Dict[str, str]] = {}
     for task in TASKS:

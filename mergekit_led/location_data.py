@@ -1,0 +1,443 @@
+"""Location data: load a task's (prompt, answer) pairs and tokenise them for scoring.
+
+``LED_SPEC.md`` section 1 fixes the tokenisation: without a chat template the
+prompt is ``tokenizer(prompt).input_ids`` (with the tokenizer's own special
+tokens), the answer is ``tokenizer(answer, add_special_tokens=False).input_ids``
+followed by eos; with a chat template the prompt is the templated conversation
+with the generation prompt and the answer is the assistant text followed by the
+template's end-of-turn token. The loss covers the answer tokens only. An
+over-long sample loses prompt tokens from the left; the answer is kept whole.
+
+Loading (``load_rows``) is I/O; ``tokenize_example`` and ``select_samples`` are
+pure functions of rows and a tokenizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from mergekit_led.errors import LocateError
+
+LOG = logging.getLogger(__name__)
+
+FILE_BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+
+# Why a sample was left out (counted in the store's manifest).
+SKIP_ANSWER_TOO_LONG = "answer_longer_than_max_length"
+SKIP_NO_CONTEXT = "no_prompt_token_to_predict_the_answer_from"
+SKIP_NONFINITE = "nonfinite_loss_or_gradient"
+
+# A conversation whose rendering reveals what the template writes after an
+# assistant turn (its end-of-turn marker).
+_PROBE_USER = "led probe question"
+_PROBE_ANSWER = "led probe answer"
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclass
+class LocationRows:
+    """The raw rows of a location dataset and where they came from."""
+
+    rows: Any  # a datasets.Dataset or a list of dicts: indexable, len(), rows are dicts
+    name: str  # the path or hub name as given, or a description of in-memory data
+    columns: List[str]
+
+
+def load_rows(data: Any, *, split: Optional[str] = None) -> LocationRows:
+    """Rows of a JSONL/JSON/CSV/Parquet file, a ``save_to_disk`` folder, a hub
+    dataset, a ``datasets.Dataset`` or a list of dicts."""
+    import datasets
+
+    if isinstance(data, datasets.DatasetDict):
+        return _from_dataset(_pick_split(data, split, "the given DatasetDict"), "<in-memory DatasetDict>")
+    if isinstance(data, datasets.Dataset):
+        return _from_dataset(data, "<in-memory datasets.Dataset>")
+    if isinstance(data, (list, tuple)):
+        rows = list(data)
+        bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise LocateError(
+                f"In-memory location data must be a list of dicts; sample {bad} is a "
+                f"{type(rows[bad]).__name__}."
+            )
+        columns = sorted({key for row in rows for key in row})
+        return _checked_not_empty(LocationRows(rows, "<in-memory list>", columns))
+    if not isinstance(data, (str, os.PathLike)):
+        raise LocateError(
+            f"Location data must be a path, a hub dataset name, a datasets.Dataset or "
+            f"a list of dicts, not {type(data).__name__}."
+        )
+    name = os.fspath(data)
+    if os.path.isdir(name):
+        return _from_dataset(_load_from_disk(name, split), name)
+    if os.path.isfile(name):
+        return _from_dataset(_load_file(name), name)
+    if _looks_like_a_path(name):
+        raise LocateError(f"Location data file {name} does not exist.")
+    return _from_dataset(_load_hub(name, split), name)
+
+
+def _looks_like_a_path(name: str) -> bool:
+    extension = os.path.splitext(name)[1].lower()
+    # Hub names are "name" or "owner/name"; anything else path-like is a path.
+    return (
+        extension in FILE_BUILDERS
+        or name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+def _load_file(path: str):
+    import datasets
+
+    extension = os.path.splitext(path)[1].lower()
+    builder = FILE_BUILDERS.get(extension)
+    if builder is None:
+        raise LocateError(
+            f"Location data file {path} has an unknown extension {extension!r}; "
+            f"use one of {', '.join(sorted(FILE_BUILDERS))}, or a datasets save_to_disk folder."
+        )
+    if os.path.getsize(path) == 0:
+        raise LocateError(f"Location data file {path} is empty (no samples).")
+    try:
+        return datasets.load_dataset(builder, data_files=path, split="train")
+    except Exception as error:  # the datasets library raises many types here
+        raise LocateError(f"Cannot read location data file {path}: {error}") from error
+
+
+def _load_from_disk(path: str, split: Optional[str]):
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as error:
+        raise LocateError(
+            f"Cannot read location data folder {path} (expected a datasets "
+            f"save_to_disk folder): {error}"
+        ) from error
+    if isinstance(loaded, datasets.DatasetDict):
+        return _pick_split(loaded, split, f"location data folder {path}")
+    return loaded
+
+
+def _load_hub(name: str, split: Optional[str]):
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split or "train")
+    except Exception as error:
+        raise LocateError(
+            f"Cannot load location dataset {name!r} (split {split or 'train'!r}) from the "
+            f"Hugging Face Hub, and no file or folder of that name exists: {error}"
+        ) from error
+
+
+def _pick_split(dataset_dict, split: Optional[str], where: str):
+    wanted = split or "train"
+    if wanted not in dataset_dict:
+        raise LocateError(
+            f"The {where} has no split {wanted!r}; its splits are "
+            f"{', '.join(sorted(dataset_dict))}. Pass --split."
+        )
+    return dataset_dict[wanted]
+
+
+def _from_dataset(dataset, name: str) -> LocationRows:
+    return _checked_not_empty(LocationRows(dataset, name, list(dataset.column_names)))
+
+
+def _checked_not_empty(rows: LocationRows) -> LocationRows:
+    if len(rows.rows) == 0:
+        raise LocateError(f"Location data {rows.name} is empty (no samples).")
+    return rows
+
+
+# --------------------------------------------------------------------------- fields
+
+
+@dataclass(frozen=True)
+class Fields:
+    """Which columns hold the pairs: ``prompt``/``response`` or chat ``messages``."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    messages: str = "messages"
+
+
+def data_format(columns: Sequence[str], fields: Fields, name: str) -> str:
+    """``"pair"`` when the prompt field exists, ``"messages"`` when only the
+    messages field does; an error naming the fields and columns otherwise."""
+    available = ", ".join(repr(c) for c in columns) or "none"
+    if fields.prompt in columns:
+        if fields.response not in columns:
+            raise LocateError(
+                f"Location data {name} has the prompt field {fields.prompt!r} but no "
+                f"response field {fields.response!r} (columns: {available}); "
+                "set --response-field."
+            )
+        return "pair"
+    if fields.messages in columns:
+        return "messages"
+    raise LocateError(
+        f"Location data {name} has no field {fields.prompt!r} (nor a chat field "
+        f"{fields.messages!r}); columns: {available}. Set --prompt-field and "
+        "--response-field, or --messages-field."
+    )
+
+
+def conversation(row: Dict[str, Any], fmt: str, fields: Fields, index: int, name: str):
+    """``(prompt_messages, answer_text)`` of one row.
+
+    For ``messages`` rows the last assistant turn is the answer and the turns
+    before it the prompt (turns after it are not part of the pair).
+    """
+    where = f"sample {index} of location data {name}"
+    if fmt == "pair":
+        prompt, answer = row.get(fields.prompt), row.get(fields.response)
+        for field_name, value in ((fields.prompt, prompt), (fields.response, answer)):
+            if not isinstance(value, str):
+                raise LocateError(
+                    f"Field {field_name!r} of {where} must be a string, got "
+                    f"{type(value).__name__}."
+                )
+        return [{"role": "user", "content": prompt}], answer
+    messages = row.get(fields.messages)
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise LocateError(
+            f"Field {fields.messages!r} of {where} must be a non-empty list of "
+            f"{{role, content}} turns, got {type(messages).__name__}."
+        )
+    for turn_number, turn in enumerate(messages):
+        if (
+            not isinstance(turn, dict)
+            or not isinstance(turn.get("role"), str)
+            or not isinstance(turn.get("content"), str)
+        ):
+            raise LocateError(
+                f"Turn {turn_number} of field {fields.messages!r} of {where} must be "
+                f"a dict with string 'role' and 'content', got {turn!r}."
+            )
+    answer_turn = next(
+        (i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"),
+        None,
+    )
+    if answer_turn is None:
+        raise LocateError(
+            f"Field {fields.messages!r} of {where} has no assistant turn to use as the answer."
+        )
+    prompt_turns = [{"role": t["role"], "content": t["content"]} for t in messages[:answer_turn]]
+    return prompt_turns, messages[answer_turn]["content"]
+
+
+def content_digest_update(digest, prompt_messages, answer: str) -> None:
+    """Feed one sample's text into the dataset fingerprint (order matters)."""
+    payload = json.dumps(
+        {"prompt": prompt_messages, "answer": answer}, sort_keys=True, ensure_ascii=False
+    )
+    digest.update(payload.encode("utf-8"))
+    digest.update(b"\x00")
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class Tokenization:
+    """How prompts and answers become token ids (recorded in the manifest)."""
+
+    use_chat_template: bool
+    eos_token_id: Optional[int]
+    end_of_turn_id: Optional[int]  # chat template path: what closes the answer
+    max_length: Optional[int]
+
+    def describe(self, tokenizer) -> Dict[str, Any]:
+        def token(token_id):
+            return None if token_id is None else tokenizer.convert_ids_to_tokens(token_id)
+
+        return {
+            "chat_template": self.use_chat_template,
+            "eos_token": token(self.eos_token_id),
+            "end_of_turn_token": token(self.end_of_turn_id) if self.use_chat_template else None,
+            "max_length": self.max_length,
+        }
+
+
+def make_tokenization(tokenizer, chat_template: str, max_length: Optional[int]) -> Tokenization:
+    """Resolve ``--chat-template auto|none`` against the tokenizer."""
+    if chat_template not in ("auto", "none"):
+        raise LocateError(f"--chat-template must be 'auto' or 'none', not {chat_template!r}.")
+    if max_length is not None and max_length < 2:
+        raise LocateError(f"--max-length must be at least 2 tokens, not {max_length}.")
+    use_template = chat_template == "auto" and bool(getattr(tokenizer, "chat_template", None))
+    eos = tokenizer.eos_token_id
+    end_of_turn = template_end_of_turn_id(tokenizer) if use_template else None
+    if use_template and end_of_turn is None:
+        end_of_turn = eos
+    return Tokenization(use_template, eos, end_of_turn, max_length)
+
+
+def template_end_of_turn_id(tokenizer) -> Optional[int]:
+    """The first token the chat template writes after an assistant's text.
+
+    Rendered on a probe conversation: whatever follows the answer text (e.g.
+    ``<|eot_id|>``, ``<|im_end|>\\n``, ``</s>``) is the end-of-turn marker;
+    its first token is what the model emits to end its turn. ``None`` when the
+    template writes nothing after the answer.
+    """
+    rendered = tokenizer.apply_chat_template(
+        [
+            {"role": "user", "content": _PROBE_USER},
+            {"role": "assistant", "content": _PROBE_ANSWER},
+        ],
+        tokenize=False,
+    )
+    position = rendered.rfind(_PROBE_ANSWER)
+    if position < 0:
+        return None
+    tail = rendered[position + len(_PROBE_ANSWER) :].strip()
+    if not tail:
+        return None
+    ids = tokenizer(tail, add_special_tokens=False).input_ids
+    return ids[0] if ids else None
+
+
+@dataclass(frozen=True)
+class TokenizedSample:
+    index: int  # row number in the dataset
+    input_ids: Tuple[int, ...]
+    answer_length: int  # the last answer_length tokens are the loss targets
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.input_ids) - self.answer_length
+
+
+def tokenize_example(
+    tokenizer, prompt_messages, answer: str, tokenization: Tokenization, index: int
+) -> Union[TokenizedSample, str]:
+    """The sample's ids, or the reason (``SKIP_*``) it cannot be scored."""
+    if tokenization.use_chat_template:
+        prompt_text = tokenizer.apply_chat_template(
+            list(prompt_messages), tokenize=False, add_generation_prompt=True
+        )
+        prompt_ids = list(tokenizer(prompt_text, add_special_tokens=False).input_ids)
+        closing = tokenization.end_of_turn_id
+    else:
+        prompt_text = "\n".join(turn["content"] for turn in prompt_messages)
+        prompt_ids = list(tokenizer(prompt_text).input_ids)
+        closing = tokenization.eos_token_id
+    answer_ids = list(tokenizer(answer, add_special_tokens=False).input_ids)
+    if closing is not None:
+        answer_ids.append(closing)
+    if not answer_ids:
+        raise LocateError(
+            f"Sample {index} has an empty answer and the tokenizer has no eos token; "
+            "there is nothing to score."
+        )
+    limit = tokenization.max_length
+    if limit is not None and len(prompt_ids) + len(answer_ids) > limit:
+        if len(answer_ids) > limit - 1:  # at least one prompt token must precede it
+            return SKIP_ANSWER_TOO_LONG
+        prompt_ids = prompt_ids[len(prompt_ids) + len(answer_ids) - limit :]
+    if not prompt_ids:  # the first answer token would have nothing to be predicted from
+        return SKIP_NO_CONTEXT
+    return TokenizedSample(index, tuple(prompt_ids + answer_ids), len(answer_ids))
+
+
+# --------------------------------------------------------------------------- select
+
+
+@dataclass
+class SelectedSamples:
+    """The samples a run scores, in order, and what was left out."""
+
+    samples: List[TokenizedSample]
+    fingerprint: str  # sha256 over the text of the samples used, in order
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+    skipped_indices: Dict[str, List[int]] = field(default_factory=dict)
+    data_format: str = "pair"
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(s.answer_length for s in self.samples)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(len(s.input_ids) for s in self.samples)
+
+
+def selection_order(count: int, max_samples: Optional[int], seed: int) -> List[int]:
+    """Dataset order, or a ``seed``-shuffled order when a subset is taken."""
+    order = list(range(count))
+    if max_samples is not None:
+        random.Random(seed).shuffle(order)
+    return order
+
+
+def select_samples(
+    rows: LocationRows,
+    tokenizer,
+    tokenization: Tokenization,
+    fields: Fields,
+    *,
+    max_samples: Optional[int] = None,
+    seed: int = 0,
+) -> SelectedSamples:
+    """Tokenise rows in selection order until ``max_samples`` usable ones are found."""
+    if max_samples is not None and max_samples < 1:
+        raise LocateError(f"--max-samples must be at least 1, not {max_samples}.")
+    fmt = data_format(rows.columns, fields, rows.name)
+    digest = hashlib.sha256()
+    chosen: List[TokenizedSample] = []
+    texts: List[Tuple[Any, str]] = []
+    skipped: Counter = Counter()
+    skipped_indices: Dict[str, List[int]] = {}
+    for index in selection_order(len(rows.rows), max_samples, seed):
+        if max_samples is not None and len(chosen) >= max_samples:
+            break
+        prompt_messages, answer = conversation(rows.rows[index], fmt, fields, index, rows.name)
+        result = tokenize_example(tokenizer, prompt_messages, answer, tokenization, index)
+        if isinstance(result, str):
+            skipped[result] += 1
+            skipped_indices.setdefault(result, []).append(index)
+            continue
+        chosen.append(result)
+        texts.append((prompt_messages, answer))
+    if not chosen:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.items())
+        raise LocateError(
+            f"No sample of location data {rows.name} can be scored: all "
+            f"{sum(skipped.values())} were skipped ({reasons}). Raise --max-length "
+            f"(now {tokenization.max_length}) or shorten the answers."
+        )
+    for prompt_messages, answer in texts:
+        content_digest_update(digest, prompt_messages, answer)
+    return SelectedSamples(
+        chosen, "sha256:" + digest.hexdigest(), skipped, skipped_indices, fmt
+    )
+
+
+def fingerprint_of(
+    rows: LocationRows, fields: Fields, fmt: str, indices: Iterable[int]
+) -> str:
+    """The dataset fingerprint over the given row indices, in order."""
+    digest = hashlib.sha256()
+    for index in indices:
+        prompt_messages, answer = conversation(rows.rows[index], fmt, fields, index, rows.name)
+        content_digest_update(digest, prompt_messages, answer)
+    return "sha256:" + digest.hexdigest()
