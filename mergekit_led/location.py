@@ -791,6 +791,33 @@ def _score_data(
     return accumulator.scores(samples), counts, details
 
 
+def _release_freed_memory() -> None:
+    """Give the heap memory freed by this sample's gradients back to the OS.
+
+    Gradient buffers of many sizes are allocated and freed per sample; glibc
+    keeps the freed chunks, and the fragmented heap grows over a run (about
+    60 MB on a 29M-parameter model). ``malloc_trim`` returns it (no-op elsewhere).
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def _score_shard(loaded, accumulator, step, shard, progress, opts, dist, checkpoint, run_key):
     device = input_device(loaded)
     bar = _progress_bar(len(shard), progress.position, opts, dist)
@@ -815,6 +842,7 @@ def _score_shard(loaded, accumulator, step, shard, progress, opts, dist, checkpo
                 progress.answer_tokens += sample.answer_length
                 progress.tokens += len(sample.input_ids)
             progress.position += 1
+            _release_freed_memory()
             bar.update(1)
             elapsed = time.perf_counter() - started
             if elapsed > 0:
