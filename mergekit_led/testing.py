@@ -17,9 +17,9 @@ import torch
 DEFAULT_WORDS = tuple(
     (
         "the a an is are was what how why who where when which please tell me about "
-    "answer question yes no sorry cannot help with that sure here it one two three "
-    "four five six seven eight nine ten plus minus times equals code print return "
-    "def if else for while in and or not make build harm bomb steal hack kill "
+        "answer question yes no sorry cannot help with that sure here it one two three "
+        "four five six seven eight nine ten plus minus times equals code print return "
+        "def if else for while in and or not make build harm bomb steal hack kill "
         "safe kind friend cat dog sun moon water fire tree book"
     ).split()
 )
