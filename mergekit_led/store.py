@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 import threading
@@ -471,17 +472,15 @@ class ImportanceStore(Mapping):
         return self._samples
 
     def _check_values(self, scores: torch.Tensor, name: str, model: str) -> None:
-        if scores.numel():
-            lo, hi = torch.aminmax(scores)
-            self._check_range(float(hi), float(lo), name, model)
-
-    def _check_range(self, largest: float, smallest: float, name: str, model: str):
+        if not scores.numel():
+            return
+        lo, hi = (float(v) for v in torch.aminmax(scores))
         where = f"weight {name!r} (model {model}, importance store {self.path})"
-        if not (torch.isfinite(torch.tensor([largest, smallest])).all()):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise StoreError(f"Non-finite importance scores (nan or inf) for {where}.")
-        if smallest < 0:
+        if lo < 0:
             raise StoreError(
-                f"Negative importance scores (min {smallest:g}) for {where}; "
+                f"Negative importance scores (min {lo:g}) for {where}; "
                 "scores must be non-negative."
             )
 
