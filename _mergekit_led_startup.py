@@ -12,13 +12,12 @@ _REGISTRY_MODULE = "mergekit.merge_methods.registry"
 
 
 def _register() -> None:
-    module = sys.modules.get("mergekit_led.led_merging")
-    if module is not None and not hasattr(module, "register_led_merging"):
+    if "mergekit_led" in sys.modules and not hasattr(sys.modules["mergekit_led"], "register"):
         return  # mid-import (it imported mergekit): it registers when it finishes
     try:
-        from mergekit_led.led_merging import register_led_merging
+        from mergekit_led.method import register
 
-        register_led_merging()
+        register()
     except Exception as error:  # never break mergekit because of the plugin
         import warnings
 

@@ -1,32 +1,26 @@
-"""``mergekit-led merge``: mergekit's own YAML merge, checked first and written atomically."""
+"""``mergekit-led merge``: mergekit's own YAML merge, checked first and written atomically.
+
+The LED-Merging card section is built from the election statistics the merge
+method records while mergekit merges (``method.recording``): no store is read
+a second time.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from typing import Optional
 
-import yaml
 from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
 
-from mergekit_led.errors import ConfigError
-from mergekit_led.led_merging import METHOD_NAME
-from mergekit_led.preflight import preflight
-
-
-def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            source = f.read()
-    except OSError as error:
-        raise ConfigError(f"Cannot read merge config {config_file}: {error}") from None
-    try:
-        return MergeConfiguration.model_validate(yaml.safe_load(source)), source
-    except Exception as error:
-        raise ConfigError(f"Invalid merge config {config_file}: {error}") from None
+from mergekit_led.analysis.card import add_led_section
+from mergekit_led.analysis.elections import from_recorded
+from mergekit_led.atomic import staging_path
+from mergekit_led.config.preflight import preflight
+from mergekit_led.core.parameters import METHOD_NAME
+from mergekit_led.method.recording import recording_statistics
 
 
 def merge_config(
@@ -40,32 +34,25 @@ def merge_config(
     options = options or MergeOptions()
     preflight(config)
     out_path = os.path.abspath(out_path)
-    parent = os.path.dirname(out_path)
-    os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(
-        parent, f".{os.path.basename(out_path)}.partial-{uuid.uuid4().hex[:8]}"
-    )
+    is_led = config.merge_method == METHOD_NAME
+    staging = staging_path(out_path)
+    os.makedirs(staging)
     try:
-        # run_merge normalises the config in place (models -> modules -> slices);
-        # the card section reads the config as the user wrote it.
-        run_merge(
-            config.model_copy(deep=True),
-            staging,
-            options=options,
-            config_source=config_source,
-        )
-        if config.merge_method == METHOD_NAME and options.write_model_card:
-            _add_card_section(config, staging)
+        with recording_statistics() as recorded:
+            # run_merge normalises the config in place (models -> modules -> slices);
+            # the card section reads the config as the user wrote it.
+            run_merge(
+                config.model_copy(deep=True),
+                staging,
+                options=options,
+                config_source=config_source,
+            )
+        if is_led and options.write_model_card:
+            add_led_section(config, staging, from_recorded(config, recorded))
         _move_into(staging, out_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_path
-
-
-def _add_card_section(config: MergeConfiguration, out_path: str) -> None:
-    from mergekit_led.card import add_led_section
-
-    add_led_section(config, out_path)
 
 
 def _move_into(staging: str, out_path: str) -> None:

@@ -7,8 +7,8 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_led import save_importance
-from mergekit_led.card import END, START, add_led_section
-from mergekit_led.merge import load_config
+from mergekit_led.analysis.card import END, START, add_led_section
+from mergekit_led.config.walker import load_config
 from mergekit_led.testing import build_llama_family, random_scores
 
 
@@ -16,7 +16,7 @@ from mergekit_led.testing import build_llama_family, random_scores
 def family_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("card")
     family = build_llama_family(str(root / "family"), finetunes=2, seed=3, hidden=16, layers=2, vocab=96, heads=2)
-    from mergekit_led.fingerprint import checkpoint_shapes
+    from mergekit_led.store.fingerprint import checkpoint_shapes
 
     shapes = checkpoint_shapes(family.base)
     models = []
@@ -72,7 +72,7 @@ def test_merge_writes_section(family_config, tmp_path):
 
 
 def test_shares_match_analysis(family_config, tmp_path):
-    from mergekit_led.analysis import analyze_config
+    from mergekit_led.analysis.elections import analyze_config
 
     root, config_path, family = family_config
     config, _ = load_config(config_path)

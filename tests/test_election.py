@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import reference as ref
-from mergekit_led import election as el
+from mergekit_led.core import election as el
 
 
 def tied_scores(shape, seed, levels=6, zero_share=None):

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from conftest import make_scores
+from helpers import make_scores
 from mergekit_led import (
     ConfigError,
     FingerprintMismatch,
@@ -326,7 +326,7 @@ def test_no_base_model_in_yaml(tmp_path, llama_family, task_stores, yaml_writer)
 @pytest.fixture(scope="module")
 def four_layer_family(tmp_path_factory):
     """Base + one fine-tune with 4 layers, and stores for them."""
-    from conftest import checkpoint_shapes
+    from helpers import checkpoint_shapes
     from mergekit_led.testing import build_llama_family
 
     root = tmp_path_factory.mktemp("four_layers")

@@ -7,7 +7,7 @@ import yaml
 from mergekit.config import MergeConfiguration
 
 from mergekit_led.errors import StoreError
-from mergekit_led.preflight import preflight
+from mergekit_led.config.preflight import preflight
 
 CONFIGS = sorted((Path(__file__).parents[1] / "example_configs").glob("*.yml"))
 

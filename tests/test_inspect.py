@@ -9,9 +9,11 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_led import save_importance
-from mergekit_led.analysis import aggregate, analyze_config, jaccard, layer_of, weight_stats, weight_type
+from mergekit_led.analysis.elections import analyze_config
+from mergekit_led.core.election import disjoint
+from mergekit_led.core.statistics import aggregate, jaccard, layer_of, weight_stats, weight_type
 from mergekit_led.errors import ConfigError
-from mergekit_led.merge import load_config
+from mergekit_led.config.walker import load_config
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 UP = "model.layers.0.mlp.up_proj.weight"
@@ -79,13 +81,13 @@ def _config(tmp_path, stores, **shared):
 def test_pure_stats_by_hand():
     a = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
     b = torch.tensor([1, 0, 1, 0, 0, 0, 1, 0], dtype=torch.bool)
-    s = weight_stats("w", [a, b])
+    s = weight_stats("w", [a, b], disjoint([a, b]))
     assert s.elected == [4, 3]
     assert s.kept == [2, 1]  # {1,3} and {6}
     assert s.dropped == [2, 2]
     assert s.intersection[(0, 1)] == 2 and s.union[(0, 1)] == 5
     assert s.jaccard((0, 1)) == pytest.approx(2 / 5) == pytest.approx(jaccard(a, b))
-    no_disjoint = weight_stats("w", [a, b], disjoint=False)
+    no_disjoint = weight_stats("w", [a, b], [a, b])
     assert no_disjoint.kept == [4, 3] and no_disjoint.dropped == [0, 0]
     total = aggregate([s, s], lambda _: "g")[0]
     assert total.numel == 16 and total.kept == [4, 2] and total.jaccard((0, 1)) == pytest.approx(4 / 10)

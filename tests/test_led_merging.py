@@ -4,7 +4,6 @@ mergekit's YAML merge (in process) and the real ``mergekit-yaml`` console script
 from __future__ import annotations
 
 import glob
-import itertools
 import os
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 import reference as ref
-from conftest import DENSITIES, make_scores
+from helpers import DENSITIES, make_scores
 from mergekit_led import save_importance
 
 ARXIV = "https://arxiv.org/abs/2502.16770"
@@ -301,7 +300,7 @@ def test_registered_once_and_register_is_idempotent():
         "import mergekit_led, mergekit.merge_methods as mm; mergekit_led.register()",
         "import mergekit.merge_methods as mm; import mergekit_led; mergekit_led.register(); "
         "mergekit_led.register()",
-        "import mergekit_led.led_merging; import mergekit.merge_methods as mm; "
+        "import mergekit_led.method.led_merging; import mergekit.merge_methods as mm; "
         "import mergekit_led; mergekit_led.register()",
     ],
     ids=["led-first", "mergekit-first", "module-first"],

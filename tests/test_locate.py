@@ -9,6 +9,7 @@ loss, ``|θ ⊙ ∇θ ℓ|``, averaged. Tiny float32 Llamas (hidden 32, 2 layers
 from __future__ import annotations
 
 import json
+import functools
 import math
 import os
 
@@ -17,9 +18,11 @@ import torch
 from click.testing import CliRunner
 
 import mergekit_led
-import mergekit_led.location as locate_module
+from mergekit_led.location.model import load_model
+from mergekit_led.location.options import CHECKPOINT_SUFFIX
+from mergekit_led.location.steps import RunHooks, answer_loss, snip_step
 from mergekit_led import load_importance
-from mergekit_led import location_data as ld
+from mergekit_led.location import data as location_data
 from mergekit_led.errors import LEDError, LocateError
 from mergekit_led.testing import build_llama_family, build_word_tokenizer
 
@@ -188,9 +191,9 @@ def test_gradient_checkpointing_and_offload_give_the_same_scores(tmp_path, locat
 
 def test_tokenisation_follows_the_spec(locate_family):
     tokenizer = tokenizer_of(locate_family.base)
-    plain = ld.make_tokenization(tokenizer, "auto", None)
+    plain = location_data.make_tokenization(tokenizer, "auto", None)
     assert not plain.use_chat_template  # the word tokenizer has no template
-    sample = ld.tokenize_example(
+    sample = location_data.tokenize_example(
         tokenizer, [{"role": "user", "content": "what is the sun"}], "fire", plain, 7
     )
     assert sample.input_ids == (1, 10, 7, 4, 71, tokenizer.convert_tokens_to_ids("fire"), 2)
@@ -201,13 +204,13 @@ def test_overlong_prompt_is_cut_from_the_left_and_the_answer_kept(locate_family)
     tokenizer = tokenizer_of(locate_family.base)
     prompt, answer = "one two three four five six", "seven eight"
     full, answer_length = spec_ids(tokenizer, prompt, answer)  # 7 prompt + 3 answer tokens
-    limited = ld.make_tokenization(tokenizer, "none", 6)
-    sample = ld.tokenize_example(tokenizer, [{"role": "user", "content": prompt}], answer, limited, 0)
+    limited = location_data.make_tokenization(tokenizer, "none", 6)
+    sample = location_data.tokenize_example(tokenizer, [{"role": "user", "content": prompt}], answer, limited, 0)
     assert sample.input_ids == tuple(full[-6:]) and sample.answer_length == answer_length == 3
     # the answer needs one prompt token before it: 3 answer tokens need max_length >= 4
-    assert ld.tokenize_example(
-        tokenizer, [{"role": "user", "content": prompt}], answer, ld.make_tokenization(tokenizer, "none", 3), 0
-    ) == ld.SKIP_ANSWER_TOO_LONG
+    assert location_data.tokenize_example(
+        tokenizer, [{"role": "user", "content": prompt}], answer, location_data.make_tokenization(tokenizer, "none", 3), 0
+    ) == location_data.SKIP_ANSWER_TOO_LONG
 
 
 def test_skipped_samples_are_counted_in_the_manifest(tmp_path, locate_family):
@@ -215,13 +218,13 @@ def test_skipped_samples_are_counted_in_the_manifest(tmp_path, locate_family):
     out = mergekit_led.locate(locate_family.base, rows, str(tmp_path / "s"), **quiet(max_length=12))
     dataset = load_importance(out).manifest.dataset
     assert dataset.samples == 2
-    assert dataset.skipped == {ld.SKIP_ANSWER_TOO_LONG: 1}
-    assert dataset.skipped_samples == {ld.SKIP_ANSWER_TOO_LONG: [2]}
+    assert dataset.skipped == {location_data.SKIP_ANSWER_TOO_LONG: 1}
+    assert dataset.skipped_samples == {location_data.SKIP_ANSWER_TOO_LONG: [2]}
 
 
 def test_chat_template_path(tmp_path, locate_chat_model):
     tokenizer = tokenizer_of(locate_chat_model)
-    tokenization = ld.make_tokenization(tokenizer, "auto", None)
+    tokenization = location_data.make_tokenization(tokenizer, "auto", None)
     assert tokenization.use_chat_template
     assert tokenization.end_of_turn_id == tokenizer.convert_tokens_to_ids("</s>")
 
@@ -261,7 +264,7 @@ def test_chat_template_path(tmp_path, locate_chat_model):
 
     # prompt/response rows go through the template as one user turn; "none" opts out
     pair = [{"prompt": "what is one plus two", "response": "three"}]
-    templated = ld.select_samples(ld.load_rows(pair), tokenizer, tokenization, ld.Fields())
+    templated = location_data.select_samples(location_data.load_rows(pair), tokenizer, tokenization, location_data.Fields())
     assert templated.samples[0].input_ids == tuple(expected_samples[0][0][:1]) + tuple(
         tokenizer("user what is one plus two </s> <s> assistant three </s>", add_special_tokens=False).input_ids
     )
@@ -310,7 +313,7 @@ def test_custom_fields_and_max_samples_with_seed(tmp_path, locate_family):
         mergekit_led.locate(locate_family.base, rows, str(tmp_path / "c"), **{**options, "seed": 6})
     )
     assert a.manifest.dataset.samples == 3
-    assert a.manifest.dataset.sample_indices == ld.selection_order(5, 3, 5)[:3]
+    assert a.manifest.dataset.sample_indices == location_data.selection_order(5, 3, 5)[:3]
     assert a.manifest.dataset.fingerprint == b.manifest.dataset.fingerprint
     assert a.manifest.dataset.sample_indices != c.manifest.dataset.sample_indices
 
@@ -337,7 +340,7 @@ def test_manifest_records_data_options_and_versions(tmp_path, locate_family, loc
 
     digest = hashlib.sha256()
     for row in PAIRS:
-        ld.content_digest_update(digest, [{"role": "user", "content": row["prompt"]}], row["response"])
+        location_data.content_digest_update(digest, [{"role": "user", "content": row["prompt"]}], row["response"])
     assert dataset.fingerprint == "sha256:" + digest.hexdigest()
     metadata = manifest.metadata
     assert metadata["options"]["seed"] == 3 and metadata["options"]["score"] == "snip"
@@ -348,7 +351,7 @@ def test_manifest_records_data_options_and_versions(tmp_path, locate_family, loc
     assert {"torch", "transformers", "datasets", "mergekit", "python"} <= set(metadata["versions"])
     assert metadata["compute"] == {"device": "cpu", "world_size": 1, "device_map": None}
     assert metadata["names_verified_against_checkpoint"] is True
-    assert not os.path.exists(out + locate_module.CHECKPOINT_SUFFIX)
+    assert not os.path.exists(out + CHECKPOINT_SUFFIX)
 
 
 # --------------------------------------------------------------------------- ablations
@@ -415,29 +418,29 @@ def test_wanda_scores(tmp_path, locate_family, locate_jsonl):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_family, locate_jsonl, monkeypatch):
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_family, locate_jsonl):
     full = load_importance(
         mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "full"), **quiet())
     )
     out = str(tmp_path / "resumed")
-    original_step = locate_module.snip_step
     calls = []
 
     def interrupted_step(*args):
         if len(calls) == 3:
             raise KeyboardInterrupt
         calls.append(1)
-        return original_step(*args)
+        return snip_step(*args)
 
-    monkeypatch.setattr(locate_module, "snip_step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
-        mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet(checkpoint_every=2))
+        mergekit_led.locate(
+            locate_family.base, locate_jsonl, out,
+            hooks=RunHooks(steps={"snip": interrupted_step}), **quiet(checkpoint_every=2),
+        )
     assert not os.path.exists(out)
-    checkpoint = out + locate_module.CHECKPOINT_SUFFIX
+    checkpoint = out + CHECKPOINT_SUFFIX
     assert os.listdir(checkpoint) == ["rank00000-of-00001.safetensors"]
 
     # without --resume the checkpoint is not silently discarded
-    monkeypatch.setattr(locate_module, "snip_step", original_step)
     with pytest.raises(LocateError, match="pass --resume"):
         mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet())
     # another run's options are refused
@@ -448,11 +451,13 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_
 
     def counting_step(*args):
         counted.append(1)
-        return original_step(*args)
+        return snip_step(*args)
 
-    monkeypatch.setattr(locate_module, "snip_step", counting_step)
     resumed = load_importance(
-        mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet(resume=True))
+        mergekit_led.locate(
+            locate_family.base, locate_jsonl, out,
+            hooks=RunHooks(steps={"snip": counting_step}), **quiet(resume=True),
+        )
     )
     assert len(counted) == 3  # samples 2, 3 and 4: the checkpoint held samples 0 and 1
     assert resumed.manifest.dataset.samples == 5
@@ -463,8 +468,8 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_
 
 def test_resume_refuses_a_checkpoint_of_another_process_count(tmp_path, locate_family, locate_jsonl):
     out = str(tmp_path / "s")
-    os.makedirs(out + locate_module.CHECKPOINT_SUFFIX)
-    open(os.path.join(out + locate_module.CHECKPOINT_SUFFIX, "rank00001-of-00002.safetensors"), "w").close()
+    os.makedirs(out + CHECKPOINT_SUFFIX)
+    open(os.path.join(out + CHECKPOINT_SUFFIX, "rank00001-of-00002.safetensors"), "w").close()
     with pytest.raises(LocateError, match=r"written by a run with another number of processes \(rank00001-of-00002.safetensors\)"):
         mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet(resume=True))
 
@@ -474,7 +479,7 @@ def test_resume_without_a_checkpoint_starts_over(tmp_path, locate_family, locate
         locate_family.base, locate_jsonl, str(tmp_path / "s"), **quiet(resume=True, checkpoint_every=1)
     )
     assert load_importance(out).manifest.dataset.samples == 5
-    assert not os.path.exists(out + locate_module.CHECKPOINT_SUFFIX)
+    assert not os.path.exists(out + CHECKPOINT_SUFFIX)
 
 
 # --------------------------------------------------------------------------- non-finite
@@ -504,37 +509,33 @@ def test_nonfinite_loss_names_the_sample(tmp_path, locate_family, locate_jsonl):
         mergekit_led.locate(model, locate_jsonl, str(tmp_path / "s"), **quiet(skip_nonfinite=True))
 
 
-def test_nonfinite_gradient_is_named_or_skipped(tmp_path, locate_family, locate_jsonl, monkeypatch):
+def test_nonfinite_gradient_is_named_or_skipped(tmp_path, locate_family, locate_jsonl):
     """A finite loss with an infinite gradient (fp16 overflow, say), injected for
     sample 2 by a tensor hook on the gradient of the final norm's input."""
-    from transformers import AutoModelForCausalLM
-
-    original_loss = locate_module.answer_loss
-
     def loss_with_bad_gradient(model, sample, device):
         if sample.index != 2:
-            return original_loss(model, sample, device)
+            return answer_loss(model, sample, device)
+
         def make_gradient_infinite(module, inputs, output):
             output.register_hook(lambda grad: grad * float("inf"))
 
         handle = model.model.norm.register_forward_hook(make_gradient_infinite)
         try:
-            return original_loss(model, sample, device)
+            return answer_loss(model, sample, device)
         finally:
             handle.remove()
 
-    monkeypatch.setattr(locate_module, "answer_loss", loss_with_bad_gradient)
+    hooks = RunHooks(steps={"snip": functools.partial(snip_step, loss_function=loss_with_bad_gradient)})
     with pytest.raises(LocateError, match=r"Sample 2 .*the gradient of 'model.norm.weight' is not finite"):
-        mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "bad"), **quiet())
+        mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "bad"), hooks=hooks, **quiet())
 
     out = mergekit_led.locate(
-        locate_family.base, locate_jsonl, str(tmp_path / "skip"), **quiet(skip_nonfinite=True)
+        locate_family.base, locate_jsonl, str(tmp_path / "skip"), hooks=hooks, **quiet(skip_nonfinite=True)
     )
     store = load_importance(out)
     assert store.manifest.dataset.samples == 4
-    assert store.manifest.dataset.skipped == {ld.SKIP_NONFINITE: 1}
-    assert store.manifest.dataset.skipped_samples == {ld.SKIP_NONFINITE: [2]}
-    monkeypatch.setattr(locate_module, "answer_loss", original_loss)
+    assert store.manifest.dataset.skipped == {location_data.SKIP_NONFINITE: 1}
+    assert store.manifest.dataset.skipped_samples == {location_data.SKIP_NONFINITE: [2]}
     without = load_importance(
         mergekit_led.locate(locate_family.base, PAIRS[:2] + PAIRS[3:], str(tmp_path / "w"), **quiet())
     )
@@ -621,12 +622,11 @@ def test_trust_remote_code_only_when_asked(tmp_path, locate_family, locate_jsonl
     assert seen == [False, True]
 
 
-def test_renamed_parameters_are_refused_before_any_work(tmp_path, locate_family, locate_jsonl, monkeypatch):
+def test_renamed_parameters_are_refused_before_any_work(tmp_path, locate_family, locate_jsonl):
     """A loader that renames a weight (relative to the checkpoint) is caught up front."""
-    original = locate_module.load_model
 
     def renaming_loader(*args):
-        model = original(*args)
+        model = load_model(*args)
         model.model.register_parameter("renamed_norm", model.model.norm.weight)
         del model.model.norm._parameters["weight"]
         model.model.norm.weight = model.model.renamed_norm
@@ -635,10 +635,9 @@ def test_renamed_parameters_are_refused_before_any_work(tmp_path, locate_family,
         del model.model.norm.weight
         return model
 
-    monkeypatch.setattr(locate_module, "load_model", renaming_loader)
-    monkeypatch.setattr(locate_module, "snip_step", lambda *a: pytest.fail("scored anyway"))
+    hooks = RunHooks(load_model=renaming_loader, steps={"snip": lambda *a: pytest.fail("scored anyway")})
     with pytest.raises(LocateError, match=r"Cannot key scores by the tensor names of checkpoint .*'model.norm.scale' \(no tensor of that name in the checkpoint\)"):
-        mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "s"), **quiet())
+        mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "s"), hooks=hooks, **quiet())
 
 
 # --------------------------------------------------------------------------- CLI
@@ -670,8 +669,8 @@ def test_cli_writes_a_store_and_prints_errors_as_one_line(tmp_path, locate_famil
 
 
 def test_locate_stays_callable_from_the_package_after_the_module_import(tmp_path, locate_family):
-    import mergekit_led.location  # noqa: F401  (must not shadow mergekit_led.locate)
+    import mergekit_led.location.run  # (must not shadow mergekit_led.locate)
 
     out = mergekit_led.locate(locate_family.base, PAIRS[:1], str(tmp_path / "s"), **quiet())
-    assert callable(mergekit_led.locate) and mergekit_led.location.locate is locate_module.locate
+    assert callable(mergekit_led.locate) and mergekit_led.locate is mergekit_led.location.run.locate
     assert math.isfinite(float(load_importance(out)["model.norm.weight"].sum()))

@@ -8,7 +8,6 @@ import os
 import subprocess
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file

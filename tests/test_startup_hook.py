@@ -10,7 +10,6 @@ import sys
 import sysconfig
 import textwrap
 
-import pytest
 
 
 def run_python(code, env, *args, timeout=180):

@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import reference as ref
-from conftest import make_scores
+from helpers import make_scores
 from mergekit_led import ImportanceStore, StoreError, load_importance, save_importance
-from mergekit_led import election as el
+from mergekit_led.core import election as el
 
 MANIFEST = "led_importance.json"
 

@@ -1,22 +1,26 @@
-"""The ``mergekit-led`` command line: merge, locate, inspect, card, demo."""
+"""The ``mergekit-led`` command line: the group, and the error wrapper every subcommand uses.
+
+Each subcommand is one thin module of this package, imported only when invoked,
+so ``mergekit-led --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 
 import click
 
 from mergekit_led._version import __version__
+from mergekit_led.errors import LEDError
 
-# Subcommands live next to what they drive and load only when invoked, so
-# `mergekit-led --help` stays fast.
 _SUBCOMMANDS = {
-    "merge": ("mergekit_led.merge_cli", "merge_command"),
-    "locate": ("mergekit_led.locate_cli", "locate_command"),
-    "inspect": ("mergekit_led.inspect_cli", "inspect_command"),
-    "card": ("mergekit_led.card", "card_command"),
-    "demo": ("mergekit_led.demo.cli", "demo_command"),
+    "merge": "mergekit_led.cli.merge",
+    "locate": "mergekit_led.cli.locate",
+    "inspect": "mergekit_led.cli.inspect",
+    "card": "mergekit_led.cli.card",
+    "demo": "mergekit_led.cli.demo",
 }
 
 
@@ -26,8 +30,7 @@ class _LazyGroup(click.Group):
 
     def get_command(self, ctx, name):
         if name in _SUBCOMMANDS:
-            module_name, attribute = _SUBCOMMANDS[name]
-            return getattr(importlib.import_module(module_name), attribute)
+            return importlib.import_module(_SUBCOMMANDS[name]).command
         return super().get_command(ctx, name)
 
 
@@ -44,9 +47,6 @@ def main() -> None:
 
 def run_cli_errors_cleanly(function):
     """Print LED's input errors as one line (exit 1) instead of a traceback."""
-    import functools
-
-    from mergekit_led.errors import LEDError
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -57,7 +57,3 @@ def run_cli_errors_cleanly(function):
             sys.exit(1)
 
     return wrapper
-
-
-if __name__ == "__main__":
-    main()

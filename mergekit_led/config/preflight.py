@@ -8,17 +8,23 @@ message instead of after part of the merge.
 
 from __future__ import annotations
 
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from mergekit.common import ModelReference
 from mergekit.config import InputSliceDefinition, MergeConfiguration
 
-from mergekit_led import fingerprint as fp
+from mergekit_led.core.parameters import (
+    BASE_REQUIRED,
+    METHOD_NAME,
+    STORE_PARAMETERS,
+    check_density,
+    is_scalar,
+    parse_election,
+    require_parameters,
+)
 from mergekit_led.errors import ConfigError, FingerprintMismatch
-from mergekit_led.led_merging import METHOD_NAME, check_density, parse_election
-from mergekit_led.store import ImportanceStore, load_importance
-
-STORE_PARAMETERS = ("importance", "base_importance")
+from mergekit_led.store import ImportanceStore, fingerprint, load_importance
+from mergekit_led.config.walker import config_inputs, has_base_model, slice_groups
 
 
 def preflight(config: MergeConfiguration) -> None:
@@ -26,11 +32,8 @@ def preflight(config: MergeConfiguration) -> None:
     wrong or fail; do nothing for configs of other merge methods."""
     if config.merge_method != METHOD_NAME:
         return
-    if config.base_model is None and not _slice_bases(config):
-        raise ConfigError(
-            "led_merging requires a base model: set `base_model:` to the model the "
-            "fine-tuned models were trained from."
-        )
+    if not has_base_model(config):
+        raise ConfigError(f"{BASE_REQUIRED}.")
     if config.tokenizer_source is not None or config.tokenizer is not None:
         raise ConfigError(
             "led_merging cannot merge with `tokenizer_source`/`tokenizer`: vocabulary "
@@ -40,71 +43,27 @@ def preflight(config: MergeConfiguration) -> None:
         )
     _check_slice_positions(config)
     shared = config.parameters or {}
-    if _is_scalar(shared.get("election")):
+    if is_scalar(shared.get("election")):
         parse_election(shared["election"])
 
     checked_models: Dict[Tuple[str, str], None] = {}
-    for model, parameters, base in _inputs(config):
-        if model == base:
+    for item in config_inputs(config):
+        if item.is_base:
             continue
-        label = str(model)
-        merged = {**shared, **(parameters or {})}
-        for required in ("density", *STORE_PARAMETERS):
-            if required not in merged:
-                raise ConfigError(
-                    f"Model {label} has no `{required}` parameter; led_merging needs "
-                    "density, importance and base_importance for every fine-tuned model."
-                )
-        if _is_scalar(merged["density"]):
-            check_density(float(merged["density"]), model=label, weight="*")
-        if _is_scalar(merged["importance"]):
-            store = load_importance(merged["importance"])
-            _check_fingerprint(store, model, checked_models)
-        if _is_scalar(merged["base_importance"]):
-            store = load_importance(merged["base_importance"])
-            _check_fingerprint(store, base, checked_models)
-
-
-def _is_scalar(value) -> bool:
-    return isinstance(value, (str, int, float, bool))
-
-
-def _slice_bases(config: MergeConfiguration) -> List[ModelReference]:
-    return [s.base_model for s in _all_slices(config) if s.base_model is not None]
-
-
-def _all_slices(config: MergeConfiguration):
-    if config.slices:
-        yield from config.slices
-    for module in (config.modules or {}).values():
-        yield from module.slices or []
-
-
-def _inputs(
-    config: MergeConfiguration,
-) -> Iterator[Tuple[ModelReference, Optional[dict], Optional[ModelReference]]]:
-    for model in config.models or []:
-        yield model.model, model.parameters, config.base_model
-    for module in (config.modules or {}).values():
-        for model in module.models or []:
-            yield model.model, model.parameters, config.base_model
-    for output_slice in _all_slices(config):
-        base = output_slice.base_model or config.base_model
-        for source in output_slice.sources:
-            merged = {**(output_slice.parameters or {}), **(source.parameters or {})}
-            yield source.model, merged, base
+        parameters = item.parameters
+        require_parameters(parameters, model=item.label)
+        if is_scalar(parameters["density"]):
+            check_density(float(parameters["density"]), model=item.label, weight="*")
+        for key, scored in zip(STORE_PARAMETERS, (item.model, item.base)):
+            if is_scalar(parameters[key]):
+                store = load_importance(parameters[key])
+                _check_fingerprint(store, scored, checked_models)
 
 
 def _check_slice_positions(config: MergeConfiguration) -> None:
     """Scores are looked up by the output weight's name, so a source layer must
     sit at its own index in the output."""
-    groups: List[List] = []
-    if config.slices:
-        groups.append(config.slices)
-    for module in (config.modules or {}).values():
-        if module.slices:
-            groups.append(module.slices)
-    for slices in groups:
+    for slices in slice_groups(config):
         position = 0
         for output_slice in slices:
             for source in output_slice.sources:
@@ -135,7 +94,7 @@ def _check_fingerprint(
         return
     path = model.model.path
     key = (store.path, path)
-    if key in checked or not fp.is_local_checkpoint(path):
+    if key in checked or not fingerprint.is_local_checkpoint(path):
         return
     checked[key] = None
     actual = _checkpoint_digest(path)
@@ -153,7 +112,7 @@ _DIGESTS: Dict[str, str] = {}
 
 def _checkpoint_digest(path: str) -> str:
     if path not in _DIGESTS:
-        _DIGESTS[path] = fp.digest(
-            fp.checkpoint_samples(path), fp.checkpoint_shapes(path)
+        _DIGESTS[path] = fingerprint.digest(
+            fingerprint.checkpoint_samples(path), fingerprint.checkpoint_shapes(path)
         )
     return _DIGESTS[path]

@@ -25,7 +25,7 @@ from mergekit_led.cli import run_cli_errors_cleanly
               help="Also run the LED density/weight grid on the validation split.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @run_cli_errors_cleanly
-def demo_command(out, seed, device, quick, safety_density, math_density, code_density, safety_weight,
+def command(out, seed, device, quick, safety_density, math_density, code_density, safety_weight,
                  math_weight, code_weight, ta_weight, ties_density, ties_weight, study, quiet):
     """Build a tiny model family offline (base, safety-aligned, math, code), locate
     SNIP scores, merge with LED-Merging and the usual baselines through mergekit,

@@ -13,25 +13,21 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-import click
+from mergekit.config import MergeConfiguration
 
-from mergekit_led.cli import run_cli_errors_cleanly
+from mergekit_led._version import __version__
+from mergekit_led.analysis.elections import Analysis, analyze_config, short_label
+from mergekit_led.atomic import write_text
 from mergekit_led.errors import ConfigError
+from mergekit_led.store import load_importance
+from mergekit_led.tables import markdown_table
 
 START = "<!-- mergekit-led:led-merging:start -->"
 END = "<!-- mergekit-led:led-merging:end -->"
 README = "README.md"
 
 
-def _cell(value) -> str:
-    if value is None or value == "":
-        return "–"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _store_row(role: str, model: str, path: str) -> List[str]:
-    from mergekit_led.store import load_importance
-
+def _store_row(role: str, model: str, path: str) -> List[object]:
     manifest = load_importance(path).manifest
     dataset = manifest.dataset
     return [
@@ -39,26 +35,17 @@ def _store_row(role: str, model: str, path: str) -> List[str]:
         f"`{model}`",
         f"`{path}`",
         manifest.score,
-        f"`{dataset.name}`" if dataset and dataset.name else "–",
-        _cell(dataset.samples if dataset else None),
-        _cell(dataset.answer_tokens if dataset else None),
-        _cell((dataset.fingerprint or "")[:16] if dataset else None),
+        f"`{dataset.name}`" if dataset and dataset.name else None,
+        dataset.samples if dataset else None,
+        dataset.answer_tokens if dataset else None,
+        (dataset.fingerprint or "")[:16] if dataset else None,
     ]
 
 
-def _table(header: List[str], rows: List[List[str]]) -> List[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
-
-
-def led_section(config, analysis=None) -> str:
+def led_section(config: MergeConfiguration, analysis: Optional[Analysis] = None) -> str:
     """The section's markdown for an led_merging ``config``."""
-    from mergekit_led._version import __version__
-    from mergekit_led.analysis import analyze_config, short_label
-
     analysis = analysis or analyze_config(config)
-    labels = [short_label(l) for l in analysis.labels]
+    labels = [short_label(label) for label in analysis.labels]
     base = str(config.base_model)
     lines = [
         START,
@@ -73,19 +60,28 @@ def led_section(config, analysis=None) -> str:
         "### Models",
         "",
     ]
-    lines += _table(
+    lines += markdown_table(
         ["model", "weight (λ)", "density (r)"],
         [[f"`{m.label}`", f"{m.weight:g}", f"{m.density:g}"] for m in analysis.models],
-    )
+    ).split("\n")
     lines += ["", "### Importance scores", ""]
     rows = []
     for m in analysis.models:
         rows.append(_store_row(f"{short_label(m.label)} (fine-tuned)", m.label, m.importance))
         rows.append(_store_row(f"{short_label(m.label)} (base)", base, m.base_importance))
-    lines += _table(
-        ["scores of", "scored model", "store", "score", "dataset", "samples", "answer tokens", "dataset fingerprint"],
+    lines += markdown_table(
+        [
+            "scores of",
+            "scored model",
+            "store",
+            "score",
+            "dataset",
+            "samples",
+            "answer tokens",
+            "dataset fingerprint",
+        ],
         rows,
-    )
+    ).split("\n")
     lines += [
         "",
         "### Share of the weights taken from each model",
@@ -109,12 +105,14 @@ def led_section(config, analysis=None) -> str:
             row.append(f"{1 - sum(group.kept) / group.numel:.2%}" if group.numel else "–")
         rows.append(row)
     rows[-1][0] = "**all weights**"
-    lines += _table(header, rows)
+    lines += markdown_table(header, rows).split("\n")
     lines += ["", END, ""]
     return "\n".join(lines)
 
 
-def add_led_section(config, out_path: str, analysis=None) -> str:
+def add_led_section(
+    config: MergeConfiguration, out_path: str, analysis: Optional[Analysis] = None
+) -> str:
     """Append (or replace) the LED-Merging section of ``out_path``/README.md.
 
     Returns the README path. A README is created when the output has none.
@@ -135,25 +133,5 @@ def add_led_section(config, out_path: str, analysis=None) -> str:
         if not text:
             text = "---\nlibrary_name: transformers\ntags:\n- mergekit\n- merge\n- led-merging\n---\n"
         text = text.rstrip("\n") + "\n\n" + section
-    tmp = readme + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, readme)
+    write_text(readme, text)
     return readme
-
-
-@click.command("card")
-@click.argument("config_file")
-@click.argument("out_path")
-@click.option("--device", default=None, help="Device for the election (cpu, cuda).")
-@run_cli_errors_cleanly
-def card_command(config_file: str, out_path: str, device: Optional[str]):
-    """Add the LED-Merging section to OUT_PATH/README.md of an existing merge of
-    CONFIG_FILE (e.g. one run with plain mergekit-yaml)."""
-    from mergekit_led.analysis import analyze_config
-    from mergekit_led.merge import load_config
-
-    config, _ = load_config(config_file)
-    analysis = analyze_config(config, device=device, progress=True)
-    readme = add_led_section(config, out_path, analysis)
-    click.echo(f"added the LED-Merging section to {readme}")

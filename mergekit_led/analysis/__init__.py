@@ -1,0 +1,1 @@
+"""What an ``led_merging`` config elects: statistics, the model card section, reports."""

@@ -1,0 +1,27 @@
+"""``mergekit-led card CONFIG OUT_PATH``: the LED-Merging card section for a plain mergekit-yaml merge."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from mergekit_led.cli import run_cli_errors_cleanly
+
+
+@click.command("card")
+@click.argument("config_file")
+@click.argument("out_path")
+@click.option("--device", default=None, help="Device for the election (cpu, cuda).")
+@run_cli_errors_cleanly
+def command(config_file: str, out_path: str, device: Optional[str]):
+    """Add the LED-Merging section to OUT_PATH/README.md of an existing merge of
+    CONFIG_FILE (e.g. one run with plain mergekit-yaml)."""
+    from mergekit_led.analysis.card import add_led_section
+    from mergekit_led.analysis.elections import analyze_config
+    from mergekit_led.config.walker import load_config
+
+    config, _ = load_config(config_file)
+    analysis = analyze_config(config, device=device, progress=True)
+    readme = add_led_section(config, out_path, analysis)
+    click.echo(f"added the LED-Merging section to {readme}")

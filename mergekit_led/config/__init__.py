@@ -1,0 +1,1 @@
+"""Reading ``led_merging`` configs: loading, walking their inputs, whole-config checks."""

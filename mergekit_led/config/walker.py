@@ -1,0 +1,95 @@
+"""The one walk over a mergekit config's inputs, shared by every whole-config check.
+
+mergekit configs name their inputs in three shapes (``models:``, ``slices:``,
+``modules:`` holding either). Each input is yielded with its parameters merged
+in mergekit's own precedence (source > slice > module > config; see
+``mergekit.config.ConfigReader.parameter_sources``) and with the base model
+that applies to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import yaml
+from mergekit.common import ModelReference
+from mergekit.config import MergeConfiguration, OutputSliceDefinition
+
+from mergekit_led.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ConfigInput:
+    """One input model of a config, as one output slice or model list uses it."""
+
+    model: ModelReference
+    parameters: Dict[str, Any]  # merged: source > slice > module > config
+    base: Optional[ModelReference]
+    where: str  # "models", "slices[2]", "module 'x' slices[0]", ...
+
+    @property
+    def label(self) -> str:
+        return str(self.model)
+
+    @property
+    def is_base(self) -> bool:
+        return self.base is not None and self.model == self.base
+
+
+def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
+    """Read and validate a mergekit YAML config; returns it and its source text."""
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            source = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"Cannot read merge config {config_file}: {error}") from None
+    try:
+        return MergeConfiguration.model_validate(yaml.safe_load(source)), source
+    except Exception as error:
+        raise ConfigError(f"Invalid merge config {config_file}: {error}") from None
+
+
+def slice_groups(config: MergeConfiguration) -> List[Sequence[OutputSliceDefinition]]:
+    """Every list of output slices: the config's own and each module's."""
+    groups: List[Sequence[OutputSliceDefinition]] = []
+    if config.slices:
+        groups.append(config.slices)
+    for module in (config.modules or {}).values():
+        if module.slices:
+            groups.append(module.slices)
+    return groups
+
+
+def config_inputs(config: MergeConfiguration) -> Iterator[ConfigInput]:
+    """Every input of every model list and output slice, base models included."""
+    shared = dict(config.parameters or {})
+    modules = [(None, None)] + [(name, module) for name, module in (config.modules or {}).items()]
+    for module_name, module in modules:
+        prefix = f"module {module_name!r} " if module_name is not None else ""
+        scope = {**shared, **((module.parameters or {}) if module else {})}
+        models = module.models if module else config.models
+        slices = module.slices if module else config.slices
+        for model in models or []:
+            yield ConfigInput(
+                model.model,
+                {**scope, **(model.parameters or {})},
+                config.base_model,
+                f"{prefix}models",
+            )
+        for index, output_slice in enumerate(slices or []):
+            base = output_slice.base_model or config.base_model
+            slice_scope = {**scope, **(output_slice.parameters or {})}
+            for source in output_slice.sources:
+                yield ConfigInput(
+                    source.model,
+                    {**slice_scope, **(source.parameters or {})},
+                    base,
+                    f"{prefix}slices[{index}]",
+                )
+
+
+def has_base_model(config: MergeConfiguration) -> bool:
+    if config.base_model is not None:
+        return True
+    return any(s.base_model is not None for group in slice_groups(config) for s in group)

@@ -1,0 +1,1 @@
+"""LED-Merging's pure core: the election math and the method's parameters (no I/O)."""

@@ -1,0 +1,91 @@
+"""Progress of a locate run and its resumable checkpoints (``OUT.locate-checkpoint/``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mergekit_led.atomic import write_file
+from mergekit_led.errors import LocateError
+from mergekit_led.location.options import CHECKPOINT_SUFFIX
+
+CHECKPOINT_STATE_KEY = "led_locate_state"
+
+
+@dataclass
+class Progress:
+    """Where a process stands in its shard, and what it counted so far."""
+
+    position: int = 0  # samples of this process's shard handled (scored or skipped)
+    samples: int = 0  # scored
+    answer_tokens: int = 0
+    tokens: int = 0
+    nonfinite: List[int] = field(default_factory=list)  # dataset row numbers skipped
+
+
+class RunCheckpoint:
+    """Accumulators and progress of one process, in ``OUT.locate-checkpoint/``.
+
+    One safetensors file per process: the tensors plus the progress as JSON
+    metadata, written beside and renamed into place, so the file on disk is
+    always a complete state.
+    """
+
+    def __init__(self, out: str, rank: int, world_size: int):
+        self.folder = out + CHECKPOINT_SUFFIX
+        self.path = os.path.join(self.folder, f"rank{rank:05d}-of-{world_size:05d}.safetensors")
+
+    def exists(self) -> bool:
+        return os.path.isfile(self.path)
+
+    def others(self) -> List[str]:
+        """Checkpoint files of other process layouts in the folder."""
+        if not os.path.isdir(self.folder):
+            return []
+        mine = os.path.basename(self.path)
+        return sorted(
+            name for name in os.listdir(self.folder)
+            if name.endswith(".safetensors") and name != mine
+            and not name.endswith(f"-of-{mine.split('-of-')[1]}")
+        )
+
+    def save(self, accumulator, progress: Progress, run_key: Dict[str, Any]) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in accumulator.state().items()}
+        tensors["rng_state"] = torch.get_rng_state()
+        state = {"progress": asdict(progress), "run": run_key}
+        write_file(
+            self.path,
+            lambda path: save_file(
+                tensors, path, metadata={CHECKPOINT_STATE_KEY: json.dumps(state)}
+            ),
+        )
+
+    def load(self, accumulator, run_key: Dict[str, Any]) -> Progress:
+        with safe_open(self.path, framework="pt") as handle:
+            state = json.loads(handle.metadata()[CHECKPOINT_STATE_KEY])
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        differing = sorted(
+            key
+            for key in set(state["run"]) | set(run_key)
+            if state["run"].get(key) != run_key.get(key)
+        )
+        if differing:
+            raise LocateError(
+                f"The locate checkpoint {self.path} belongs to another run (it differs in: "
+                f"{', '.join(differing)}). Resume with the same model, data and options, "
+                f"or delete {self.folder}."
+            )
+        accumulator.load_state(tensors)
+        torch.set_rng_state(tensors["rng_state"])
+        return Progress(**state["progress"])
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

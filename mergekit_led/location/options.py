@@ -1,0 +1,120 @@
+"""Every option of a locate run, in one place: the Python API, the CLI and the manifest."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import Field, dataclass, field, fields
+from typing import Any, Optional, Tuple
+
+import torch
+
+from mergekit_led.environment import DEVICE_CHOICES
+from mergekit_led.errors import LocateError
+from mergekit_led.location.scores import DATA_SCORES, SCORE_KINDS
+
+CHECKPOINT_SUFFIX = ".locate-checkpoint"
+DTYPES = {
+    "auto": "auto",
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+}
+
+def _option(default: Any, help: str, **cli: Any) -> Any:
+    """A ``LocateOptions`` field with its command-line help (and click settings)."""
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class LocateOptions:
+    """Every option of a locate run: the keyword arguments of ``locate()``, the
+    options of ``mergekit-led locate`` (generated from these fields by
+    ``click_options``), and what the manifest records."""
+
+    score: str = _option("snip", "Score kind.", choices=SCORE_KINDS)
+    base: Optional[str] = _option(None, "Base model for --score magnitude: scores |θ − θ_base|.")
+    tokenizer: Optional[str] = _option(None, "Tokenizer to use instead of the model's.")
+    split: Optional[str] = _option(
+        None, "Split of a hub dataset or DatasetDict folder [train]."
+    )
+    prompt_field: str = _option("prompt", "Column holding the prompt.")
+    response_field: str = _option("response", "Column holding the answer.")
+    messages_field: str = _option(
+        "messages",
+        "Column holding chat turns [{role, content}]; used when the prompt field is absent.",
+    )
+    chat_template: str = _option(
+        "auto",
+        "auto: use the tokenizer's chat template when it has one.",
+        choices=("auto", "none"),
+    )
+    max_samples: Optional[int] = _option(
+        None, "Score at most this many samples (seeded choice).", type=int
+    )
+    max_length: Optional[int] = _option(
+        None,
+        "Token limit per sample (default: the model's max positions); prompts are cut "
+        "from the left.",
+        type=int,
+    )
+    seed: int = _option(0, "Seed of the sample choice and of --score random.", type=int)
+    dtype: str = _option(
+        "auto", "Model dtype (accumulators are float32).", choices=tuple(DTYPES)
+    )
+    device: str = _option("auto", "Device to score on.", choices=DEVICE_CHOICES)
+    device_map: Optional[str] = _option(
+        None, "transformers device_map (e.g. auto) for a model larger than one GPU."
+    )
+    offload_accumulators: bool = _option(
+        False, "Keep the float32 accumulators in CPU memory.", flag=True
+    )
+    gradient_checkpointing: bool = _option(
+        False, "Recompute activations in backward (less memory).", flag=True
+    )
+    checkpoint_every: Optional[int] = _option(
+        None, f"Save progress every N samples (OUT{CHECKPOINT_SUFFIX}/).", type=int
+    )
+    resume: bool = _option(
+        False, f"Continue from OUT{CHECKPOINT_SUFFIX}/ when it exists.", flag=True
+    )
+    overwrite: bool = _option(False, "Replace an existing store at OUT.", flag=True)
+    skip_nonfinite: bool = _option(
+        False, "Skip (and count) samples with a non-finite loss or gradient.", flag=True
+    )
+    trust_remote_code: bool = _option(
+        False, "Allow the model's own code (passed to from_pretrained).", flag=True
+    )
+    progress: bool = _option(True, "Show a progress bar.", cli=False)
+
+
+def option_fields() -> Tuple[Field, ...]:
+    """The fields of ``LocateOptions`` that are command-line options."""
+    return tuple(f for f in fields(LocateOptions) if f.metadata.get("cli", True))
+
+
+def check_options(opts: LocateOptions, data: Any, out: str) -> None:
+    if opts.score not in SCORE_KINDS:
+        raise LocateError(
+            f"Unknown score kind {opts.score!r}; choose one of {', '.join(SCORE_KINDS)}."
+        )
+    if opts.score in DATA_SCORES and data is None:
+        raise LocateError(f"The {opts.score} score needs location data (--data).")
+    if opts.base is not None and opts.score != "magnitude":
+        raise LocateError("--base is only used by --score magnitude (|θ − θ_base|).")
+    if opts.dtype not in DTYPES:
+        raise LocateError(f"Unknown --dtype {opts.dtype!r}; choose one of {', '.join(DTYPES)}.")
+    if opts.device not in DEVICE_CHOICES:
+        raise LocateError(f"Unknown --device {opts.device!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
+    if opts.checkpoint_every is not None and opts.checkpoint_every < 1:
+        raise LocateError(f"--checkpoint-every must be at least 1, not {opts.checkpoint_every}.")
+    if os.path.exists(out) and not opts.overwrite:
+        raise LocateError(f"Importance store {out} already exists; pass --overwrite to replace it.")
+    checkpoint = out + CHECKPOINT_SUFFIX
+    if os.path.exists(checkpoint) and not opts.resume:
+        raise LocateError(
+            f"A locate checkpoint exists at {checkpoint}; pass --resume to continue "
+            "from it, or delete it to start over."
+        )

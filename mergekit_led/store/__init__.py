@@ -1,0 +1,14 @@
+"""The importance store: per-weight scores on disk, read lazily one weight at a time."""
+
+from mergekit_led.store.manifest import MANIFEST_NAME, DatasetInfo, Manifest
+from mergekit_led.store.reader import ImportanceStore, load_importance
+from mergekit_led.store.writer import save_importance
+
+__all__ = [
+    "MANIFEST_NAME",
+    "DatasetInfo",
+    "ImportanceStore",
+    "Manifest",
+    "load_importance",
+    "save_importance",
+]

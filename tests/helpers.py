@@ -1,0 +1,80 @@
+"""Helpers shared by the test modules (import them from here, never from conftest)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict
+
+import torch
+import yaml
+from safetensors import safe_open
+
+
+# Densities per task (fine-tune 1, 2, 3): distinct, so a mix-up shows.
+DENSITIES = (0.3, 0.5, 0.2)
+FAMILY_SIZE = 3
+
+
+def checkpoint_shapes(model_dir: str) -> Dict[str, tuple]:
+    shapes = {}
+    with safe_open(os.path.join(model_dir, "model.safetensors"), framework="pt") as f:
+        for key in f.keys():
+            shapes[key] = tuple(f.get_slice(key).get_shape())
+    return shapes
+
+
+def make_scores(shapes: Dict[str, tuple], seed: int, *, zero_names=()) -> Dict[str, torch.Tensor]:
+    """Non-negative float32 scores with plenty of ties and exact zeros.
+
+    Weights alternate between heavily tied integer scores (0..5, so about a sixth
+    are zero and every threshold is a tie) and continuous scores with 20% zeros.
+    Names in ``zero_names`` get all-zero scores.
+    """
+    g = torch.Generator().manual_seed(seed)
+    scores = {}
+    for index, (name, shape) in enumerate(sorted(shapes.items())):
+        if name in zero_names:
+            values = torch.zeros(shape)
+        elif index % 2 == 0:
+            values = torch.randint(0, 6, shape, generator=g).to(torch.float32)
+        else:
+            values = torch.rand(shape, generator=g)
+            values[torch.rand(shape, generator=g) < 0.2] = 0.0
+        scores[name] = values.to(torch.float32)
+    return scores
+
+
+def write_led_yaml(path, *, base, models, dtype="float32", parameters=None, **extra) -> str:
+    """Write a mergekit YAML config for led_merging.
+
+    ``models``: list of (model_path, parameters dict).
+    """
+    config = {"merge_method": "led_merging", "dtype": dtype}
+    if base is not None:
+        config["base_model"] = str(base)
+    config["models"] = [
+        {"model": str(m), "parameters": dict(p)} if p is not None else {"model": str(m)}
+        for m, p in models
+    ]
+    if parameters:
+        config["parameters"] = dict(parameters)
+    config.update(extra)
+    Path(path).write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def led_models(task_stores, count, *, densities=DENSITIES, weights=None, stores=None):
+    """[(model_path, parameters)] for the first ``count`` fine-tunes."""
+    stores = stores or task_stores
+    models = []
+    for k in range(count):
+        params = {
+            "density": densities[k],
+            "importance": stores[k].model_store,
+            "base_importance": stores[k].base_store,
+        }
+        if weights is not None:
+            params["weight"] = weights[k]
+        models.append((stores[k].model_path, params))
+    return models
