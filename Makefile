@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # build first when torch is absent (pyproject keeps a range that admits it).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test demo bench clean
+.PHONY: venv lint format test demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,17 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet ".[test]"
+	$(BIN)/python -m pip install --quiet ".[dev,demo]"
 
-test: venv
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 demo: venv
