@@ -29,7 +29,6 @@ DEFAULT_WORDS = tuple(
 class LlamaFamily:
     base: str
     finetunes: List[str] = field(default_factory=list)
-    tokenizer_words: Sequence[str] = DEFAULT_WORDS
 
 
 def build_word_tokenizer(words: Sequence[str] = DEFAULT_WORDS, vocab_size: Optional[int] = None):
@@ -115,7 +114,7 @@ def build_llama_family(
     tokenizer = build_word_tokenizer(words, vocab_size=config.vocab_size)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
 
-    family = LlamaFamily(base=os.path.join(out_dir, "base"), tokenizer_words=words)
+    family = LlamaFamily(base=os.path.join(out_dir, "base"))
     _save(model, tokenizer, family.base)
     for index in range(finetunes):
         generator = torch.Generator().manual_seed(seed * 1000 + index + 1)

@@ -277,8 +277,14 @@ def test_density_outside_unit_interval(family_state_dicts, task_stores, density)
 
 
 def test_density_one_is_allowed(family_state_dicts, task_stores):
+    """density 1 elects every element scored above zero in both stores (spec 2)."""
     models, params = one_model_inputs(family_state_dicts, task_stores, density=1.0)
-    merge_sd(models, **params)
+    out = merge_sd(models, **params)
+    task = task_stores[0]
+    for name, merged in out.items():
+        elected = (task.model_scores[name] > 0) & (task.base_scores[name] > 0)
+        expected = torch.where(elected, models["finetune1"][name], models["base"][name])
+        assert torch.equal(merged, expected), name
 
 
 def test_unknown_election(family_state_dicts, task_stores):

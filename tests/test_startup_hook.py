@@ -86,41 +86,35 @@ def test_registry_module_imported_directly(child_env):
     assert proc.stdout.strip() == "led_merging"
 
 
-def test_startup_import_cost_under_5ms(child_env):
-    """Time ``import _mergekit_led_startup`` in fresh interpreters started with -S
-    (so the .pth has not already imported it); the best of several runs."""
+def test_startup_module_imports_only_the_standard_library(child_env):
+    """Importing the hook (what the .pth does in every interpreter) loads no other
+    module than itself and the standard library it names: no torch, no mergekit, no
+    mergekit_led. Counting modules does not depend on machine load, as timing would."""
     folder = startup_module_dir()
     code = f"""
-        import sys, time
+        import sys
         sys.path.insert(0, {folder!r})
         assert "_mergekit_led_startup" not in sys.modules
-        t = time.perf_counter()
+        before = set(sys.modules)
         import _mergekit_led_startup
-        print(time.perf_counter() - t)
-        print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mergekit')))
+        print(sorted(set(sys.modules) - before))
     """
-    timings = []
-    for _ in range(5):
-        proc = run_python(code, child_env(), "-S")
-        assert proc.returncode == 0, proc.stderr
-        seconds, imported = proc.stdout.strip().splitlines()
-        assert imported == "[]", imported
-        timings.append(float(seconds))
-    assert min(timings) < 0.005, f"import of the startup module took {min(timings)*1e3:.2f} ms"
+    proc = run_python(code, child_env(), "-S")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['_mergekit_led_startup']"
 
 
-def test_importtime_of_startup_module(child_env):
-    """Cross-check with -X importtime: the hook module's own cumulative import time."""
-    best = None
-    for _ in range(3):
-        proc = run_python("pass", child_env(), "-X", "importtime")
-        assert proc.returncode == 0, proc.stderr
-        for line in proc.stderr.splitlines():
-            if line.rstrip().endswith("_mergekit_led_startup"):
-                cumulative_us = int(line.split("|")[1].strip())
-                best = cumulative_us if best is None else min(best, cumulative_us)
-    assert best is not None, "the .pth did not import _mergekit_led_startup"
-    assert best < 5000, f"{best} us"
+def test_interpreter_start_imports_no_heavy_module(child_env):
+    """With the .pth active, a bare interpreter has imported the hook and neither
+    torch, mergekit nor mergekit_led."""
+    code = """
+        import sys
+        assert "_mergekit_led_startup" in sys.modules, "the .pth did not run"
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mergekit', 'mergekit_led')))
+    """
+    proc = run_python(code, child_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
 
 
 def _fake_mergekit(root, registry_body, init_body="", merge_methods_init=""):

@@ -376,10 +376,6 @@ class SelectedSamples:
     def answer_tokens(self) -> int:
         return sum(s.answer_length for s in self.samples)
 
-    @property
-    def total_tokens(self) -> int:
-        return sum(len(s.input_ids) for s in self.samples)
-
 
 def selection_order(count: int, max_samples: Optional[int], seed: int) -> List[int]:
     """Dataset order, or a ``seed``-shuffled order when a subset is taken."""

@@ -71,13 +71,10 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
 
 
 def _decoder_layers(model: nn.Module) -> List[nn.Module]:
-    try:
-        from transformers.modeling_layers import GradientCheckpointingLayer
-    except ImportError:
-        GradientCheckpointingLayer = None
-    if GradientCheckpointingLayer is not None:
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-        if layers:
-            return layers
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if layers:
+        return layers
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     return list(max(lists, key=len)) if lists else []

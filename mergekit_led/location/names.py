@@ -94,17 +94,14 @@ def _reverse_loader_renaming(model: nn.Module) -> Callable[[str], Optional[str]]
     conversions = getattr(model, "_weight_conversions", None)
     if not conversions:
         return lambda name: name
-    try:
-        from transformers.core_model_loading import (
-            WeightConverter,
-            WeightRenaming,
-            apply_converters,
-            apply_renamings,
-        )
+    from transformers.core_model_loading import (
+        WeightConverter,
+        WeightRenaming,
+        apply_converters,
+        apply_renamings,
+    )
 
-        reverse = [conversion.reverse_transform() for conversion in conversions[::-1]]
-    except Exception:  # a transformers without this machinery loads names unchanged
-        return lambda name: name
+    reverse = [conversion.reverse_transform() for conversion in conversions[::-1]]
     renamings = [t for t in reverse if isinstance(t, WeightRenaming)]
     converters = [t for t in reverse if isinstance(t, WeightConverter)]
 
