@@ -1,0 +1,85 @@
+"""The documentation states what the code does: option and parameter lists are checked
+against their one source, so they fail here instead of drifting."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+LOCATE_DOC = ROOT / "docs" / "locate.md"
+README_LIMIT = 9 * 1024  # issue 7: a README of about 8 KB for a newcomer; the rest lives in docs/
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location(
+        "gen_locate_options", ROOT / "docs" / "gen_locate_options.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_locate_options_table_is_generated_from_locate_options():
+    generator = _generator()
+    text = LOCATE_DOC.read_text(encoding="utf-8")
+    assert generator.render(text) == text, (
+        "docs/locate.md's options table is stale: run python docs/gen_locate_options.py"
+    )
+
+
+def test_a_stale_options_table_is_detected():
+    generator = _generator()
+    text = LOCATE_DOC.read_text(encoding="utf-8")
+    stale = text.replace("| `--seed` |", "| `--random-seed` |")
+    assert stale != text
+    assert generator.render(stale) == text
+
+
+def test_every_locate_option_of_the_cli_is_documented():
+    from mergekit_led.cli.locate import command
+
+    text = LOCATE_DOC.read_text(encoding="utf-8")
+    for parameter in command.params:
+        for option in (*parameter.opts, *parameter.secondary_opts):
+            assert f"`{option}`" in text, (
+                f"{option} of mergekit-led locate is not in docs/locate.md"
+            )
+
+
+def _readme_row(name: str) -> str:
+    rows = [
+        line
+        for line in README.read_text(encoding="utf-8").splitlines()
+        if line.startswith(f"| `{name}` |")
+    ]
+    assert len(rows) == 1, f"README.md needs one parameter table row for `{name}`"
+    return rows[0]
+
+
+def _documented_default(default) -> str:
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, str):
+        return f"`{default}`"
+    return str(default)
+
+
+def test_readme_parameter_table_matches_the_merge_method():
+    from mergekit.merge_methods.registry import registered_methods
+
+    import mergekit_led
+
+    mergekit_led.register()
+    (method,) = [m for m in registered_methods() if m.spec.name == "led_merging"]
+    for parameter in method.spec.parameters:
+        row = _readme_row(parameter.name)
+        has_default = isinstance(parameter.default, (bool, int, float, str))
+        expected = _documented_default(parameter.default) if has_default else "required"
+        assert expected in row, f"README.md row of `{parameter.name}` should say {expected}"
+
+
+def test_readme_stays_short():
+    size = len(README.read_bytes())
+    assert size <= README_LIMIT, f"README.md is {size} bytes; move reference material to docs/"
