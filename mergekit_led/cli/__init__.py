@@ -15,12 +15,13 @@ import click
 from mergekit_led._version import __version__
 from mergekit_led.errors import LEDError
 
+# name -> (module, one-line help shown by `mergekit-led --help` without importing it)
 _SUBCOMMANDS = {
-    "merge": "mergekit_led.cli.merge",
-    "locate": "mergekit_led.cli.locate",
-    "inspect": "mergekit_led.cli.inspect",
-    "card": "mergekit_led.cli.card",
-    "demo": "mergekit_led.cli.demo",
+    "merge": ("mergekit_led.cli.merge", "Merge a mergekit YAML config (every mergekit-yaml option)."),
+    "locate": ("mergekit_led.cli.locate", "Importance scores of a model on a task's data."),
+    "inspect": ("mergekit_led.cli.inspect", "What an led_merging config elects, writing no model."),
+    "card": ("mergekit_led.cli.card", "Add the LED-Merging card section to a finished merge."),
+    "demo": ("mergekit_led.cli.demo", "The whole story on a tiny offline model family."),
 }
 
 
@@ -30,8 +31,15 @@ class _LazyGroup(click.Group):
 
     def get_command(self, ctx, name):
         if name in _SUBCOMMANDS:
-            return importlib.import_module(_SUBCOMMANDS[name]).command
+            return importlib.import_module(_SUBCOMMANDS[name][0]).command
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        # The group's --help lists the subcommands from their one-line help alone:
+        # importing them would load torch, transformers and mergekit just to print it.
+        rows = [(name, _SUBCOMMANDS[name][1]) for name in sorted(_SUBCOMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
