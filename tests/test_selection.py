@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from mergekit_led import election as el
+from mergekit_led.core import election as el
 from mergekit_led.core import selection as sel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
