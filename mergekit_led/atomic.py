@@ -1,66 +1,145 @@
 """Writes that are one step for readers: written aside, then renamed into place.
 
-A folder or file at the target path is therefore always complete. Staging
-folders are named ``.NAME.partial-<id>`` beside the target, so a run killed
-mid-write leaves only a hidden folder that no reader mistakes for a result.
+Every write to a target ``DIR/NAME`` (a store, a merge output, a checkpoint
+file, a README) happens in a hidden staging area beside it::
+
+    DIR/.NAME.partial-<id>-<pid>@<host>/
+        writer.lock   locked (flock) by the writing process for as long as it lives
+        NAME          the new content, renamed onto DIR/NAME once complete
+        NAME.old      the previous content, only while a replacement is under way
+                      on a filesystem without an atomic exchange
+
+The content keeps the target's own name, so whatever records its folder's
+name (mergekit's model card title) records the right one. A folder at the
+target path is therefore always complete: on Linux an existing folder is
+swapped with the new one in one step (``renameat2(RENAME_EXCHANGE)``);
+elsewhere it takes two renames, and the next write to the same target
+finishes a replacement a kill interrupted between them.
+
+A run killed mid-write leaves only its staging area. The next write to the
+same target removes the areas of dead writers (this host, process gone, lock
+free) and reports the ones it cannot judge (another host, an older layout);
+it never touches the area of a live writer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import logging
 import os
+import re
 import shutil
+import socket
+import sys
 import uuid
-from typing import Callable, Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: liveness falls back to the process id alone
+    fcntl = None
+
+LOG = logging.getLogger(__name__)
 
 STAGING_MARK = ".partial-"
+LOCK_NAME = "writer.lock"
+OLD_SUFFIX = ".old"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
 
 
 def staging_path(target: str) -> str:
-    """A fresh hidden path beside ``target`` for writing it aside."""
+    """A fresh hidden staging area path beside ``target`` naming this writer."""
     parent, name = os.path.split(os.path.abspath(target))
-    return os.path.join(parent, f".{name}{STAGING_MARK}{uuid.uuid4().hex[:8]}")
+    return os.path.join(
+        parent, f".{name}{STAGING_MARK}{uuid.uuid4().hex[:8]}-{os.getpid()}@{_host()}"
+    )
+
+
+@dataclass(frozen=True)
+class StagingArea:
+    """A staging area: ``folder`` (hidden, beside the target) and ``path``
+    (``folder/NAME``, where the new content is written)."""
+
+    folder: str
+    path: str
+
+
+@contextlib.contextmanager
+def staging_area(target: str) -> Iterator[StagingArea]:
+    """Create a locked staging area for ``target``; remove it on exit, whatever
+    happened. Stale areas of dead writers to the same target are cleaned first."""
+    target = os.path.abspath(target)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    clean_stale_staging(target)
+    folder = staging_path(target)
+    os.makedirs(folder)
+    lock = None
+    try:
+        lock = _hold_lock(os.path.join(folder, LOCK_NAME))
+        yield StagingArea(folder, os.path.join(folder, os.path.basename(target)))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 @contextlib.contextmanager
 def staged_directory(target: str) -> Iterator[str]:
     """Yield an empty staging folder; on success it replaces ``target`` whole.
 
-    On any error (or interrupt) the staging folder is removed and ``target`` is
+    On any error (or interrupt) the staging area is removed and ``target`` is
     left as it was.
     """
-    target = os.path.abspath(target)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    staging = staging_path(target)
-    os.makedirs(staging)
-    try:
-        yield staging
-        replace_directory(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staging_area(target) as area:
+        os.makedirs(area.path)
+        yield area.path
+        replace_directory(area.path, os.path.abspath(target))
 
 
 def replace_directory(source: str, target: str) -> None:
-    """Move folder ``source`` to ``target``, replacing a folder already there."""
+    """Move folder ``source`` to ``target``, replacing a folder already there.
+
+    With an existing target: one atomic exchange where the OS supports it (the
+    old folder ends up at ``source``, for the caller's clean-up to remove);
+    otherwise two renames through ``source + ".old"``, undone if the second
+    fails. ``source`` must sit in a staging area beside ``target`` so that a
+    kill between the two renames is recovered by the next writer.
+    """
     if not os.path.lexists(target):
-        os.rename(source, target)
+        try:
+            os.rename(source, target)
+            return
+        except OSError as error:
+            # Another writer created the target meanwhile: replace it as below.
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not os.path.isdir(target):
+                raise
+    if _exchange(source, target):
+        _remove(source)
         return
-    old = f"{source}.old"
+    old = source + OLD_SUFFIX
     os.rename(target, old)
-    os.rename(source, target)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(source, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    _remove(old)
 
 
 def write_file(target: str, write: Callable[[str], None]) -> None:
-    """Call ``write(path)`` on a temporary path beside ``target``, then rename it
-    over ``target`` (one step on POSIX filesystems)."""
-    temporary = f"{staging_path(target)}.tmp"
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    """Call ``write(path)`` on a path in a staging area beside ``target``, then
+    rename it over ``target`` (one step on POSIX filesystems)."""
+    target = os.path.abspath(target)
+    with staging_area(target) as area:
+        write(area.path)
+        os.replace(area.path, target)
 
 
 def write_text(target: str, text: str) -> None:
@@ -69,3 +148,203 @@ def write_text(target: str, text: str) -> None:
             f.write(text)
 
     write_file(target, write)
+
+
+# --------------------------------------------------------------------------- stale areas
+
+
+@dataclass(frozen=True)
+class StaleArea:
+    """A staging area beside a target and what is known of its writer."""
+
+    path: str
+    pid: Optional[int]  # None: written by an older version (no writer recorded)
+    host: Optional[str]
+
+    def writer_state(self) -> str:
+        """``live``, ``dead`` (this host, process gone, lock free), ``other-host``,
+        ``unrecorded`` (older layout) or ``unclear`` (the process id runs but
+        does not hold the lock: a reused id, or a writer starting this instant)."""
+        if self.pid is None:
+            return "unrecorded"
+        if self.host != _host():
+            return "other-host"
+        lock_held = _lock_is_held(os.path.join(self.path, LOCK_NAME))
+        if lock_held:
+            return "live"
+        if not _process_alive(self.pid):
+            return "dead"
+        return "unclear" if os.path.exists(os.path.join(self.path, LOCK_NAME)) else "live"
+
+
+def stale_areas(target: str) -> List[StaleArea]:
+    """Staging areas (and temporaries of older versions) beside ``target``."""
+    parent, name = os.path.split(os.path.abspath(target))
+    pattern = re.compile(
+        rf"\.{re.escape(name)}{re.escape(STAGING_MARK)}[0-9a-f]{{8}}"
+        r"(?:-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+?))?(?:\.tmp|\.old)?"
+    )
+    try:
+        entries = sorted(os.listdir(parent))
+    except OSError:
+        return []
+    areas = []
+    for entry in entries:
+        match = pattern.fullmatch(entry)
+        if match is None:
+            continue
+        pid = int(match["pid"]) if match["pid"] else None
+        areas.append(StaleArea(os.path.join(parent, entry), pid, match["host"]))
+    return areas
+
+
+def clean_stale_staging(target: str) -> List[str]:
+    """Remove the staging areas dead writers left beside ``target``; finish a
+    replacement a kill interrupted; log (and return) a line for every area kept
+    or changed."""
+    target = os.path.abspath(target)
+    messages = []
+    for area in stale_areas(target):
+        state = area.writer_state()
+        if state == "live":
+            continue  # a concurrent run's area: never touched
+        if state == "dead":
+            messages.append(_clean_dead_area(area, target))
+        elif state == "unrecorded":
+            messages.append(
+                f"{area.path} was left by an interrupted write to {target} (by an older "
+                "version, which did not record its process); delete it once no run is "
+                "writing there."
+            )
+        else:
+            messages.append(
+                f"{area.path} is the staging folder of a write to {target} by process "
+                f"{area.pid} on host {area.host}, which this process cannot check; "
+                "delete it once that run is over."
+            )
+    for message in messages:
+        LOG.warning("%s", message)
+    return messages
+
+
+def leftover_copies(target: str) -> Optional[str]:
+    """When ``target`` is missing but an interrupted replacement holds its
+    copies: a sentence saying where they are (for "does not exist" errors)."""
+    if os.path.lexists(target):
+        return None
+    name = os.path.basename(os.path.abspath(target))
+    copies = []
+    for area in stale_areas(target):
+        for candidate in (name, name + OLD_SUFFIX):
+            path = os.path.join(area.path, candidate)
+            if os.path.isdir(path):
+                copies.append(path)
+    if not copies:
+        return None
+    return (
+        f"An interrupted write to {target} left copies at {', '.join(copies)} "
+        f"(the next write to {target} recovers them)."
+    )
+
+
+def _clean_dead_area(area: StaleArea, target: str) -> str:
+    name = os.path.basename(target)
+    new, old = os.path.join(area.path, name), os.path.join(area.path, name + OLD_SUFFIX)
+    if not os.path.lexists(target) and os.path.isdir(old) and os.path.isdir(new):
+        # Killed between the two renames of a replacement: the new copy was
+        # complete (replacing starts only then); finish what the run began.
+        os.rename(new, target)
+        _remove(area.path)
+        return (
+            f"Finished the replacement of {target} that process {area.pid} began "
+            f"before it was killed (its previous copy was in {old}, now removed)."
+        )
+    _remove(area.path)
+    return f"Removed {area.path}, left by a killed write (process {area.pid}) to {target}."
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+# --------------------------------------------------------------------------- OS details
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True  # cannot tell: treat as alive, never delete
+    return True
+
+
+def _hold_lock(path: str) -> Optional[int]:
+    """An open, exclusively locked file: released by the OS when this process dies."""
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    if fcntl is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return descriptor
+
+
+def _lock_is_held(path: str) -> bool:
+    if fcntl is None or not os.path.isfile(path):
+        return False
+    try:
+        descriptor = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True  # cannot tell: treat as held, never delete
+    finally:
+        os.close(descriptor)
+    return False
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _load_renameat2():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+    ]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def _exchange(first: str, second: str) -> bool:
+    """Swap two paths in one atomic step; False where the OS or filesystem
+    cannot (the caller falls back to two renames)."""
+    if _renameat2 is None:
+        return False
+    result = _renameat2(
+        _AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE
+    )
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), first, None, second)
