@@ -3,13 +3,31 @@
 The LED-Merging card section is built from the election statistics the merge
 method records while mergekit merges (``method.recording``): no store is read
 a second time.
+
+The output folder (``docs/security.md``):
+
+- it is never an input: not a local model of the config (base, any model,
+  LoRA, tokenizer source), not an importance store, and neither inside nor a
+  parent of one; never a file or a symbolic link;
+- the merge is written in a staging area beside it and replaces the folder in
+  one step once it is complete (mergekit's card and the LED section included):
+  every file a merge writes (weights, config, tokenizer, card) comes from the
+  new merge, so no shard of an earlier merge survives next to new ones, and
+  everything else in the folder (other files, subfolders such as ``.git``) is
+  carried over unchanged (hard-linked, or copied where links are impossible);
+- an existing folder that is neither empty nor an earlier merge output (one
+  holding ``mergekit_config.yml``, which mergekit writes with every card) is
+  written only with ``overwrite=True`` (``--overwrite``).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import logging
 import os
 import shutil
-from typing import Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
@@ -17,10 +35,44 @@ from mergekit.options import MergeOptions
 
 from mergekit_led.analysis.card import add_led_section
 from mergekit_led.analysis.elections import from_recorded
-from mergekit_led.atomic import staging_path
+from mergekit_led.atomic import replace_directory, staging_area
 from mergekit_led.config.preflight import preflight
-from mergekit_led.core.parameters import METHOD_NAME
+from mergekit_led.config.walker import config_inputs
+from mergekit_led.core.parameters import METHOD_NAME, STORE_PARAMETERS
+from mergekit_led.environment import check_device
+from mergekit_led.errors import ConfigError
 from mergekit_led.method.recording import recording_statistics
+
+LOG = logging.getLogger(__name__)
+
+# What a merge writes into its output folder (mergekit's shards, config, card and
+# tokenizer/processor files): in an existing output folder, these are replaced
+# as a set by the new merge's; anything else is carried over.
+MERGE_OUTPUT_FILES = (
+    "mergekit_config.yml",
+    "README.md",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "merges.txt",
+    "vocab.json",
+    "vocab.txt",
+    "*.tiktoken",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+)
+MERGE_MARKER = "mergekit_config.yml"
 
 
 def merge_config(
@@ -28,39 +80,250 @@ def merge_config(
     out_path: str,
     options: Optional[MergeOptions] = None,
     config_source: Optional[str] = None,
+    *,
+    overwrite: bool = False,
 ) -> str:
-    """Run mergekit's merge after LED's config checks, into a staging folder that
-    is moved into ``out_path`` only once the merge is complete."""
+    """Run mergekit's merge after LED's config checks, into a staging area that
+    replaces ``out_path`` whole only once the merge is complete."""
     options = options or MergeOptions()
-    preflight(config)
     out_path = os.path.abspath(out_path)
+    check_merge_device(options)
+    check_output_path(config, out_path, overwrite=overwrite)
+    check_input_models(config)
+    preflight(config)
     is_led = config.merge_method == METHOD_NAME
-    staging = staging_path(out_path)
-    os.makedirs(staging)
-    try:
+    with staging_area(out_path) as area:
         with recording_statistics() as recorded:
             # run_merge normalises the config in place (models -> modules -> slices);
             # the card section reads the config as the user wrote it.
             run_merge(
                 config.model_copy(deep=True),
-                staging,
+                area.path,
                 options=options,
                 config_source=config_source,
             )
         if is_led and options.write_model_card:
-            add_led_section(config, staging, from_recorded(config, recorded))
-        _move_into(staging, out_path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            _add_card_section(config, area.path, recorded, out_path)
+        # The folder may have changed during the merge: judge it again just before.
+        try:
+            check_output_path(config, out_path, overwrite=overwrite)
+        except ConfigError as error:
+            kept = _keep_aside(area.path, out_path)
+            raise ConfigError(f"{error} The finished merge was kept at {kept}.") from None
+        carried = carry_over(out_path, area.path)
+        if carried:
+            LOG.info("Kept %d entries of %s besides the merge: %s", len(carried), out_path,
+                     ", ".join(carried[:10]))
+        replace_directory(area.path, out_path)
     return out_path
 
 
-def _move_into(staging: str, out_path: str) -> None:
-    if not os.path.exists(out_path):
-        os.rename(staging, out_path)
+def _add_card_section(config, folder: str, recorded, out_path: str) -> None:
+    """The LED-Merging card section; a failure here never costs the merge."""
+    try:
+        add_led_section(config, folder, from_recorded(config, recorded))
+    except Exception as error:  # the merge is done: report, keep it
+        LOG.warning(
+            "The merge into %s is complete, but its LED-Merging card section could not "
+            "be written (%s: %s); the model card has mergekit's section only. Add it later "
+            "with `mergekit-led card CONFIG %s`.",
+            out_path,
+            type(error).__name__,
+            error,
+            out_path,
+        )
+
+
+def _keep_aside(folder: str, out_path: str) -> str:
+    """Move a finished merge that may not replace ``out_path`` to a free sibling."""
+    for number in range(1, 1000):
+        candidate = f"{out_path}.new" if number == 1 else f"{out_path}.new-{number}"
+        if not os.path.lexists(candidate):
+            os.rename(folder, candidate)
+            return candidate
+    raise ConfigError(f"No free name beside {out_path} to keep the finished merge.")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_merge_device(options: MergeOptions) -> None:
+    """mergekit's ``--cuda``/``--device``/``--read-to-gpu``/``--multi-gpu`` on a
+    machine without that device: refused before any work."""
+    device = options.device or "cpu"
+    check_device(device, asked="--cuda" if options.cuda else None)
+    for flag, asked in (("--read-to-gpu", options.read_to_gpu), ("--multi-gpu", options.multi_gpu)):
+        if asked:
+            check_device("cuda", asked=flag)
+
+
+def check_output_path(config: MergeConfiguration, out_path: str, *, overwrite: bool) -> None:
+    """Refuse an output path that would overwrite an input or unrelated files."""
+    out_path = os.path.abspath(out_path)
+    if os.path.islink(out_path):
+        raise ConfigError(
+            f"Output path {out_path} is a symbolic link (to {os.path.realpath(out_path)}); "
+            "give the folder itself."
+        )
+    if os.path.lexists(out_path) and not os.path.isdir(out_path):
+        raise ConfigError(f"Output path {out_path} is a file, not a folder; choose a folder path.")
+    real_out = os.path.realpath(out_path)
+    for path, role in protected_inputs(config).items():
+        if _overlaps(real_out, path):
+            relation = (
+                "is"
+                if real_out == path
+                else "is inside"
+                if _contains(path, real_out)
+                else "contains"
+            )
+            raise ConfigError(
+                f"Output folder {out_path} {relation} {role} {path}: a merge never writes "
+                "into its inputs. Choose another output folder."
+            )
+    if not os.path.isdir(out_path) or overwrite:
         return
-    for name in os.listdir(staging):
-        target = os.path.join(out_path, name)
-        if os.path.isdir(target) and not os.path.islink(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(staging, name), target)
+    entries = os.listdir(out_path)
+    # mergekit writes mergekit_config.yml with every merge's card. A folder with
+    # only config.json and weights may be a model the user downloaded: not taken.
+    if entries and MERGE_MARKER not in entries:
+        raise ConfigError(
+            f"Output folder {out_path} already exists and is not an earlier merge output "
+            f"(it holds no {MERGE_MARKER}). Choose another output folder, or pass "
+            "--overwrite to write the merge there (the files a merge writes are replaced, "
+            "everything else is kept)."
+        )
+
+
+def carry_over(old: str, new: str) -> List[str]:
+    """Link (or copy) every entry of folder ``old`` that is not a file a merge
+    writes into folder ``new``, where the new merge wrote nothing of that name.
+
+    Hard links leave the originals in place until ``new`` replaces ``old``, so
+    a run killed in between loses nothing. Returns the names carried over.
+    """
+    if not os.path.isdir(old):
+        return []
+    carried = []
+    for name in sorted(os.listdir(old)):
+        source, target = os.path.join(old, name), os.path.join(new, name)
+        if _is_merge_output_file(old, name) or os.path.lexists(target):
+            continue
+        _link_tree(source, target)
+        carried.append(name)
+    return carried
+
+
+def _link_tree(source: str, target: str) -> None:
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
+    elif os.path.isdir(source):
+        os.mkdir(target)
+        shutil.copystat(source, target)
+        for name in os.listdir(source):
+            _link_tree(os.path.join(source, name), os.path.join(target, name))
+    elif os.path.isfile(source):
+        try:
+            os.link(source, target)
+        except OSError:  # a filesystem without hard links: copy
+            shutil.copy2(source, target)
+    else:
+        raise ConfigError(
+            f"{source} in the output folder is neither a file, a folder nor a link "
+            "(a socket or device?); move it out of the output folder."
+        )
+
+
+def check_input_models(config: MergeConfiguration) -> None:
+    """Open the header of every safetensors file of every local input model, so
+    a truncated or foreign file is named before the merge instead of failing
+    (with no file named) part way through it."""
+    from safetensors import safe_open
+
+    for reference in config.referenced_models():
+        path = reference.model.path
+        if not os.path.isdir(path):
+            continue  # a hub model: mergekit downloads and checks it
+        for name in _safetensors_files(path):
+            file = os.path.join(path, name)
+            try:
+                with safe_open(file, framework="pt"):
+                    pass
+            except Exception as error:  # SafetensorError, OSError
+                raise ConfigError(
+                    f"Cannot read weights file {file} of model {path}: {error}"
+                ) from None
+
+
+def _safetensors_files(path: str) -> List[str]:
+    """The safetensors files mergekit reads from a model folder (its shard index,
+    or the single ``model.safetensors``)."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            return sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ConfigError(
+                f"Cannot read the shard index {index} of model {path}: {error}"
+            ) from None
+    return ["model.safetensors"] if os.path.isfile(os.path.join(path, "model.safetensors")) else []
+
+
+def protected_inputs(config: MergeConfiguration) -> Dict[str, str]:
+    """Real path -> role of every local input of ``config`` a merge must not touch."""
+    protected: Dict[str, str] = {}
+    for path, role in _input_paths(config):
+        if isinstance(path, str) and path and os.path.exists(path):
+            protected.setdefault(os.path.realpath(path), role)
+    return protected
+
+
+def _input_paths(config: MergeConfiguration) -> Iterator[Tuple[str, str]]:
+    for reference in config.referenced_models():
+        yield reference.model.path, "input model"
+        if reference.lora is not None:
+            yield reference.lora.path, "LoRA adapter"
+    for item in config_inputs(config):
+        if item.base is not None:
+            yield item.base.model.path, "base model"
+        for key in STORE_PARAMETERS:
+            for value in _strings(item.parameters.get(key)):
+                yield value, "importance store"
+    if config.tokenizer_source:
+        yield str(config.tokenizer_source), "tokenizer source"
+    source = getattr(config.tokenizer, "source", None) if config.tokenizer else None
+    if isinstance(source, str):
+        yield source, "tokenizer source"
+
+
+def _strings(value) -> Iterator[str]:
+    """Every string in a parameter value (a scalar, a gradient list or filters)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def _contains(folder: str, path: str) -> bool:
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _overlaps(first: str, second: str) -> bool:
+    return _contains(first, second) or _contains(second, first)
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _is_merge_output_file(folder: str, name: str) -> bool:
+    """A file (or link) named like one a merge writes: replaced by the new merge's."""
+    path = os.path.join(folder, name)
+    is_folder = os.path.isdir(path) and not os.path.islink(path)
+    return not is_folder and _matches(name, MERGE_OUTPUT_FILES)

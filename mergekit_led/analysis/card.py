@@ -60,15 +60,31 @@ def led_section(config: MergeConfiguration, analysis: Optional[Analysis] = None)
         "### Models",
         "",
     ]
-    lines += markdown_table(
-        ["model", "weight (λ)", "density (r)"],
-        [[f"`{m.label}`", f"{m.weight:g}", f"{m.density:g}"] for m in analysis.models],
-    ).split("\n")
+    if analysis.varies_per_slice:
+        lines += [
+            "The parameters of some models vary per slice; each set is listed with the "
+            "slices it applies to.",
+            "",
+        ]
+        lines += markdown_table(
+            ["model", "used in", "weight (λ)", "density (r)"],
+            [
+                [f"`{m.label}`", m.where or "everywhere", f"{m.weight:g}", f"{m.density:g}"]
+                for m in analysis.models
+            ],
+        ).split("\n")
+    else:
+        lines += markdown_table(
+            ["model", "weight (λ)", "density (r)"],
+            [[f"`{m.label}`", f"{m.weight:g}", f"{m.density:g}"] for m in analysis.models],
+        ).split("\n")
     lines += ["", "### Importance scores", ""]
     rows = []
-    for m in analysis.models:
-        rows.append(_store_row(f"{short_label(m.label)} (fine-tuned)", m.label, m.importance))
-        rows.append(_store_row(f"{short_label(m.label)} (base)", base, m.base_importance))
+    for label, importance, base_importance in dict.fromkeys(
+        (m.label, m.importance, m.base_importance) for m in analysis.models
+    ):
+        rows.append(_store_row(f"{short_label(label)} (fine-tuned)", label, importance))
+        rows.append(_store_row(f"{short_label(label)} (base)", base, base_importance))
     lines += markdown_table(
         [
             "scores of",

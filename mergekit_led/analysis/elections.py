@@ -9,6 +9,7 @@ recorded during a merge.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from itertools import combinations
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -25,6 +26,7 @@ from mergekit_led.core.parameters import (
     check_density,
     is_scalar,
     parse_election,
+    parse_number,
     require_parameters,
 )
 from mergekit_led.core.statistics import (
@@ -40,6 +42,7 @@ from mergekit_led.core.statistics import (
 )
 from mergekit_led.errors import ConfigError
 from mergekit_led.method.election import TaskScores, elect_weight
+from mergekit_led.method.recording import Recorded
 from mergekit_led.store import load_importance
 
 
@@ -50,6 +53,9 @@ class ModelEntry:
     weight: float
     importance: str
     base_importance: str
+    # Where these values apply ("slices[0], slices[2]") when the config gives the
+    # model other values elsewhere (one entry per set); "" when it has one set.
+    where: str = ""
 
 
 @dataclass
@@ -62,7 +68,13 @@ class Analysis:
 
     @property
     def labels(self) -> List[str]:
-        return [m.label for m in self.models]
+        """The models the counts are indexed by (one per model, even when it has
+        several parameter sets)."""
+        return list(dict.fromkeys(m.label for m in self.models))
+
+    @property
+    def varies_per_slice(self) -> bool:
+        return len(self.models) > len(self.labels)
 
     def by_layer(self) -> List[WeightStats]:
         return sorted(aggregate(self.weights, layer_of), key=lambda s: layer_sort_key(s.name))
@@ -109,11 +121,18 @@ class Analysis:
 
 
 def config_models(
-    config: MergeConfiguration, density_override: Optional[float] = None
+    config: MergeConfiguration,
+    density_override: Optional[float] = None,
+    *,
+    several_sets: bool = False,
 ) -> Tuple[List[ModelEntry], str, bool]:
     """The fine-tuned models of an ``led_merging`` config with their parameters,
-    and the shared ``election``/``disjoint``. A model used by several slices must
-    have the same scalar parameters in each (what can be attributed to whole tensors)."""
+    and the shared ``election``/``disjoint``.
+
+    A model used by several slices must have the same scalar parameters in each
+    (what can be attributed to whole tensors), unless ``several_sets``: then a
+    model gets one entry per parameter set, saying where it applies (the card
+    of a merge whose models' values vary per slice)."""
     if config.merge_method != METHOD_NAME:
         raise ConfigError(
             f"This config merges with {config.merge_method!r}; inspect and the card "
@@ -126,7 +145,7 @@ def config_models(
     disjoint = shared.get("disjoint", True)
     if not isinstance(disjoint, bool):
         raise ConfigError("`disjoint` must be true or false for inspect and the card.")
-    entries: Dict[str, ModelEntry] = {}
+    sets: Dict[str, Dict[Tuple, List[str]]] = {}  # label -> parameter values -> where
     for item in config_inputs(config):
         if item.is_base:
             continue
@@ -138,23 +157,33 @@ def config_models(
                     f"Parameter `{key}` of model {item.label} varies per tensor; inspect "
                     "and the card section support scalar parameters only."
                 )
-        density = float(density_override if density_override is not None else params["density"])
-        check_density(density, model=item.label, weight="*")
-        entry = ModelEntry(
-            label=item.label,
-            density=density,
-            weight=float(params.get("weight", 1.0)),
-            importance=str(params["importance"]),
-            base_importance=str(params["base_importance"]),
+        density = parse_number(
+            density_override if density_override is not None else params["density"],
+            parameter="density",
+            model=item.label,
         )
-        if entries.setdefault(item.label, entry) != entry:
+        check_density(density, model=item.label, weight="*")
+        values = (
+            density,
+            parse_number(params.get("weight", 1.0), parameter="weight", model=item.label),
+            str(params["importance"]),
+            str(params["base_importance"]),
+        )
+        places = sets.setdefault(item.label, {})
+        if places and values not in places and not several_sets:
             raise ConfigError(
                 f"Model {item.label} has other parameters in {item.where} than where it "
                 "first appears; inspect and the card section need one set per model."
             )
-    if not entries:
+        places.setdefault(values, []).append(item.where)
+    if not sets:
         raise ConfigError("The config has no fine-tuned model besides the base model.")
-    return list(entries.values()), election, disjoint
+    entries = []
+    for label, places in sets.items():
+        for values, where in places.items():
+            shown = ", ".join(dict.fromkeys(where)) if len(places) > 1 else ""
+            entries.append(ModelEntry(label, *values, where=shown))
+    return entries, election, disjoint
 
 
 def analyze_config(
@@ -186,13 +215,45 @@ def analyze_config(
     return Analysis(str(config.base_model), entries, election, disjoint, weights)
 
 
-def from_recorded(
-    config: MergeConfiguration, recorded: Dict[str, WeightStats]
-) -> Analysis:
+def from_recorded(config: MergeConfiguration, recorded: Recorded) -> Analysis:
     """The analysis of a merge from the statistics its merge method recorded
-    (``method.recording``): no store is read again."""
-    entries, election, disjoint = config_models(config)
-    return Analysis(str(config.base_model), entries, election, disjoint, list(recorded.values()))
+    (``method.recording``): no store is read again. Each weight's counts are
+    re-ordered to the config's model order (a slice may list its models in
+    another order, or leave some out: those count zero there)."""
+    entries, election, disjoint = config_models(config, several_sets=True)
+    analysis = Analysis(str(config.base_model), entries, election, disjoint, [])
+    order = {label: index for index, label in enumerate(analysis.labels)}
+    for labels, stats in recorded.values():
+        unknown = [label for label in labels if label not in order]
+        if unknown:
+            raise ConfigError(
+                f"The merge recorded weight {stats.name!r} for model(s) "
+                f"{', '.join(unknown)}, which the config does not list as fine-tuned models."
+            )
+        analysis.weights.append(_reordered(stats, [order[label] for label in labels], len(order)))
+    return analysis
+
+
+def _reordered(stats: WeightStats, positions: List[int], count: int) -> WeightStats:
+    """``stats`` of models at ``positions`` of a list of ``count`` models."""
+    elected, kept = [0] * count, [0] * count
+    for source, target in enumerate(positions):
+        elected[target] = stats.elected[source]
+        kept[target] = stats.kept[source]
+    result = WeightStats(stats.name, stats.numel, elected, kept, tensors=stats.tensors)
+    for first, second in combinations(range(count), 2):
+        result.intersection[(first, second)] = 0
+        result.union[(first, second)] = 0
+    for (i, j), union in stats.union.items():
+        pair = tuple(sorted((positions[i], positions[j])))
+        result.intersection[pair] = stats.intersection[(i, j)]
+        result.union[pair] = union
+    for first, second in combinations(range(count), 2):
+        if result.union[(first, second)] == 0 and (elected[first] or elected[second]):
+            # One of the two models is not merged into this weight: the union is
+            # the other's set, the intersection empty.
+            result.union[(first, second)] = elected[first] + elected[second]
+    return result
 
 
 def short_label(label: str) -> str:
