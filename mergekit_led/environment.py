@@ -49,3 +49,37 @@ def resolve_device(device: str, local_rank: Optional[int] = None):
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def check_device(device: str, *, asked: Optional[str] = None) -> None:
+    """Refuse, in one line and before any work, a device torch cannot use here
+    (an unknown name, or cuda/xpu/mps on a machine without one). ``asked`` says
+    how the user asked for it (default ``--device DEVICE``)."""
+    import torch
+
+    asked = asked or f"--device {device}"
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise LEDError(f"{asked}: not a device torch knows ({error}).") from None
+    available = {
+        "cpu": lambda: True,
+        "meta": lambda: True,
+        "cuda": torch.cuda.is_available,
+        "xpu": lambda: hasattr(torch, "xpu") and torch.xpu.is_available(),
+        "mps": torch.backends.mps.is_available,
+    }.get(parsed.type)
+    if available is None:
+        return  # another backend: torch reports on it itself
+    if not available():
+        raise LEDError(
+            f"{asked} was asked for, but torch sees no {parsed.type.upper()} "
+            "device on this machine."
+        )
+    if parsed.type == "cuda" and parsed.index is not None:
+        count = torch.cuda.device_count()
+        if parsed.index >= count:
+            raise LEDError(
+                f"{asked} was asked for, but torch sees {count} CUDA device(s)."
+            )

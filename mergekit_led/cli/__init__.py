@@ -6,9 +6,11 @@ so ``mergekit-led --help`` stays fast.
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import sys
+from typing import Optional
 
 import click
 
@@ -54,14 +56,58 @@ def main() -> None:
 
 
 def run_cli_errors_cleanly(function):
-    """Print LED's input errors as one line (exit 1) instead of a traceback."""
+    """Print the errors a user can cause as one line (exit 1) instead of a traceback:
+    LED's input errors, and the OS, safetensors and out-of-memory errors that
+    escape from the libraries (with the file or output folder they concern)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except LEDError as error:
-            click.echo(f"Error: {error}", err=True)
-            sys.exit(1)
+            _fail(str(error))
+        except OSError as error:
+            _fail(describe_os_error(error, writing=kwargs.get("out_path") or kwargs.get("out")))
+        except Exception as error:
+            message = describe_library_error(error)
+            if message is None:
+                raise  # a bug, not a bad input: keep the traceback for the report
+            _fail(message)
 
     return wrapper
+
+
+def _fail(message: str) -> None:
+    one_line = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    click.echo(f"Error: {one_line}", err=True)
+    sys.exit(1)
+
+
+def describe_os_error(error: OSError, *, writing: Optional[str] = None) -> str:
+    """One line for an OS error: what failed, on which file; disk-full said plainly."""
+    where = error.filename or writing
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        target = f"while writing {where}" if where else "while writing"
+        return (
+            f"Disk full: no space left on the device {target}. Free some space or write "
+            "to another disk; what was being written was discarded."
+        )
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.filename is not None:
+        second = f" -> {error.filename2}" if error.filename2 is not None else ""
+        return f"{reason}: {error.filename}{second}"
+    return f"{reason} (while working on {writing})" if writing else reason
+
+
+def describe_library_error(error: Exception) -> Optional[str]:
+    """One line for a safetensors or out-of-memory error; None for anything else."""
+    kind = type(error)
+    if kind.__name__ == "SafetensorError":
+        return (
+            f"Cannot read a safetensors file ({error}); it is truncated or not a "
+            "safetensors file."
+        )
+    if isinstance(error, MemoryError) or kind.__name__ == "OutOfMemoryError":
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"Out of memory{': ' + first if first else ''}."
+    return None

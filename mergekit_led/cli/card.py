@@ -20,7 +20,10 @@ def command(config_file: str, out_path: str, device: Optional[str]):
     from mergekit_led.analysis.card import add_led_section
     from mergekit_led.analysis.elections import analyze_config
     from mergekit_led.config.walker import load_config
+    from mergekit_led.environment import check_device
 
+    if device is not None:
+        check_device(device)
     config, _ = load_config(config_file)
     analysis = analyze_config(config, device=device, progress=True)
     readme = add_led_section(config, out_path, analysis)

@@ -43,7 +43,10 @@ def command(
     from mergekit_led.analysis.elections import analyze_config, short_label
     from mergekit_led.analysis.render import analysis_table, plot_heatmap
     from mergekit_led.config.walker import load_config
+    from mergekit_led.environment import check_device
 
+    if device is not None:
+        check_device(device)
     config, _ = load_config(config_file)
     analysis = analyze_config(
         config, density_override=density_override, device=device, progress=json_path != "-"

@@ -13,18 +13,20 @@ from typing import Dict, Optional, Tuple
 from mergekit.common import ModelReference
 from mergekit.config import InputSliceDefinition, MergeConfiguration
 
+from mergekit_led.config.walker import config_inputs, has_base_model, slice_groups
 from mergekit_led.core.parameters import (
     BASE_REQUIRED,
     METHOD_NAME,
     STORE_PARAMETERS,
     check_density,
     is_scalar,
+    number_leaves,
     parse_election,
+    parse_number,
     require_parameters,
 )
 from mergekit_led.errors import ConfigError, FingerprintMismatch
 from mergekit_led.store import ImportanceStore, fingerprint, load_importance
-from mergekit_led.config.walker import config_inputs, has_base_model, slice_groups
 
 
 def preflight(config: MergeConfiguration) -> None:
@@ -45,6 +47,9 @@ def preflight(config: MergeConfiguration) -> None:
     shared = config.parameters or {}
     if is_scalar(shared.get("election")):
         parse_election(shared["election"])
+    disjoint = shared.get("disjoint", True)
+    if is_scalar(disjoint) and not isinstance(disjoint, bool):
+        raise ConfigError(f"`disjoint` must be true or false, got {disjoint!r}.")
 
     checked_models: Dict[Tuple[str, str], None] = {}
     for item in config_inputs(config):
@@ -52,12 +57,22 @@ def preflight(config: MergeConfiguration) -> None:
             continue
         parameters = item.parameters
         require_parameters(parameters, model=item.label)
-        if is_scalar(parameters["density"]):
-            check_density(float(parameters["density"]), model=item.label, weight="*")
+        _check_numbers(parameters, item.label, item.where)
         for key, scored in zip(STORE_PARAMETERS, (item.model, item.base)):
             if is_scalar(parameters[key]):
                 store = load_importance(parameters[key])
                 _check_fingerprint(store, scored, checked_models)
+
+
+def _check_numbers(parameters, model: str, where: str) -> None:
+    """Every density and weight value (scalars, gradient points, filtered values)
+    is a finite number, densities in (0, 1]: before mergekit coerces them."""
+    label = f"{model} (in {where})"
+    for value in number_leaves(parameters["density"]):
+        density = parse_number(value, parameter="density", model=label)
+        check_density(density, model=label, weight="*")
+    for value in number_leaves(parameters.get("weight", 1.0)):
+        parse_number(value, parameter="weight", model=label)
 
 
 def _check_slice_positions(config: MergeConfiguration) -> None:

@@ -40,10 +40,20 @@ class ConfigInput:
 def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
     """Read and validate a mergekit YAML config; returns it and its source text."""
     try:
-        with open(config_file, encoding="utf-8") as f:
-            source = f.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"Cannot read merge config {config_file}: {error}") from None
+        with open(config_file, "rb") as f:
+            raw = f.read()
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot read merge config {config_file}: {error.strerror or error}"
+        ) from None
+    try:
+        source = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"Merge config {config_file} is not UTF-8 text: line {line} ({error.reason}). "
+            "Save it as UTF-8."
+        ) from None
     try:
         return MergeConfiguration.model_validate(yaml.safe_load(source)), source
     except Exception as error:

@@ -6,7 +6,8 @@ itself, by the whole-config checks before a merge, and by inspect and the card.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import math
+from typing import Any, Iterator, Mapping
 
 from mergekit_led.core.election import Election
 from mergekit_led.errors import ConfigError
@@ -31,6 +32,47 @@ def parse_election(value: Any) -> Election:
         raise ConfigError(
             f"Unknown election {value!r} for led_merging; choose one of: {choices}."
         ) from None
+
+
+def parse_number(value: Any, *, parameter: str, model: str) -> float:
+    """A numeric parameter's value as a float: a number, or text that reads as one
+    (YAML reads ``1e-1`` as text; mergekit accepts it). A bool is not a number;
+    NaN and infinities are refused."""
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(
+            f"`{parameter}` of model {model} must be a number, got {value!r}"
+            f" ({type(value).__name__})."
+        )
+    if not math.isfinite(number):
+        raise ConfigError(f"`{parameter}` of model {model} must be finite, got {value!r}.")
+    return number
+
+
+def number_leaves(value: Any) -> Iterator[Any]:
+    """The values of a mergekit parameter: itself when scalar, the points of a
+    gradient list, the ``value`` of every ``{filter, value}`` entry."""
+    if isinstance(value, dict):
+        yield from number_leaves(value.get("value"))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from number_leaves(item)
+    else:
+        yield value
+
+
+def check_weight(value: float, *, model: str, weight: str) -> float:
+    """A task-vector weight (λ) that is finite (an infinite λ writes infinities)."""
+    if not math.isfinite(value):
+        raise ConfigError(
+            f"weight for model {model} must be finite, got {value!r} (weight {weight!r})."
+        )
+    return value
 
 
 def check_density(value: float, *, model: str, weight: str) -> float:

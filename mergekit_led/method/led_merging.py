@@ -28,6 +28,7 @@ from mergekit_led.core.parameters import (
     PRETTY_NAME,
     REFERENCE_URL,
     check_density,
+    check_weight,
     parse_election,
 )
 from mergekit_led.core.statistics import weight_stats
@@ -81,12 +82,12 @@ def _led_merging_kernel(
     )
     kept = make_disjoint(elected) if disjoint else elected
     if recording.is_recording():
-        recording.record(weight_stats(name, elected, kept))
+        recording.record(weight_stats(name, elected, kept), [task.label for task in tasks])
     return merge_masked(
         base,
         finetuned,
         kept,
-        [weight[entry.id] for entry in entries],
+        [check_weight(weight[entry.id], model=str(entry.id), weight=name) for entry in entries],
         masks_disjoint=disjoint or len(kept) == 1,
     )
 
