@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 from safetensors import safe_open
@@ -69,23 +69,49 @@ class RunCheckpoint:
         )
 
     def load(self, accumulator, run_key: Dict[str, Any]) -> Progress:
-        with safe_open(self.path, framework="pt") as handle:
-            state = json.loads(handle.metadata()[CHECKPOINT_STATE_KEY])
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        state, tensors = self._read()
+        recorded = state["run"]
         differing = sorted(
-            key
-            for key in set(state["run"]) | set(run_key)
-            if state["run"].get(key) != run_key.get(key)
+            key for key in set(recorded) | set(run_key) if recorded.get(key) != run_key.get(key)
         )
         if differing:
-            raise LocateError(
-                f"The locate checkpoint {self.path} belongs to another run (it differs in: "
-                f"{', '.join(differing)}). Resume with the same model, data and options, "
-                f"or delete {self.folder}."
+            shown = "; ".join(
+                f"{key}: {recorded.get(key)!r} in the checkpoint, {run_key.get(key)!r} now"
+                for key in differing
             )
-        accumulator.load_state(tensors)
-        torch.set_rng_state(tensors["rng_state"])
-        return Progress(**state["progress"])
+            raise LocateError(
+                f"The locate checkpoint {self.path} belongs to another run (it differs in "
+                f"{shown}). Resume with the same model, data and options, or delete "
+                f"{self.folder}."
+            )
+        try:
+            accumulator.load_state(tensors)
+            torch.set_rng_state(tensors["rng_state"])
+            return Progress(**state["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise self._corrupt(f"its tensors do not fit this run: {error}") from None
+
+    def _read(self) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+        """The checkpoint's state and tensors; a damaged file is named, not a traceback."""
+        try:
+            with safe_open(self.path, framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        except Exception as error:  # SafetensorError, OSError: truncated or not safetensors
+            raise self._corrupt(str(error)) from None
+        try:
+            state = json.loads(metadata[CHECKPOINT_STATE_KEY])
+            if not all(isinstance(state.get(key), dict) for key in ("run", "progress")):
+                raise ValueError("no run key or progress")
+        except (KeyError, ValueError, AttributeError) as error:
+            raise self._corrupt(f"its progress record is unreadable ({error})") from None
+        return state, tensors
+
+    def _corrupt(self, why: str) -> LocateError:
+        return LocateError(
+            f"The locate checkpoint {self.path} is damaged ({why}). Delete {self.folder} "
+            "to start over."
+        )
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

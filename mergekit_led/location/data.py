@@ -114,10 +114,31 @@ def _load_file(path: str):
         )
     if os.path.getsize(path) == 0:
         raise LocateError(f"Location data file {path} is empty (no samples).")
+    if builder in ("json", "csv"):
+        _check_utf8(path)
     try:
         return datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as error:  # the datasets library raises many types here
         raise LocateError(f"Cannot read location data file {path}: {error}") from error
+
+
+def _check_utf8(path: str) -> None:
+    """Refuse a text file that is not UTF-8, naming the line (the json and csv
+    readers would fail later with no line, or in the middle of the run)."""
+    decoder_error = None
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                decoder_error = (number, error)
+                break
+    if decoder_error is not None:
+        number, error = decoder_error
+        raise LocateError(
+            f"Location data file {path} is not UTF-8 text: line {number}, byte "
+            f"{error.start + 1} ({error.reason}). Save it as UTF-8."
+        )
 
 
 def _load_from_disk(path: str, split: Optional[str]):
@@ -316,6 +337,42 @@ def template_end_of_turn_id(tokenizer) -> Optional[int]:
     return ids[0] if ids else None
 
 
+# A long prompt is tokenised from a window of its last characters, wide enough
+# for the tokens wanted at a generous CHARS_PER_TOKEN; never narrower than
+# MIN_WINDOW_CHARS, so ordinary prompts are tokenised whole, as before.
+CHARS_PER_TOKEN = 16
+MIN_WINDOW_CHARS = 8192
+# Tokens at a window's left edge may be cut mid-word (or be the tokenizer's
+# leading specials); the tail compared between windows stays this far from it.
+WINDOW_EDGE_TOKENS = 8
+
+
+def last_tokens(encode, text: str, count: int) -> Tuple[List[int], bool]:
+    """``(encode(text), True)`` for a text short enough to tokenise whole;
+    otherwise ``(encode(text)[-count:], False)`` computed from windows of the
+    text's end, where the whole text has more than ``count`` tokens.
+
+    The window is doubled until two successive windows give the same last
+    ``count`` tokens, both well away from the windows' cut edges: the cut no
+    longer reaches the tail, so it is the whole text's tail. A text that never
+    yields that many tokens ends up tokenised whole (at most twice its length
+    tokenised in all).
+    """
+    window = max(MIN_WINDOW_CHARS, CHARS_PER_TOKEN * count)
+    previous: Optional[List[int]] = None
+    while window < len(text):
+        ids = encode(text[-window:])
+        if (
+            previous is not None
+            and len(previous) > count + WINDOW_EDGE_TOKENS
+            and ids[-count:] == previous[-count:]
+        ):
+            return ids[-count:], False
+        previous = ids
+        window *= 2
+    return encode(text), True
+
+
 @dataclass(frozen=True)
 class TokenizedSample:
     index: int  # row number in the dataset
@@ -335,11 +392,17 @@ def tokenize_example(
         prompt_text = tokenizer.apply_chat_template(
             list(prompt_messages), tokenize=False, add_generation_prompt=True
         )
-        prompt_ids = list(tokenizer(prompt_text, add_special_tokens=False).input_ids)
+
+        def encode_prompt(text: str) -> List[int]:
+            return list(tokenizer(text, add_special_tokens=False).input_ids)
+
         closing = tokenization.end_of_turn_id
     else:
         prompt_text = "\n".join(turn["content"] for turn in prompt_messages)
-        prompt_ids = list(tokenizer(prompt_text).input_ids)
+
+        def encode_prompt(text: str) -> List[int]:
+            return list(tokenizer(text).input_ids)
+
         closing = tokenization.eos_token_id
     answer_ids = list(tokenizer(answer, add_special_tokens=False).input_ids)
     if closing is not None:
@@ -350,10 +413,16 @@ def tokenize_example(
             "there is nothing to score."
         )
     limit = tokenization.max_length
-    if limit is not None and len(prompt_ids) + len(answer_ids) > limit:
-        if len(answer_ids) > limit - 1:  # at least one prompt token must precede it
-            return SKIP_ANSWER_TOO_LONG
-        prompt_ids = prompt_ids[len(prompt_ids) + len(answer_ids) - limit :]
+    if limit is None:
+        prompt_ids = encode_prompt(prompt_text)
+    else:
+        # Only the last (limit - answer) prompt tokens can be kept: tokenise no more
+        # of a long prompt than it takes to find them.
+        prompt_ids, whole = last_tokens(encode_prompt, prompt_text, max(limit - len(answer_ids), 1))
+        if not whole or len(prompt_ids) + len(answer_ids) > limit:
+            if len(answer_ids) > limit - 1:  # at least one prompt token must precede it
+                return SKIP_ANSWER_TOO_LONG
+            prompt_ids = prompt_ids[len(prompt_ids) + len(answer_ids) - limit :]
     if not prompt_ids:  # the first answer token would have nothing to be predicted from
         return SKIP_NO_CONTEXT
     return TokenizedSample(index, tuple(prompt_ids + answer_ids), len(answer_ids))

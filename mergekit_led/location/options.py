@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -23,9 +23,15 @@ DTYPES = {
     "float32": torch.float32,
 }
 
-def _option(default: Any, help: str, **cli: Any) -> Any:
-    """A ``LocateOptions`` field with its command-line help (and click settings)."""
-    return field(default=default, metadata={"help": help, **cli})
+
+def _option(default: Any, help: str, *, resume_key: bool = True, **cli: Any) -> Any:
+    """A ``LocateOptions`` field with its command-line help (and click settings).
+
+    ``resume_key``: whether the option can change the scores, so that a
+    checkpoint written under another value must not be resumed. True unless
+    an option says otherwise, so a new option is part of the key by default.
+    """
+    return field(default=default, metadata={"help": help, "resume_key": resume_key, **cli})
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,10 @@ class LocateOptions:
     dtype: str = _option(
         "auto", "Model dtype (accumulators are float32).", choices=tuple(DTYPES)
     )
-    device: str = _option("auto", "Device to score on.", choices=DEVICE_CHOICES)
+    # The key holds the device the run resolved to (auto may mean either).
+    device: str = _option(
+        "auto", "Device to score on.", choices=DEVICE_CHOICES, resume_key=False
+    )
     device_map: Optional[str] = _option(
         None, "transformers device_map (e.g. auto) for a model larger than one GPU."
     )
@@ -75,19 +84,31 @@ class LocateOptions:
         False, "Recompute activations in backward (less memory).", flag=True
     )
     checkpoint_every: Optional[int] = _option(
-        None, f"Save progress every N samples (OUT{CHECKPOINT_SUFFIX}/).", type=int
+        None,
+        f"Save progress every N samples (OUT{CHECKPOINT_SUFFIX}/).",
+        type=int,
+        resume_key=False,
     )
     resume: bool = _option(
-        False, f"Continue from OUT{CHECKPOINT_SUFFIX}/ when it exists.", flag=True
+        False,
+        f"Continue from OUT{CHECKPOINT_SUFFIX}/ when it exists.",
+        flag=True,
+        resume_key=False,
     )
-    overwrite: bool = _option(False, "Replace an existing store at OUT.", flag=True)
+    overwrite: bool = _option(
+        False, "Replace an existing store at OUT.", flag=True, resume_key=False
+    )
     skip_nonfinite: bool = _option(
         False, "Skip (and count) samples with a non-finite loss or gradient.", flag=True
     )
+    # A permission: a model that loads at all runs the same code either way.
     trust_remote_code: bool = _option(
-        False, "Allow the model's own code (passed to from_pretrained).", flag=True
+        False,
+        "Allow the model's own code (passed to from_pretrained).",
+        flag=True,
+        resume_key=False,
     )
-    progress: bool = _option(True, "Show a progress bar.", cli=False)
+    progress: bool = _option(True, "Show a progress bar.", cli=False, resume_key=False)
 
 
 def option_fields() -> Tuple[Field, ...]:
@@ -95,7 +116,17 @@ def option_fields() -> Tuple[Field, ...]:
     return tuple(f for f in fields(LocateOptions) if f.metadata.get("cli", True))
 
 
-def check_options(opts: LocateOptions, data: Any, out: str) -> None:
+def resume_key_options(opts: LocateOptions) -> Dict[str, Any]:
+    """The options a resumed run must share with its checkpoint: every field not
+    marked ``resume_key=False`` (what can change the sums)."""
+    return {
+        f.name: getattr(opts, f.name) for f in fields(LocateOptions) if f.metadata["resume_key"]
+    }
+
+
+def check_options(
+    opts: LocateOptions, data: Any, out: str, model: Optional[str] = None
+) -> None:
     if opts.score not in SCORE_KINDS:
         raise LocateError(
             f"Unknown score kind {opts.score!r}; choose one of {', '.join(SCORE_KINDS)}."
@@ -107,9 +138,12 @@ def check_options(opts: LocateOptions, data: Any, out: str) -> None:
     if opts.dtype not in DTYPES:
         raise LocateError(f"Unknown --dtype {opts.dtype!r}; choose one of {', '.join(DTYPES)}.")
     if opts.device not in DEVICE_CHOICES:
-        raise LocateError(f"Unknown --device {opts.device!r}; choose one of {', '.join(DEVICE_CHOICES)}.")
+        raise LocateError(
+            f"Unknown --device {opts.device!r}; choose one of {', '.join(DEVICE_CHOICES)}."
+        )
     if opts.checkpoint_every is not None and opts.checkpoint_every < 1:
         raise LocateError(f"--checkpoint-every must be at least 1, not {opts.checkpoint_every}.")
+    _check_out_is_not_an_input(model, opts, data, out)
     if os.path.exists(out) and not opts.overwrite:
         raise LocateError(f"Importance store {out} already exists; pass --overwrite to replace it.")
     checkpoint = out + CHECKPOINT_SUFFIX
@@ -118,3 +152,25 @@ def check_options(opts: LocateOptions, data: Any, out: str) -> None:
             f"A locate checkpoint exists at {checkpoint}; pass --resume to continue "
             "from it, or delete it to start over."
         )
+
+
+def _check_out_is_not_an_input(
+    model: Optional[str], opts: LocateOptions, data: Any, out: str
+) -> None:
+    """The store (replaced whole by --overwrite) must not be, hold or sit inside
+    the model, its base, the tokenizer or the data."""
+    real_out = os.path.realpath(out)
+    inputs = (
+        ("model", model), ("data", data), ("base model", opts.base), ("tokenizer", opts.tokenizer)
+    )
+    for role, path in inputs:
+        if not isinstance(path, (str, os.PathLike)) or not os.path.exists(path):
+            continue
+        real_input = os.path.realpath(path)
+        for folder, inner in ((real_out, real_input), (real_input, real_out)):
+            if os.path.commonpath([folder, inner]) == folder:
+                raise LocateError(
+                    f"Importance store path {out} overlaps the {role} {real_input}: a store "
+                    "is written (and replaced with --overwrite) as a whole folder. Choose "
+                    "an --out outside it."
+                )

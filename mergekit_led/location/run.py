@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import nn
 
+from mergekit_led.atomic import clean_stale_staging
 from mergekit_led.errors import LocateError
 from mergekit_led.location import data as location_data
 from mergekit_led.location.checkpoint import Progress, RunCheckpoint
@@ -34,7 +35,7 @@ from mergekit_led.location.names import (
     linear_modules,
     scored_parameters,
 )
-from mergekit_led.location.options import LocateOptions, check_options
+from mergekit_led.location.options import LocateOptions, check_options, resume_key_options
 from mergekit_led.location.provenance import dataset_info, save_importance_for_run
 from mergekit_led.location.scores import (
     DATA_SCORES,
@@ -78,8 +79,10 @@ def locate(
     if out is None:
         raise LocateError("locate needs an output folder for the importance store (--out).")
     out = os.path.abspath(os.fspath(out))
-    check_options(opts, data, out)
+    check_options(opts, data, out, model=os.fspath(model))
     with Distributed.from_environment(opts) as dist:
+        if dist.is_main:
+            clean_stale_staging(out)  # staging folders of killed runs to this store
         return _run(os.fspath(model), data, out, opts, dist, hooks or RunHooks())
 
 
@@ -109,7 +112,7 @@ def _run(
     elif data is not None:
         LOG.warning("The %s score uses no data; --data %s is ignored.", opts.score, data)
 
-    loaded = hooks.load_model(model, opts, dist.device)
+    loaded = _load_model(hooks, model, opts, dist)
     if opts.score in DATA_SCORES:
         tokenization = location_data.make_tokenization(
             tokenizer, opts.chat_template, opts.max_length or _model_max_length(loaded)
@@ -160,6 +163,17 @@ def _run(
     return out
 
 
+def _load_model(hooks: RunHooks, model: str, opts: LocateOptions, dist: Distributed) -> nn.Module:
+    try:
+        return hooks.load_model(model, opts, dist.device)
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":
+            raise
+        raise LocateError(
+            f"Cannot load model {model}: one of its weights files is damaged ({error})."
+        ) from None
+
+
 def _model_max_length(model: nn.Module) -> Optional[int]:
     value = getattr(model.config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 1 else None
@@ -198,18 +212,20 @@ def _base_weights(opts: LocateOptions, scored: ScoredParameters) -> Callable[[st
     return base_weight
 
 
-def _run_key(model: str, selection: location_data.SelectedSamples, opts: LocateOptions, dist) -> Dict[str, Any]:
-    """What must match for a checkpoint to be resumed (anything that changes the sums)."""
+def _run_key(
+    model: str, selection: location_data.SelectedSamples, opts: LocateOptions, dist
+) -> Dict[str, Any]:
+    """What must match for a checkpoint to be resumed: the model, the data, the
+    process layout and device, and every option that can change the sums
+    (``resume_key_options``: all but those marked otherwise)."""
     return {
         "model": model,
-        "score": opts.score,
         "data_fingerprint": selection.fingerprint,
         "samples": len(selection.samples),
-        "dtype": opts.dtype,
-        "gradient_checkpointing": opts.gradient_checkpointing,
-        "skip_nonfinite": opts.skip_nonfinite,
+        "device_type": dist.device.type,
         "world_size": dist.world_size,
         "rank": dist.rank,
+        **resume_key_options(opts),
     }
 
 
@@ -241,8 +257,15 @@ def _score_data(
     checkpoint = RunCheckpoint(out, dist.rank, dist.world_size)
     run_key = _run_key(model, selection, opts, dist)
     progress = Progress()
+    clean_stale_staging(checkpoint.path)  # half-written checkpoints of a killed run
     if opts.resume and checkpoint.exists():
         progress = checkpoint.load(accumulator, run_key)
+        if not 0 <= progress.samples <= progress.position <= len(shard):
+            raise LocateError(
+                f"The locate checkpoint {checkpoint.path} is damaged (it records "
+                f"{progress.samples} samples scored at position {progress.position} of "
+                f"{len(shard)}). Delete {checkpoint.folder} to start over."
+            )
         LOG.info("Resuming from %s at sample %d of %d.", checkpoint.path, progress.position, len(shard))
     elif opts.resume and checkpoint.others():
         raise LocateError(
