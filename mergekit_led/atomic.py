@@ -290,7 +290,10 @@ def _hold_lock(path: str) -> Optional[int]:
     """An open, exclusively locked file: released by the OS when this process dies."""
     descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     if fcntl is not None:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # a filesystem without locks (some NFS): the process id alone tells
     return descriptor
 
 

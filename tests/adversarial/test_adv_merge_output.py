@@ -109,6 +109,20 @@ def test_card_of_slices_listing_models_in_another_order(tmp_path, llama_family, 
     assert share_table(tmp_path / "sliced") == share_table(tmp_path / "listed")
 
 
+def test_card_of_slices_leaving_a_model_out(tmp_path, llama_family, task_stores):
+    """Fine-tune 2 is merged into layer 0 only: its share of layer 1 (and of the
+    weights mergekit takes from the last slice) is zero, fine-tune 1's is counted."""
+    config = slices_config(tmp_path / "c.yml", llama_family, task_stores,
+                           second_slice_order=(0,))
+    result = merge(config, tmp_path / "out")
+    assert result.exit_code == 0, result.text
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in share_table(tmp_path / "out").splitlines() if line.startswith("| ")}
+    # columns: N, finetune1, finetune1 elected, finetune2, finetune2 elected, base only
+    assert rows["layer 1"][3:5] == ["0.00%", "0.00%"], rows
+    assert rows["layer 0"][3] != "0.00%" and rows["layer 1"][1] != "0.00%", rows
+
+
 def test_card_failure_keeps_the_finished_merge(tmp_path, llama_family, task_stores, caplog):
     """A per-layer weight gradient merges fine but cannot be summarised by the card
     section: the merge stays, with a warning saying why (main deleted the merge)."""
