@@ -1,9 +1,12 @@
 """``mergekit-led merge CONFIG OUT``: ``mergekit-yaml`` with LED's checks first."""
 
+import shlex
+
 import click
 from mergekit.options import MergeOptions, PrettyPrintHelp, add_merge_options
 
 from mergekit_led.cli import run_cli_errors_cleanly
+from mergekit_led.cli.prepare import cache_dir_option
 
 
 @click.command("merge", cls=PrettyPrintHelp)
@@ -17,8 +20,11 @@ from mergekit_led.cli import run_cli_errors_cleanly
     "kept). Never allowed for an input model or store.",
 )
 @add_merge_options
+@cache_dir_option
 @run_cli_errors_cleanly
-def command(merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool):
+def command(
+    merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool, cache_dir
+):
     """Merge like `mergekit-yaml CONFIG_FILE OUT_PATH` (every option of it works),
     after checking an led_merging config, its stores and models as a whole.
 
@@ -29,12 +35,35 @@ def command(merge_options: MergeOptions, config_file: str, out_path: str, overwr
     new ones (mergekit-yaml leaves them); every other file and subfolder is
     kept. An existing folder that is not an earlier merge output needs
     --overwrite. OUT_PATH is never an input model or importance store, nor
-    inside or around one."""
+    inside or around one.
+
+    Models that give `importance_data` instead of store paths get their stores
+    computed first (or taken from the store cache), as `mergekit-led prepare`."""
     from mergekit_led.config.walker import load_config
     from mergekit_led.merge import merge_config
 
     merge_options.apply_global_options()
     config, source = load_config(config_file)
+    command = f"mergekit-led merge {shlex.join([config_file, out_path])}"
+    config = _prepared(config, cache_dir, merge_options, command)
     merge_config(
         config, out_path, options=merge_options, config_source=source, overwrite=overwrite
     )
+
+
+def _prepared(config, cache_dir, merge_options: MergeOptions, command):
+    """The config with its importance_data stores computed and Hub stores fetched."""
+    from mergekit_led.prepare.cache import StoreCache
+    from mergekit_led.prepare.run import needs_preparing, prepare_config
+
+    if not needs_preparing(config):
+        return config
+    prepared = prepare_config(
+        config,
+        cache=StoreCache(cache_dir),
+        run={"trust_remote_code": merge_options.trust_remote_code},
+        report=lambda line: click.echo(line, err=True),
+        progress=not merge_options.quiet,
+        command=command,
+    )
+    return prepared.merge_config

@@ -7,7 +7,7 @@ itself, by the whole-config checks before a merge, and by inspect and the card.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping
+from typing import Any, Dict, Iterator, Mapping
 
 from mergekit_led.core.election import Election
 from mergekit_led.errors import ConfigError
@@ -17,6 +17,29 @@ PRETTY_NAME = "LED-Merging"
 REFERENCE_URL = "https://arxiv.org/abs/2502.16770"
 STORE_PARAMETERS = ("importance", "base_importance")
 REQUIRED_PARAMETERS = ("density", *STORE_PARAMETERS)
+# A model may name its task's location data instead of its two stores; the
+# stores are then computed (``mergekit-led merge``/``prepare``) and cached.
+DATA_PARAMETER = "importance_data"
+# locate's options a config may set, as ``locate_<option>`` parameters (per model,
+# or for every model under the config's ``parameters:``): the options of
+# ``LocateOptions`` that change the scores, with their value types. Declared here,
+# below the location package, because the merge method declares them as its own
+# parameters; tests/test_prepare.py checks that they match ``LocateOptions``.
+LOCATE_PREFIX = "locate_"
+LOCATE_CONFIG_OPTIONS: Dict[str, type] = {
+    "score": str,
+    "tokenizer": str,
+    "split": str,
+    "prompt_field": str,
+    "response_field": str,
+    "messages_field": str,
+    "chat_template": str,
+    "max_samples": int,
+    "max_length": int,
+    "seed": int,
+    "dtype": str,
+    "skip_nonfinite": bool,
+}
 BASE_REQUIRED = (
     "led_merging requires a base model: set `base_model:` in the config "
     "(or base=... for merge_state_dicts) to the model the fine-tuned models were "
@@ -86,6 +109,15 @@ def check_density(value: float, *, model: str, weight: str) -> float:
 def require_parameters(parameters: Mapping[str, Any], *, model: str) -> None:
     """Every fine-tuned model needs a density and its two stores."""
     for required in REQUIRED_PARAMETERS:
+        if required not in parameters and required in STORE_PARAMETERS and (
+            DATA_PARAMETER in parameters
+        ):
+            raise ConfigError(
+                f"Model {model} gives `{DATA_PARAMETER}` ({parameters[DATA_PARAMETER]}) "
+                f"but its `{required}` store is not computed yet: run `mergekit-led merge "
+                "CONFIG OUT` (computes the stores, then merges) or `mergekit-led prepare "
+                "CONFIG -o resolved.yml` and use resolved.yml."
+            )
         if required not in parameters:
             raise ConfigError(
                 f"Model {model} has no `{required}` parameter; led_merging needs "

@@ -16,6 +16,7 @@ from mergekit_led.location.distributed import Distributed
 from mergekit_led.location.names import ScoredParameters
 from mergekit_led.location.options import LocateOptions
 from mergekit_led.store import save_importance
+from mergekit_led.store.card import write_store_card
 
 
 def dataset_info(rows, selection: location_data.SelectedSamples, counts, data, opts) -> Dict[str, Any]:
@@ -77,7 +78,7 @@ def save_importance_for_run(
     dist: Distributed,
     seconds: float,
 ) -> str:
-    return save_importance(
+    path = save_importance(
         scores,
         out,
         model=model,
@@ -94,3 +95,5 @@ def save_importance_for_run(
         command=" ".join(sys.argv) if sys.argv and sys.argv[0].endswith("mergekit-led") else None,
         **details,
     )
+    write_store_card(path)  # README.md, so the store folder renders on the Hub
+    return path

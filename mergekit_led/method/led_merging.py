@@ -4,17 +4,24 @@ Per weight: read each model's two score tensors (fine-tuned and base, on that
 task's data) from their importance stores, elect, make the elected sets
 disjoint, and add the masked task vectors to the base (``LED_SPEC.md`` 2-4).
 Registration with mergekit is ``mergekit_led.method.register``.
+
+A model may give ``importance_data`` (and ``locate_*`` options) instead of its
+store paths; the stores are then taken from the store cache, and a missing one
+stops the merge with the command that computes it (``mergekit_led.prepare``).
 """
 
 from __future__ import annotations
 
-from typing import Hashable, Optional, Sequence
+import dataclasses
+from typing import Any, Dict, Hashable, Optional, Sequence, Tuple
 
 import torch
 from mergekit.merge_methods.base import (
     BasePolicy,
     FunctionalGroupMergeMethod,
     InputContract,
+    ParameterScope,
+    ParameterSpec,
     PerNonBase,
     TensorGroup,
 )
@@ -24,9 +31,13 @@ from mergekit_led.core.election import Election, merge_masked
 from mergekit_led.core.election import disjoint as make_disjoint
 from mergekit_led.core.parameters import (
     BASE_REQUIRED,
+    DATA_PARAMETER,
+    LOCATE_CONFIG_OPTIONS,
+    LOCATE_PREFIX,
     METHOD_NAME,
     PRETTY_NAME,
     REFERENCE_URL,
+    STORE_PARAMETERS,
     check_density,
     check_weight,
     parse_election,
@@ -35,7 +46,10 @@ from mergekit_led.core.statistics import weight_stats
 from mergekit_led.errors import ConfigError
 from mergekit_led.method import recording
 from mergekit_led.method.election import TaskScores, elect_weight
+from mergekit_led.prepare.hub import store_path
 from mergekit_led.store import load_importance
+
+LOCATE_PARAMETERS = tuple(LOCATE_PREFIX + name for name in LOCATE_CONFIG_OPTIONS)
 
 
 @merge_method(
@@ -48,11 +62,15 @@ def _led_merging_kernel(
     group: TensorGroup,
     *,
     density: PerNonBase[float],
-    importance: PerNonBase[str],
-    base_importance: PerNonBase[str],
+    # Optional for mergekit: a model may give importance_data instead; the
+    # kernel refuses a model with neither (``_task_stores``).
+    importance: PerNonBase[Optional[str]] = None,
+    base_importance: PerNonBase[Optional[str]] = None,
+    importance_data: PerNonBase[Optional[str]] = None,
     weight: PerNonBase[float] = 1.0,
     election: str = Election.both.value,
     disjoint: bool = True,
+    locate_options: Optional[Dict[str, Any]] = None,
 ) -> torch.Tensor:
     name = group.metadata.name
     if not name:
@@ -66,16 +84,24 @@ def _led_merging_kernel(
     if not entries:
         return base
 
-    tasks = [
-        TaskScores(
-            label=str(entry.id),
-            density=check_density(density[entry.id], model=str(entry.id), weight=name),
-            importance=load_importance(importance[entry.id]),
-            base_importance=load_importance(base_importance[entry.id]),
-            base_label=str(group.base.id),
+    tasks = []
+    for entry in entries:
+        given = {
+            "importance": importance[entry.id],
+            "base_importance": base_importance[entry.id],
+            DATA_PARAMETER: importance_data[entry.id],
+            **{key: values[entry.id] for key, values in (locate_options or {}).items()},
+        }
+        model_store, base_store = _task_stores(entry.id, group.base.id, given)
+        tasks.append(
+            TaskScores(
+                label=str(entry.id),
+                density=check_density(density[entry.id], model=str(entry.id), weight=name),
+                importance=load_importance(model_store),
+                base_importance=load_importance(base_store),
+                base_label=str(group.base.id),
+            )
         )
-        for entry in entries
-    ]
     finetuned = [entry.tensor for entry in entries]
     elected = elect_weight(
         name, tasks, election, device=base.device, finetuned=finetuned, base=base
@@ -108,4 +134,39 @@ class LEDMergeMethod(FunctionalGroupMergeMethod):
         super().validate_inputs(input_ids, base_id, group_name=group_name)
 
 
-led_merging = LEDMergeMethod(_led_merging_kernel.spec, _led_merging_kernel.implementation)
+def _task_stores(model: Hashable, base: Hashable, given: Dict[str, Any]) -> Tuple[str, str]:
+    """The local folders of one model's two stores: as given (a path or a Hub
+    reference), or found in the store cache by ``importance_data``."""
+    if all(given.get(role) is not None for role in STORE_PARAMETERS):
+        return store_path(given["importance"]), store_path(given["base_importance"])
+    # Finding cached stores plans them with the location package (tokenizer,
+    # data), which sits above this layer: imported only for such configs.
+    from mergekit_led.prepare.resolve import task_store_paths
+
+    paths = task_store_paths(model, base, given)
+    return paths["importance"], paths["base_importance"]
+
+
+def _implementation(group: TensorGroup, **parameters: Any) -> torch.Tensor:
+    """The kernel, with the ``locate_*`` parameters mergekit binds gathered into one."""
+    locate_options = {key: parameters.pop(key) for key in LOCATE_PARAMETERS}
+    return _led_merging_kernel.implementation(group, locate_options=locate_options, **parameters)
+
+
+# The spec easy_define derives from the kernel's signature, with ``locate_options``
+# replaced by one optional per-model parameter per locate option a config may set.
+_LOCATE_SPECS = tuple(
+    ParameterSpec(
+        name=LOCATE_PREFIX + option,
+        value_type=Optional[kind],
+        scope=ParameterScope.NON_BASE,
+        default=None,
+    )
+    for option, kind in LOCATE_CONFIG_OPTIONS.items()
+)
+_SPEC = dataclasses.replace(
+    _led_merging_kernel.spec,
+    parameters=tuple(p for p in _led_merging_kernel.spec.parameters if p.name != "locate_options")
+    + _LOCATE_SPECS,
+)
+led_merging = LEDMergeMethod(_SPEC, _implementation)

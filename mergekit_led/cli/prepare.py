@@ -1,0 +1,129 @@
+"""``mergekit-led prepare CONFIG``: compute the stores a config asks for by
+``importance_data`` and print (or write) the config with their paths."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import fields
+from typing import Optional
+
+import click
+
+from mergekit_led.cli import run_cli_errors_cleanly
+
+CACHE_HELP = (
+    "Store cache folder [default: $MERGEKIT_LED_CACHE, else $XDG_CACHE_HOME/mergekit-led or "
+    "~/.cache/mergekit-led]."
+)
+
+
+def cache_dir_option(function):
+    return click.option("--cache-dir", "cache_dir", default=None, help=CACHE_HELP)(function)
+
+
+def run_options(function):
+    """locate's execution options (device, memory, checkpoints), from ``LocateOptions``."""
+    from mergekit_led.location.options import LocateOptions
+    from mergekit_led.prepare.options import RUN_OPTIONS
+
+    specs = {spec.name: spec for spec in fields(LocateOptions)}
+    for name in reversed(RUN_OPTIONS):
+        spec, flag = specs[name], "--" + name.replace("_", "-")
+        meta = spec.metadata
+        if meta.get("flag"):
+            function = click.option(flag, name, is_flag=True, help=meta["help"])(function)
+            continue
+        kind = click.Choice(meta["choices"]) if "choices" in meta else meta.get("type", str)
+        function = click.option(
+            flag, name, type=kind, default=spec.default, show_default=True, help=meta["help"]
+        )(function)
+    return function
+
+
+def resolved_yaml(config, source_name: str) -> str:
+    """The config as YAML (mergekit's own dumper), method and base first."""
+    import yaml
+    from mergekit.config import ConfigYamlDumper
+
+    data = config.model_dump(exclude_defaults=True, mode="json")
+    first = {key: data.pop(key) for key in ("merge_method", "base_model") if key in data}
+    header = (
+        f"# Resolved by mergekit-led prepare from {source_name}: importance/base_importance\n"
+        "# point at the computed stores (importance_data and locate_* are kept for the record;\n"
+        "# explicit store paths win). Merge with `mergekit-led merge` or `mergekit-yaml`.\n"
+    )
+    return header + yaml.dump({**first, **data}, Dumper=ConfigYamlDumper, sort_keys=False)
+
+
+@click.command("prepare")
+@click.argument("config_file")
+@click.option(
+    "-o", "--output", "output", default=None, help="Write the resolved config here (else print it)."
+)
+@cache_dir_option
+@click.option("--dry-run", is_flag=True, help="Only list the stores: cached, or to compute.")
+@run_options
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+@run_cli_errors_cleanly
+def command(
+    config_file: str,
+    output: Optional[str],
+    cache_dir: Optional[str],
+    dry_run: bool,
+    no_progress: bool,
+    verbose: bool,
+    **run,
+):
+    """Compute the importance stores an led_merging CONFIG_FILE asks for by
+    `importance_data` (each fine-tuned model on its data, and the base model on
+    the same data), reusing what the store cache already holds, and print the
+    config with the store paths filled in.
+
+    \b
+    The resolved config merges with plain `mergekit-yaml` as well, and on
+    another machine once the listed stores are copied there.
+    """
+    from mergekit_led.atomic import write_text
+    from mergekit_led.config.walker import load_config
+    from mergekit_led.prepare.cache import StoreCache
+    from mergekit_led.prepare.run import StoresNotComputed, prepare_config
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    config, _ = load_config(config_file)
+
+    def report(line: str) -> None:
+        click.echo(line, err=True)
+
+    try:
+        prepared = prepare_config(
+            config,
+            cache=StoreCache(cache_dir),
+            run=run,
+            compute=not dry_run,
+            report=report,
+            progress=not no_progress,
+            command=f"mergekit-led prepare {shlex.quote(config_file)}",
+        )
+    except StoresNotComputed as missing:
+        if not dry_run:
+            raise
+        click.echo(f"{missing} `mergekit-led prepare {config_file}` computes them.", err=True)
+        return
+    if dry_run:
+        click.echo("Every store is in the cache.", err=True)
+        return
+    text = resolved_yaml(prepared.config, config_file)
+    if output:
+        write_text(output, text)
+        click.echo(
+            f"Wrote {output} ({prepared.computed} stores computed, "
+            f"{len(prepared.stores) - prepared.computed} from the cache).",
+            err=True,
+        )
+    else:
+        click.echo(text, nl=False)

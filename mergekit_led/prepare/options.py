@@ -1,0 +1,135 @@
+"""Which locate options change the scores, and reading them from a config's parameters.
+
+``LocateOptions`` is the one list of locate's options. Its fields fall in two
+groups: options that change the scores a run produces (part of a store's cache
+key, and settable in a config as ``locate_<option>``), and options that only
+change how a run executes (device, memory, checkpoints: chosen per machine on
+the command line). Only the second group is listed here, so an option added to
+``LocateOptions`` later is part of the cache key until it is known to be safe
+to leave out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from pydantic import TypeAdapter, ValidationError
+
+from mergekit_led.core.parameters import (
+    DATA_PARAMETER,
+    LOCATE_CONFIG_OPTIONS,
+    LOCATE_PREFIX,
+    is_scalar,
+)
+from mergekit_led.errors import ConfigError
+from mergekit_led.location.options import DTYPES, LocateOptions
+from mergekit_led.location.scores import DATA_SCORES, SCORE_KINDS
+
+EXECUTION_OPTIONS = frozenset(
+    {
+        "device",
+        "device_map",
+        "offload_accumulators",
+        # Recomputing activations in backward repeats the same operations; the
+        # gradients, hence the scores, do not change.
+        "gradient_checkpointing",
+        "checkpoint_every",
+        "resume",
+        "overwrite",
+        "trust_remote_code",
+        "progress",
+    }
+)
+SCORE_OPTIONS: Tuple[str, ...] = tuple(
+    f.name for f in fields(LocateOptions) if f.name not in EXECUTION_OPTIONS
+)
+# Execution options a prepare run takes from its command line (the rest are
+# managed by the cache itself: where stores go, resuming, replacing).
+RUN_OPTIONS: Tuple[str, ...] = (
+    "device",
+    "device_map",
+    "offload_accumulators",
+    "gradient_checkpointing",
+    "checkpoint_every",
+    "trust_remote_code",
+)
+
+_KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
+_ADAPTERS = {name: TypeAdapter(Optional[kind]) for name, kind in LOCATE_CONFIG_OPTIONS.items()}
+
+
+def score_options(opts: LocateOptions) -> Dict[str, Any]:
+    """The options of ``opts`` that change the scores (the cache key's share)."""
+    return {name: getattr(opts, name) for name in SCORE_OPTIONS}
+
+
+def locate_options_from(
+    parameters: Mapping[str, Any], *, model: str, run: Optional[Mapping[str, Any]] = None
+) -> LocateOptions:
+    """The ``LocateOptions`` a model's ``locate_*`` parameters ask for.
+
+    ``parameters`` are the model's merged parameters (mergekit's precedence:
+    source > slice > module > config), as written in the YAML or as mergekit
+    hands them to the merge method. ``run`` adds execution options.
+    """
+    values: Dict[str, Any] = {}
+    for key, value in parameters.items():
+        if not key.startswith(LOCATE_PREFIX) or value is None:
+            continue
+        name = key[len(LOCATE_PREFIX) :]
+        if name not in LOCATE_CONFIG_OPTIONS:
+            known = ", ".join(LOCATE_PREFIX + n for n in LOCATE_CONFIG_OPTIONS)
+            raise ConfigError(
+                f"Unknown parameter `{key}` for model {model}; the locate options a config "
+                f"can set are: {known}."
+            )
+        if not is_scalar(value):
+            raise ConfigError(
+                f"Parameter `{key}` of model {model} must be one value, not a per-tensor "
+                "list or filter: one store is computed per model and dataset."
+            )
+        try:
+            values[name] = _ADAPTERS[name].validate_python(value)
+        except ValidationError:
+            raise ConfigError(
+                f"Parameter `{key}` of model {model} must be "
+                f"{_KIND_NAMES[LOCATE_CONFIG_OPTIONS[name]]}, not {value!r}."
+            ) from None
+    opts = LocateOptions(**values, **dict(run or {}))
+    _check(opts, model)
+    return opts
+
+
+def _check(opts: LocateOptions, model: str) -> None:
+    """The checks ``locate`` would make only after loading the model, made up front."""
+    where = f"for model {model}"
+    if opts.score not in SCORE_KINDS:
+        raise ConfigError(
+            f"`{LOCATE_PREFIX}score: {opts.score}` {where} is unknown; choose one of "
+            f"{', '.join(DATA_SCORES)}."
+        )
+    if opts.score not in DATA_SCORES:
+        raise ConfigError(
+            f"`{LOCATE_PREFIX}score: {opts.score}` {where} needs no data, so "
+            f"`{DATA_PARAMETER}` cannot compute it; use one of {', '.join(DATA_SCORES)}, "
+            f"or compute the stores with `mergekit-led locate --score {opts.score}` and "
+            "give them as importance/base_importance."
+        )
+    if opts.dtype not in DTYPES:
+        raise ConfigError(
+            f"`{LOCATE_PREFIX}dtype: {opts.dtype}` {where} is unknown; choose one of "
+            f"{', '.join(DTYPES)}."
+        )
+    if opts.chat_template not in ("auto", "none"):
+        raise ConfigError(
+            f"`{LOCATE_PREFIX}chat_template: {opts.chat_template}` {where} must be auto or none."
+        )
+    if opts.max_samples is not None and opts.max_samples < 1:
+        raise ConfigError(
+            f"`{LOCATE_PREFIX}max_samples` {where} must be at least 1, not {opts.max_samples}."
+        )
+    if opts.max_length is not None and opts.max_length < 2:
+        raise ConfigError(
+            f"`{LOCATE_PREFIX}max_length` {where} must be at least 2 tokens, not {opts.max_length}."
+        )

@@ -1,0 +1,391 @@
+"""``prepare_config``: compute the stores an ``led_merging`` config asks for by
+``importance_data``, and fill their paths in.
+
+For every fine-tuned model that names ``importance_data`` and lacks an explicit
+``importance``/``base_importance``: the fine-tuned model's store on that data
+and the base model's store on the same data, each planned (``prepare.plan``),
+looked up in the store cache and computed with ``locate`` when missing. Two
+models on one dataset with the same options share the base store. Explicit
+store paths always win, and Hub store references are checked and fetched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+
+from mergekit.common import ModelReference
+from mergekit.config import InputModelDefinition, InputSliceDefinition, MergeConfiguration
+
+from mergekit_led.config.walker import config_inputs
+from mergekit_led.core.parameters import (
+    BASE_REQUIRED,
+    DATA_PARAMETER,
+    METHOD_NAME,
+    STORE_PARAMETERS,
+)
+from mergekit_led.errors import (
+    ConfigError,
+    FingerprintMismatch,
+    LEDError,
+    LocateError,
+    StoreError,
+)
+from mergekit_led.location.data import SKIP_NONFINITE
+from mergekit_led.location.steps import RunHooks
+from mergekit_led.prepare.cache import StoreCache
+from mergekit_led.prepare.hub import open_store, parse_hub_reference, store_path
+from mergekit_led.prepare.models import ResolvedModel, resolve_model, with_weights
+from mergekit_led.prepare.options import RUN_OPTIONS, SCORE_OPTIONS, locate_options_from
+from mergekit_led.prepare.plan import PlannedStore, StoreRequest, plan_store
+from mergekit_led.store.manifest import read_manifest
+
+LOG = logging.getLogger(__name__)
+ROLE_OF = {"importance": "fine-tuned", "base_importance": "base"}
+
+
+class StoresNotComputed(ConfigError):
+    """A config's ``importance_data`` stores are not in the cache and may not be computed here."""
+
+
+@dataclass
+class PreparedStore:
+    planned: PlannedStore
+    path: str
+    computed: bool
+
+
+@dataclass
+class PreparedConfig:
+    """A config with every store path filled in."""
+
+    config: MergeConfiguration  # as written, plus the computed stores' paths (portable)
+    merge_config: MergeConfiguration  # the same, with Hub store references as local folders
+    stores: List[PreparedStore] = field(default_factory=list)
+
+    @property
+    def computed(self) -> int:
+        return sum(store.computed for store in self.stores)
+
+
+def needs_preparing(config: MergeConfiguration) -> bool:
+    """Whether ``config`` asks for stores by ``importance_data`` or names Hub stores."""
+    if config.merge_method != METHOD_NAME:
+        return False
+    for item in config_inputs(config):
+        if item.is_base:
+            continue
+        params = item.parameters
+        if DATA_PARAMETER in params and any(k not in params for k in STORE_PARAMETERS):
+            return True
+        if any(_is_hub_store(params.get(k)) for k in STORE_PARAMETERS):
+            return True
+    return False
+
+
+class Preparer:
+    """Plans, looks up and computes the stores of one or more configs; every
+    model is resolved and every store planned once per instance."""
+
+    def __init__(
+        self,
+        cache: Optional[StoreCache] = None,
+        *,
+        run: Optional[Mapping[str, Any]] = None,
+        report: Optional[Callable[[str], None]] = None,
+        progress: bool = True,
+        hooks: Optional[RunHooks] = None,
+    ):
+        unknown = sorted(set(run or {}) - set(RUN_OPTIONS))
+        if unknown:
+            raise TypeError(f"Unknown run options: {', '.join(unknown)}")
+        self.cache = cache or StoreCache()
+        self.run = dict(run or {})
+        self.report = report or LOG.info
+        self.progress = progress
+        self.hooks = hooks
+        self._models: Dict[ModelReference, ResolvedModel] = {}
+        self._plans: Dict[Tuple, PlannedStore] = {}
+
+    # planning ----------------------------------------------------------------
+    def model(self, reference: Union[ModelReference, str]) -> ResolvedModel:
+        key = (
+            reference if isinstance(reference, ModelReference) else ModelReference.parse(reference)
+        )
+        if key not in self._models:
+            self._models[key] = resolve_model(
+                key, trust_remote_code=bool(self.run.get("trust_remote_code"))
+            )
+        return self._models[key]
+
+    def plan_input(
+        self,
+        model: Union[ModelReference, str],
+        base: Optional[Union[ModelReference, str]],
+        parameters: Mapping[str, Any],
+        roles: Tuple[str, ...] = STORE_PARAMETERS,
+    ) -> Dict[str, PlannedStore]:
+        """The planned stores ``roles`` of one fine-tuned model from its
+        (merged) parameters: ``importance`` on the model, ``base_importance`` on
+        the base, both on the model's ``importance_data``."""
+        label = str(model)
+        data = parameters.get(DATA_PARAMETER)
+        if not isinstance(data, str) or not data.strip():
+            raise ConfigError(
+                f"`{DATA_PARAMETER}` of model {label} must be one path or Hub dataset name, "
+                f"not {data!r}."
+            )
+        if base is None:
+            raise ConfigError(f"{BASE_REQUIRED}; model {label} needs it for `{DATA_PARAMETER}`.")
+        options = locate_options_from(parameters, model=label, run=self.run)
+        planned = {}
+        for role in roles:
+            try:
+                scored = self.model(model if role == "importance" else base)
+            except LEDError as error:
+                raise type(error)(
+                    f"{str(error).rstrip('.')} (to score it on importance_data {data})."
+                ) from None
+            planned[role] = self.plan(StoreRequest(scored, data, options))
+        return planned
+
+    def plan(self, request: StoreRequest) -> PlannedStore:
+        if request.identity not in self._plans:
+            self._plans[request.identity] = plan_store(request)
+        return self._plans[request.identity]
+
+    # computing ---------------------------------------------------------------
+    def ensure(self, planned: PlannedStore, *, compute: bool = True) -> PreparedStore:
+        """The cached store of ``planned``, computed first when missing."""
+        entry = self.cache.lookup(planned.key)
+        if entry is not None:
+            return PreparedStore(planned, entry.path, computed=False)
+        if not compute:
+            raise StoresNotComputed(
+                f"The store {planned.describe()} is not in the cache {self.cache.root} "
+                f"(key {planned.key})."
+            )
+        started = time.perf_counter()
+        entry, computed = self.cache.compute(
+            planned.key,
+            _record(planned),
+            lambda folder: self._locate(planned, folder),
+            on_wait=lambda: self.report(
+                f"  waiting for another process computing {planned.key[:12]} ..."
+            ),
+        )
+        if computed:
+            self.report(f"  done in {time.perf_counter() - started:.1f} s: {entry.path}")
+        return PreparedStore(planned, entry.path, computed)
+
+    def _locate(self, planned: PlannedStore, folder: str) -> None:
+        from mergekit_led.location import locate
+
+        request = planned.request
+        model = with_weights(request.model)
+        options = {name: getattr(request.options, name) for name in SCORE_OPTIONS}
+        options.update(self.run)
+        locate(
+            model.path,
+            request.data,
+            folder,
+            hooks=self.hooks,
+            overwrite=True,
+            resume=True,
+            progress=self.progress,
+            **options,
+        )
+        _check_planned(planned, folder)
+
+
+def prepare_config(
+    config: MergeConfiguration,
+    *,
+    cache: Optional[StoreCache] = None,
+    run: Optional[Mapping[str, Any]] = None,
+    compute: bool = True,
+    report: Optional[Callable[[str], None]] = None,
+    progress: bool = True,
+    hooks: Optional[RunHooks] = None,
+    command: Optional[str] = None,
+) -> PreparedConfig:
+    """Compute (or find in the cache) every store ``config`` asks for by
+    ``importance_data``, fetch its Hub stores, and return it with the paths filled in.
+
+    Args:
+        config: a mergekit config; other merge methods are returned unchanged.
+        cache: the store cache (default: ``StoreCache()``, see ``prepare.cache``).
+        run: execution options of the locate runs (``RUN_OPTIONS``: device,
+            device_map, offload_accumulators, gradient_checkpointing,
+            checkpoint_every, trust_remote_code).
+        compute: False to only look up (``StoresNotComputed`` for a missing store).
+        report: called with one line per step (default: logging).
+        progress: show locate's progress bars.
+        hooks: ``locate``'s seams (tests).
+        command: the command that runs this, for error messages (``Fix it and
+            run `COMMAND` again.``).
+    """
+    preparer = Preparer(cache, run=run, report=report, progress=progress, hooks=hooks)
+    portable = config.model_copy(deep=True)
+    if config.merge_method != METHOD_NAME:
+        return PreparedConfig(portable, config.model_copy(deep=True))
+    _check_world_size()
+
+    try:
+        wanted = _plan_config(preparer, portable)
+    except LEDError as error:
+        if command is None:
+            raise
+        raise type(error)(f"{error} Fix it and run `{command}` again.") from None
+
+    unique: Dict[str, PlannedStore] = {}
+    for _, planned in wanted:
+        for store in planned.values():
+            unique.setdefault(store.key, store)
+    report = preparer.report
+    if unique:
+        report(f"importance stores: {len(unique)} (cache {preparer.cache.root})")
+    prepared: Dict[str, PreparedStore] = {}
+    for number, (key, planned) in enumerate(unique.items(), start=1):
+        cached = preparer.cache.lookup(key) is not None
+        state = "cached" if cached else ("computing" if compute else "missing")
+        report(f"[{number}/{len(unique)}] {planned.describe()}: {state} ({key[:12]})")
+        if cached or compute:
+            prepared[key] = preparer.ensure(planned, compute=compute)
+    missing_keys = [key for key in unique if key not in prepared]
+    if missing_keys:
+        raise StoresNotComputed(
+            f"{len(missing_keys)} of {len(unique)} importance stores are not computed yet "
+            f"({', '.join(unique[k].describe() for k in missing_keys)})."
+        )
+
+    for definition, planned in wanted:
+        for role, store in planned.items():
+            _set_parameter(definition, role, prepared[store.key].path)
+    local = portable.model_copy(deep=True)
+    for definition, item in _inputs_with_definitions(local):
+        for role in STORE_PARAMETERS:
+            if not item.is_base and _is_hub_store(item.parameters.get(role)):
+                _set_parameter(definition, role, store_path(item.parameters[role]))
+    return PreparedConfig(portable, local, list(prepared.values()))
+
+
+# --------------------------------------------------------------------------- config walk
+
+
+def _plan_config(preparer: Preparer, config: MergeConfiguration):
+    """[(definition, role -> planned store)] for every input that needs stores by
+    ``importance_data``; Hub stores are fetched and checked on the way."""
+    wanted: List[Tuple[Any, Dict[str, PlannedStore]]] = []
+    for definition, item in _inputs_with_definitions(config):
+        if item.is_base:
+            continue
+        params = item.parameters
+        for role in STORE_PARAMETERS:
+            if _is_hub_store(params.get(role)):
+                scored = item.model if role == "importance" else item.base
+                _check_hub_store(preparer, params[role], role, scored, item.label)
+        missing = tuple(role for role in STORE_PARAMETERS if role not in params)
+        if not missing or DATA_PARAMETER not in params:
+            continue  # explicit stores win; a model with neither is preflight's to report
+        wanted.append((definition, preparer.plan_input(item.model, item.base, params, missing)))
+    return wanted
+
+
+def _definitions(
+    config: MergeConfiguration,
+) -> Iterator[Union[InputModelDefinition, InputSliceDefinition]]:
+    """Every input definition, in the order ``config_inputs`` yields them."""
+    for module in [None, *(config.modules or {}).values()]:
+        yield from (module.models if module else config.models) or []
+        for output_slice in (module.slices if module else config.slices) or []:
+            yield from output_slice.sources
+
+
+def _inputs_with_definitions(config: MergeConfiguration):
+    """``config_inputs`` with the definition each input comes from (to fill in)."""
+    definitions = list(_definitions(config))
+    inputs = list(config_inputs(config))
+    if len(definitions) != len(inputs) or any(
+        d.model != i.model for d, i in zip(definitions, inputs)
+    ):
+        raise AssertionError("config_inputs and the definitions walk disagree")  # a bug
+    return list(zip(definitions, inputs))
+
+
+def _set_parameter(definition: Any, name: str, value: str) -> None:
+    definition.parameters = {**(definition.parameters or {}), name: value}
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _is_hub_store(value: Any) -> bool:
+    return (
+        isinstance(value, str)
+        and not os.path.exists(value)
+        and parse_hub_reference(value) is not None
+    )
+
+
+def _check_hub_store(
+    preparer: Preparer, reference: str, role: str, scored: Optional[ModelReference], label: str
+) -> None:
+    """Fetch a Hub store and refuse it when it was computed on another model."""
+    store = open_store(reference)
+    recorded = store.manifest.model_fingerprint
+    if scored is None or recorded is None or not os.path.exists(scored.model.path):
+        return  # Hub models: the merge method checks every weight against the store
+    actual = preparer.model(scored).identity
+    if actual != recorded:
+        whose = "" if role == "importance" else f" (the base of model {label})"
+        raise FingerprintMismatch(
+            f"Importance store {reference} (`{role}` of model {label}) was computed on model "
+            f"{store.manifest.model} (fingerprint {recorded}), but model {scored}{whose} has "
+            f"fingerprint {actual}. Point `{role}` at the store computed for this model, or "
+            f"give `{DATA_PARAMETER}` instead and run `mergekit-led prepare CONFIG`."
+        )
+
+
+def _check_planned(planned: PlannedStore, folder: str) -> None:
+    """The store ``locate`` wrote scored the planned samples (else the key would lie)."""
+    manifest = read_manifest(folder)
+    dataset = manifest.dataset
+    skipped = ((dataset.model_extra or {}).get("skipped") or {}) if dataset else {}
+    skipped_nonfinite = bool(skipped.get(SKIP_NONFINITE))
+    tokenization = manifest.metadata.get("tokenization") or {}
+    if (
+        dataset is None
+        or (not skipped_nonfinite and dataset.fingerprint != planned.data_fingerprint)
+        or tokenization.get("max_length") != planned.max_length
+    ):
+        raise StoreError(
+            f"locate scored other samples than planned for {planned.describe()} (store "
+            f"{folder}); the cache entry was not written. This is a bug in mergekit-led."
+        )
+
+
+def _check_world_size() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LocateError(
+            "mergekit-led prepare/merge runs one process; under torchrun/accelerate use "
+            "`mergekit-led locate` for each store instead."
+        )
+
+
+def _record(planned: PlannedStore) -> Dict[str, Any]:
+    request = planned.request
+    return {
+        "model": request.model.label,
+        "model_identity": request.model.identity,
+        "data": request.data,
+        "data_fingerprint": planned.data_fingerprint,
+        "samples": planned.samples,
+        "answer_tokens": planned.answer_tokens,
+        "score": request.options.score,
+        "options": {k: v for k, v in planned.material["options"].items()},
+        "key_material": planned.material,
+    }
