@@ -87,7 +87,10 @@ def test_a_failed_run_leaves_no_entry_and_its_leftovers_are_cleared(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         cache.compute(KEY, {}, dies_half_way)
     assert cache.entry(KEY) is None and cache.lookup(KEY) is None
-    assert sorted(os.path.basename(p) for p in cache.leftovers()) == [KEY, f"{KEY}.locate-checkpoint"]
+    assert sorted(os.path.basename(p) for p in cache.leftovers()) == [
+        KEY,
+        f"{KEY}.locate-checkpoint",
+    ]
     entry, computed = cache.compute(KEY, {}, write_store)
     assert computed and entry.complete
     # the dead run's folder was replaced; its progress checkpoint is kept for a resume
@@ -108,7 +111,9 @@ def test_damaged_entries_are_not_complete_and_get_replaced(tmp_path, damage):
     elif damage == "other_key":
         record_path.write_text(json.dumps({**record, "key": OTHER}))
     else:
-        record_path.write_text(json.dumps({**record, "files": {**record["files"], "x.safetensors": 4}}))
+        record_path.write_text(
+            json.dumps({**record, "files": {**record["files"], "x.safetensors": 4}})
+        )
     damaged = cache.entry(KEY)
     assert damaged is not None and not damaged.complete and damaged.problem
     assert cache.lookup(KEY) is None
@@ -175,7 +180,9 @@ def test_prune_removes_broken_entries_leftovers_and_old_entries(tmp_path):
     os.makedirs(os.path.join(cache.work, f".{KEY}.partial-1234abcd"))
     with cache.locked(held):  # a live run's checkpoint is left alone
         removed = cache.prune()
-    assert sorted(os.path.basename(p) for p in removed) == sorted([OTHER, f".{KEY}.partial-1234abcd"])
+    assert sorted(os.path.basename(p) for p in removed) == sorted(
+        [OTHER, f".{KEY}.partial-1234abcd"]
+    )
     assert [os.path.basename(p) for p in cache.leftovers()] == [f"{held}.locate-checkpoint"]
     assert [e.key for e in cache.entries()] == [KEY]
     assert cache.prune(older_than_days=1) == [os.path.join(cache.work, f"{held}.locate-checkpoint")]
@@ -187,10 +194,16 @@ def test_prune_removes_broken_entries_leftovers_and_old_entries(tmp_path):
 
 def test_cache_command_line(tmp_path):
     cache = StoreCache(str(tmp_path))
-    cache.compute(KEY, {"model": "org/model", "data": "safety.jsonl", "score": "snip",
-                        "samples": 3}, write_store)
-    cache.compute(OTHER, {"model": "org/base", "data": "math.jsonl", "score": "snip",
-                          "samples": 2}, write_store)
+    cache.compute(
+        KEY,
+        {"model": "org/model", "data": "safety.jsonl", "score": "snip", "samples": 3},
+        write_store,
+    )
+    cache.compute(
+        OTHER,
+        {"model": "org/base", "data": "math.jsonl", "score": "snip", "samples": 2},
+        write_store,
+    )
     os.makedirs(os.path.join(cache.work, f".{KEY}.partial-00000000"))
 
     listing = cli("cache", "ls", "--cache-dir", tmp_path)
@@ -216,26 +229,51 @@ def test_cache_command_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_prepare_processes_race_for_the_same_stores(llama_family, tmp_path, console_script,
-                                                       child_env):
+def test_two_prepare_processes_race_for_the_same_stores(
+    llama_family, tmp_path, console_script, child_env
+):
     data = tmp_path / "code.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"prompt": "print one", "response": "def print return one"},
-        {"prompt": "code for two", "response": "return two"},
-    ]))
+    data.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"prompt": "print one", "response": "def print return one"},
+                {"prompt": "code for two", "response": "return two"},
+            ]
+        )
+    )
     config = tmp_path / "led.yml"
-    config.write_text(yaml.safe_dump({
-        "merge_method": "led_merging", "base_model": llama_family.base,
-        "models": [{"model": llama_family.finetunes[0],
-                    "parameters": {"density": 0.3, "importance_data": str(data)}}],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "led_merging",
+                "base_model": llama_family.base,
+                "models": [
+                    {
+                        "model": llama_family.finetunes[0],
+                        "parameters": {"density": 0.3, "importance_data": str(data)},
+                    }
+                ],
+            }
+        )
+    )
     cache = tmp_path / "cache"
-    command = [console_script("mergekit-led"), "prepare", str(config), "--cache-dir", str(cache),
-               "--no-progress"]
+    command = [
+        console_script("mergekit-led"),
+        "prepare",
+        str(config),
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+    ]
     runs = [
-        subprocess.Popen(command + ["-o", str(tmp_path / f"resolved{i}.yml")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=child_env())
+        subprocess.Popen(
+            command + ["-o", str(tmp_path / f"resolved{i}.yml")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+        )
         for i in range(2)
     ]
     outputs = [run.communicate(timeout=600) for run in runs]

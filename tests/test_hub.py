@@ -49,11 +49,14 @@ def hub(tmp_path_factory, llama_family):
     data = root / "safety.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in SAFETY))
     local = {}
-    for name, model in (("finetune1", llama_family.finetunes[0]),
-                        ("finetune2", llama_family.finetunes[1]),
-                        ("base", llama_family.base)):
-        local[name] = mergekit_led.locate(model, str(data), str(root / "local" / name),
-                                          progress=False)
+    for name, model in (
+        ("finetune1", llama_family.finetunes[0]),
+        ("finetune2", llama_family.finetunes[1]),
+        ("base", llama_family.base),
+    ):
+        local[name] = mergekit_led.locate(
+            model, str(data), str(root / "local" / name), progress=False
+        )
     cache = root / "hub_cache"
     stores = hub_repo(cache, "led-test/led-stores", STORES_COMMIT, refs=("main", "v1"))
     for name, path in local.items():
@@ -65,20 +68,41 @@ def hub(tmp_path_factory, llama_family):
 
 
 def write_config(path: Path, family, importance: str, base_importance: str) -> str:
-    path.write_text(yaml.safe_dump({
-        "merge_method": "led_merging", "base_model": family.base, "dtype": "float32",
-        "models": [{"model": family.finetunes[0],
-                    "parameters": {"density": 0.3, "importance": importance,
-                                   "base_importance": base_importance}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "led_merging",
+                "base_model": family.base,
+                "dtype": "float32",
+                "models": [
+                    {
+                        "model": family.finetunes[0],
+                        "parameters": {
+                            "density": 0.3,
+                            "importance": importance,
+                            "base_importance": base_importance,
+                        },
+                    }
+                ],
+            }
+        )
+    )
     return str(path)
 
 
 def run(console_script, child_env, hub, *args, cache_dir=None):
-    env = child_env(HF_HUB_CACHE=hub["cache"], HF_HUB_OFFLINE="1",
-                    MERGEKIT_LED_CACHE=cache_dir or str(hub["root"] / "led_cache"))
-    return subprocess.run([console_script(args[0]), *map(str, args[1:])], capture_output=True,
-                          text=True, env=env, timeout=300)
+    env = child_env(
+        HF_HUB_CACHE=hub["cache"],
+        HF_HUB_OFFLINE="1",
+        MERGEKIT_LED_CACHE=cache_dir or str(hub["root"] / "led_cache"),
+    )
+    return subprocess.run(
+        [console_script(args[0]), *map(str, args[1:])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def read_model(folder):
@@ -91,31 +115,62 @@ def test_store_references_follow_mergekit_model_references():
     assert parse_hub_reference("org/repo/safety/base@main") == HubReference(
         "org/repo", "safety/base", "main"
     )
-    for local in ("/abs/store", "./store", "~/store", "store", "a/../b", "org/repo@a@b", "org/repo@"):
+    for local in (
+        "/abs/store",
+        "./store",
+        "~/store",
+        "store",
+        "a/../b",
+        "org/repo@a@b",
+        "org/repo@",
+    ):
         assert parse_hub_reference(local) is None, local
-    assert hub_model_id(f"/x/models--org--repo/snapshots/{STORES_COMMIT}") == f"org/repo@{STORES_COMMIT}"
+    assert (
+        hub_model_id(f"/x/models--org--repo/snapshots/{STORES_COMMIT}")
+        == f"org/repo@{STORES_COMMIT}"
+    )
     assert hub_model_id("org/repo") == "org/repo"
     assert hub_model_id("/a/local/checkpoint") is None
 
 
 @pytest.mark.slow
 def test_merge_with_hub_stores_offline(hub, llama_family, console_script, child_env, tmp_path):
-    config = write_config(tmp_path / "hub.yml", llama_family,
-                          "led-test/led-stores/safety/finetune1@v1",
-                          f"led-test/led-stores/safety/base@{STORES_COMMIT}")
-    proc = run(console_script, child_env, hub, "mergekit-led", "merge", config, tmp_path / "out",
-               "--no-copy-tokenizer")
+    config = write_config(
+        tmp_path / "hub.yml",
+        llama_family,
+        "led-test/led-stores/safety/finetune1@v1",
+        f"led-test/led-stores/safety/base@{STORES_COMMIT}",
+    )
+    proc = run(
+        console_script,
+        child_env,
+        hub,
+        "mergekit-led",
+        "merge",
+        config,
+        tmp_path / "out",
+        "--no-copy-tokenizer",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run(console_script, child_env, hub, "mergekit-yaml", config, tmp_path / "yaml_out",
-               "--no-copy-tokenizer")
+    proc = run(
+        console_script,
+        child_env,
+        hub,
+        "mergekit-yaml",
+        config,
+        tmp_path / "yaml_out",
+        "--no-copy-tokenizer",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    local = write_config(tmp_path / "local.yml", llama_family, hub["local"]["finetune1"],
-                         hub["local"]["base"])
+    local = write_config(
+        tmp_path / "local.yml", llama_family, hub["local"]["finetune1"], hub["local"]["base"]
+    )
     from mergekit_led.cli import main
 
-    result = CliRunner().invoke(main, ["merge", local, str(tmp_path / "local_out"),
-                                       "--no-copy-tokenizer"])
+    result = CliRunner().invoke(
+        main, ["merge", local, str(tmp_path / "local_out"), "--no-copy-tokenizer"]
+    )
     assert result.exit_code == 0, result.output
     expected = read_model(tmp_path / "local_out")
     for out in ("out", "yaml_out"):
@@ -129,15 +184,22 @@ def test_merge_with_hub_stores_offline(hub, llama_family, console_script, child_
 
 
 @pytest.mark.slow
-def test_hub_store_of_another_model_is_refused(hub, llama_family, console_script, child_env,
-                                              tmp_path):
-    config = write_config(tmp_path / "wrong.yml", llama_family,
-                          "led-test/led-stores/safety/finetune2", "led-test/led-stores/safety/base")
+def test_hub_store_of_another_model_is_refused(
+    hub, llama_family, console_script, child_env, tmp_path
+):
+    config = write_config(
+        tmp_path / "wrong.yml",
+        llama_family,
+        "led-test/led-stores/safety/finetune2",
+        "led-test/led-stores/safety/base",
+    )
     proc = run(console_script, child_env, hub, "mergekit-led", "merge", config, tmp_path / "out")
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("Error: Importance store led-test/led-stores/safety/finetune2 "
-                           "(`importance` of model " + llama_family.finetunes[0])
+    assert line.startswith(
+        "Error: Importance store led-test/led-stores/safety/finetune2 "
+        "(`importance` of model " + llama_family.finetunes[0]
+    )
     assert f"computed on model {llama_family.finetunes[1]}" in line
     assert not (tmp_path / "out").exists()
 
@@ -146,18 +208,27 @@ def test_hub_store_of_another_model_is_refused(hub, llama_family, console_script
 @pytest.mark.parametrize(
     "reference, message",
     [
-        ("led-test/nothing/safety", "Importance store led-test/nothing/safety does not exist as a "
-         "local folder and cannot be fetched from the Hugging Face Hub (repo led-test/nothing)"),
-        ("led-test/led-stores/code/base", "the Hub repo led-test/led-stores (commit "
-         f"{STORES_COMMIT}) has no folder 'code/base'"),
-        ("led-test/led-stores/safety/base@v2", "cannot be fetched from the Hugging Face Hub "
-         "(repo led-test/led-stores at revision v2)"),
+        (
+            "led-test/nothing/safety",
+            "Importance store led-test/nothing/safety does not exist as a "
+            "local folder and cannot be fetched from the Hugging Face Hub (repo led-test/nothing)",
+        ),
+        (
+            "led-test/led-stores/code/base",
+            f"the Hub repo led-test/led-stores (commit {STORES_COMMIT}) has no folder 'code/base'",
+        ),
+        (
+            "led-test/led-stores/safety/base@v2",
+            "cannot be fetched from the Hugging Face Hub (repo led-test/led-stores at revision v2)",
+        ),
     ],
 )
-def test_missing_hub_stores_are_one_clear_line(hub, llama_family, console_script, child_env,
-                                               tmp_path, reference, message):
-    config = write_config(tmp_path / "missing.yml", llama_family,
-                          "led-test/led-stores/safety/finetune1", reference)
+def test_missing_hub_stores_are_one_clear_line(
+    hub, llama_family, console_script, child_env, tmp_path, reference, message
+):
+    config = write_config(
+        tmp_path / "missing.yml", llama_family, "led-test/led-stores/safety/finetune1", reference
+    )
     proc = run(console_script, child_env, hub, "mergekit-led", "merge", config, tmp_path / "out")
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
@@ -165,17 +236,37 @@ def test_missing_hub_stores_are_one_clear_line(hub, llama_family, console_script
 
 
 @pytest.mark.slow
-def test_hub_model_is_keyed_by_repo_and_commit(hub, llama_family, console_script, child_env,
-                                              tmp_path):
+def test_hub_model_is_keyed_by_repo_and_commit(
+    hub, llama_family, console_script, child_env, tmp_path
+):
     config = tmp_path / "hub_model.yml"
-    config.write_text(yaml.safe_dump({
-        "merge_method": "led_merging", "base_model": llama_family.base,
-        "models": [{"model": "led-test/finetune1",
-                    "parameters": {"density": 0.3, "importance_data": hub["data"]}}],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "led_merging",
+                "base_model": llama_family.base,
+                "models": [
+                    {
+                        "model": "led-test/finetune1",
+                        "parameters": {"density": 0.3, "importance_data": hub["data"]},
+                    }
+                ],
+            }
+        )
+    )
     cache = tmp_path / "cache"
-    proc = run(console_script, child_env, hub, "mergekit-led", "prepare", config, "-o",
-               tmp_path / "resolved.yml", "--no-progress", cache_dir=str(cache))
+    proc = run(
+        console_script,
+        child_env,
+        hub,
+        "mergekit-led",
+        "prepare",
+        config,
+        "-o",
+        tmp_path / "resolved.yml",
+        "--no-progress",
+        cache_dir=str(cache),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = {e.record["model"]: e for e in StoreCache(str(cache)).entries()}
     entry = records["led-test/finetune1"]

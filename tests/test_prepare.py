@@ -69,6 +69,10 @@ def write_config(path, family, models, *, parameters=None, **extra) -> str:
     return str(path)
 
 
+def parsed(path) -> MergeConfiguration:
+    return MergeConfiguration.model_validate(yaml.safe_load(Path(path).read_text()))
+
+
 def cli(*args, env=None):
     from mergekit_led.cli import main
 
@@ -137,8 +141,13 @@ def one_command(tmp_path_factory, llama_family, task_data):
     )
     result = cli("merge", config, root / "out", "--cache-dir", cache, *QUIET)
     assert result.exit_code == 0, output_of(result)
-    return {"root": root, "cache": str(cache), "config": config, "out": str(root / "out"),
-            "output": output_of(result)}
+    return {
+        "root": root,
+        "cache": str(cache),
+        "config": config,
+        "out": str(root / "out"),
+        "output": output_of(result),
+    }
 
 
 # --------------------------------------------------------------------------- options
@@ -188,10 +197,22 @@ def test_one_command_equals_the_six_command_flow(one_command, llama_family, task
         tmp_path / "explicit.yml",
         llama_family,
         [
-            (0, {"density": 0.3, "importance": stores["safety_model"],
-                 "base_importance": stores["safety_base"]}),
-            (1, {"density": 0.5, "importance": stores["math_model"],
-                 "base_importance": stores["math_base"]}),
+            (
+                0,
+                {
+                    "density": 0.3,
+                    "importance": stores["safety_model"],
+                    "base_importance": stores["safety_base"],
+                },
+            ),
+            (
+                1,
+                {
+                    "density": 0.5,
+                    "importance": stores["math_model"],
+                    "base_importance": stores["math_base"],
+                },
+            ),
         ],
     )
     result = cli("merge", explicit, tmp_path / "out", *QUIET)
@@ -206,10 +227,13 @@ def test_one_command_equals_the_six_command_flow(one_command, llama_family, task
         assert entry.record["score"] == "snip"
 
 
-def test_rerun_with_other_densities_and_weights_computes_nothing(one_command, llama_family,
-                                                                  task_data, tmp_path):
-    before = {e.key: os.stat(os.path.join(e.path, "scores.safetensors")).st_mtime_ns
-              for e in StoreCache(one_command["cache"]).entries()}
+def test_rerun_with_other_densities_and_weights_computes_nothing(
+    one_command, llama_family, task_data, tmp_path
+):
+    before = {
+        e.key: os.stat(os.path.join(e.path, "scores.safetensors")).st_mtime_ns
+        for e in StoreCache(one_command["cache"]).entries()
+    }
     config = write_config(
         tmp_path / "led.yml",
         llama_family,
@@ -222,18 +246,22 @@ def test_rerun_with_other_densities_and_weights_computes_nothing(one_command, ll
     result = cli("merge", config, tmp_path / "out", "--cache-dir", one_command["cache"], *QUIET)
     assert result.exit_code == 0, output_of(result)
     assert computed(output_of(result)) == 0 and cached(output_of(result)) == 4
-    after = {e.key: os.stat(os.path.join(e.path, "scores.safetensors")).st_mtime_ns
-             for e in StoreCache(one_command["cache"]).entries()}
+    after = {
+        e.key: os.stat(os.path.join(e.path, "scores.safetensors")).st_mtime_ns
+        for e in StoreCache(one_command["cache"]).entries()
+    }
     assert after == before
 
 
-def test_changed_dataset_or_option_recomputes_only_what_it_touches(one_command, llama_family,
-                                                                   task_data, tmp_path):
+def test_changed_dataset_or_option_recomputes_only_what_it_touches(
+    one_command, llama_family, task_data, tmp_path
+):
     cache = tmp_path / "cache"
     shutil.copytree(one_command["cache"], cache)
     # the math data changes (a third row; all are used), the safety data stays
-    math = write_jsonl(tmp_path / "math.jsonl", MATH + [{"prompt": "what is two times two",
-                                                          "response": "four"}])
+    math = write_jsonl(
+        tmp_path / "math.jsonl", MATH + [{"prompt": "what is two times two", "response": "four"}]
+    )
     config = write_config(
         tmp_path / "led.yml",
         llama_family,
@@ -317,7 +345,7 @@ def test_explicit_stores_win_over_importance_data(one_command, llama_family, tmp
 def test_kernel_uses_cached_stores_and_refuses_missing_ones(one_command, tmp_path, monkeypatch):
     """mergekit's own run_merge (what mergekit-yaml calls): importance_data configs
     merge from the cache, and stop with the commands to run when a store is missing."""
-    config = MergeConfiguration.model_validate(yaml.safe_load(Path(one_command["config"]).read_text()))
+    config = parsed(one_command["config"])
     options = MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True)
     monkeypatch.setenv("MERGEKIT_LED_CACHE", one_command["cache"])
     run_merge(config.model_copy(deep=True), str(tmp_path / "out"), options=options)
@@ -335,21 +363,25 @@ def test_kernel_uses_cached_stores_and_refuses_missing_ones(one_command, tmp_pat
 
 
 def test_kernel_refuses_a_model_with_neither_stores_nor_data(llama_family, tmp_path):
-    config = MergeConfiguration.model_validate(
-        yaml.safe_load(Path(write_config(tmp_path / "c.yml", llama_family, [(0, {"density": 0.3})])).read_text())
-    )
-    with pytest.raises(ConfigError, match=r"finetune1 has no `importance` parameter \(nor `importance_data`"):
+    config = parsed(write_config(tmp_path / "c.yml", llama_family, [(0, {"density": 0.3})]))
+    with pytest.raises(
+        ConfigError, match=r"finetune1 has no `importance` parameter \(nor `importance_data`"
+    ):
         run_merge(config, str(tmp_path / "out"), options=MergeOptions(quiet=True))
 
 
 @pytest.mark.slow
-def test_plain_mergekit_yaml_uses_the_cache_or_says_what_to_run(one_command, console_script,
-                                                                 child_env, tmp_path):
+def test_plain_mergekit_yaml_uses_the_cache_or_says_what_to_run(
+    one_command, console_script, child_env, tmp_path
+):
     config = one_command["config"]
     env = child_env(MERGEKIT_LED_CACHE=one_command["cache"])
     proc = subprocess.run(
         [console_script("mergekit-yaml"), config, str(tmp_path / "out"), "--no-copy-tokenizer"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_tensors(read_model(tmp_path / "out"), read_model(one_command["out"]))
@@ -358,7 +390,10 @@ def test_plain_mergekit_yaml_uses_the_cache_or_says_what_to_run(one_command, con
     out = tmp_path / "out2"
     proc = subprocess.run(
         [console_script("mergekit-yaml"), config, str(out), "--no-copy-tokenizer"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
@@ -380,16 +415,18 @@ def one_line_error(result) -> str:
 
 def test_missing_and_empty_datasets(llama_family, tmp_path):
     missing = str(tmp_path / "missing.jsonl")
-    config = write_config(tmp_path / "a.yml", llama_family,
-                          [(0, {"density": 0.3, "importance_data": missing})])
+    config = write_config(
+        tmp_path / "a.yml", llama_family, [(0, {"density": 0.3, "importance_data": missing})]
+    )
     line = one_line_error(cli("prepare", config, "--cache-dir", tmp_path / "cache"))
     assert "finetune1" in line and f"{missing} does not exist" in line
     assert f"mergekit-led prepare {config}" in line
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    config = write_config(tmp_path / "b.yml", llama_family,
-                          [(0, {"density": 0.3, "importance_data": str(empty)})])
+    config = write_config(
+        tmp_path / "b.yml", llama_family, [(0, {"density": 0.3, "importance_data": str(empty)})]
+    )
     line = one_line_error(cli("merge", config, tmp_path / "out", "--cache-dir", tmp_path / "cache"))
     assert "finetune1" in line and "empty" in line and str(empty) in line
     assert not (tmp_path / "out").exists()
@@ -401,11 +438,20 @@ def test_model_that_cannot_be_loaded(llama_family, task_data, tmp_path):
     shutil.copytree(llama_family.finetunes[0], broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     config = tmp_path / "c.yml"
-    config.write_text(yaml.safe_dump({
-        "merge_method": "led_merging", "base_model": llama_family.base,
-        "models": [{"model": str(broken),
-                    "parameters": {"density": 0.3, "importance_data": task_data["safety"]}}],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "led_merging",
+                "base_model": llama_family.base,
+                "models": [
+                    {
+                        "model": str(broken),
+                        "parameters": {"density": 0.3, "importance_data": task_data["safety"]},
+                    }
+                ],
+            }
+        )
+    )
     line = one_line_error(cli("prepare", str(config), "--cache-dir", tmp_path / "cache"))
     assert f"Model {broken} cannot be loaded" in line and "safety.jsonl" in line
     assert f"mergekit-led prepare {config}" in line
@@ -438,10 +484,8 @@ def test_bad_importance_data_parameters(llama_family, task_data, tmp_path, param
 
 
 def test_interrupted_run_leaves_nothing_that_looks_complete(llama_family, task_data, tmp_path):
-    config = MergeConfiguration.model_validate(yaml.safe_load(Path(write_config(
-        tmp_path / "c.yml", llama_family,
-        [(2, {"density": 0.3, "importance_data": task_data["safety"]})],
-    )).read_text()))
+    params = {"density": 0.3, "importance_data": task_data["safety"]}
+    config = parsed(write_config(tmp_path / "c.yml", llama_family, [(2, params)]))
     cache = StoreCache(str(tmp_path / "cache"))
     calls = []
 
@@ -452,9 +496,13 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(llama_family, task_d
         return snip_step(*args)
 
     with pytest.raises(KeyboardInterrupt):
-        prepare_config(config, cache=cache, progress=False,
-                       hooks=RunHooks(steps={"snip": killed_on_the_second_sample}),
-                       run={"checkpoint_every": 1})
+        prepare_config(
+            config,
+            cache=cache,
+            progress=False,
+            hooks=RunHooks(steps={"snip": killed_on_the_second_sample}),
+            run={"checkpoint_every": 1},
+        )
     assert cache.entries() == []
     assert cache.leftovers()  # the progress checkpoint of the killed run
     # a half-copied entry (a file short) and an entry without its record are not complete
@@ -476,10 +524,8 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(llama_family, task_d
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(llama_family, task_data, tmp_path):
-    config = MergeConfiguration.model_validate(yaml.safe_load(Path(write_config(
-        tmp_path / "c.yml", llama_family,
-        [(2, {"density": 0.3, "importance_data": task_data["safety"]})],
-    )).read_text()))
+    params = {"density": 0.3, "importance_data": task_data["safety"]}
+    config = parsed(write_config(tmp_path / "c.yml", llama_family, [(2, params)]))
     cache = StoreCache(str(tmp_path / "cache"))
     calls = []
 
@@ -490,21 +536,30 @@ def test_interrupted_run_resumes_from_its_checkpoint(llama_family, task_data, tm
         return snip_step(*args)
 
     with pytest.raises(KeyboardInterrupt):
-        prepare_config(config, cache=cache, progress=False, run={"checkpoint_every": 1},
-                       hooks=RunHooks(steps={"snip": killed_on_the_third_sample}))
+        prepare_config(
+            config,
+            cache=cache,
+            progress=False,
+            run={"checkpoint_every": 1},
+            hooks=RunHooks(steps={"snip": killed_on_the_third_sample}),
+        )
     scored = []
 
     def counting(*args):
         scored.append(1)
         return snip_step(*args)
 
-    resumed = prepare_config(config, cache=cache, progress=False,
-                             hooks=RunHooks(steps={"snip": counting}))
+    resumed = prepare_config(
+        config, cache=cache, progress=False, hooks=RunHooks(steps={"snip": counting})
+    )
     # the fine-tuned store resumed after its 2 checkpointed samples; the base store: 3
     assert len(scored) == 1 + 3
     fresh = prepare_config(config, cache=StoreCache(str(tmp_path / "fresh")), progress=False)
     for a, b in zip(resumed.stores, fresh.stores):
-        store_a, store_b = mergekit_led.load_importance(a.path), mergekit_led.load_importance(b.path)
+        store_a, store_b = (
+            mergekit_led.load_importance(a.path),
+            mergekit_led.load_importance(b.path),
+        )
         for name in store_a:
             assert torch.equal(store_a[name], store_b[name]), name
 
@@ -521,16 +576,15 @@ def test_locate_writes_a_store_card(one_command):
 
 def test_errors_name_the_data_and_what_to_run_for_prepare_errors_too(llama_family, tmp_path):
     bad_field = write_jsonl(tmp_path / "d.jsonl", [{"question": "a", "answer": "b"}])
-    config = write_config(tmp_path / "c.yml", llama_family,
-                          [(0, {"density": 0.3, "importance_data": bad_field})])
+    config = write_config(
+        tmp_path / "c.yml", llama_family, [(0, {"density": 0.3, "importance_data": bad_field})]
+    )
     line = one_line_error(cli("prepare", config, "--cache-dir", tmp_path / "cache"))
     assert "finetune1" in line and bad_field in line and "prompt" in line
 
 
 def test_locate_error_type_is_kept(llama_family, tmp_path):
-    config = MergeConfiguration.model_validate(yaml.safe_load(Path(write_config(
-        tmp_path / "c.yml", llama_family,
-        [(0, {"density": 0.3, "importance_data": str(tmp_path / "none.jsonl")})],
-    )).read_text()))
+    params = {"density": 0.3, "importance_data": str(tmp_path / "none.jsonl")}
+    config = parsed(write_config(tmp_path / "c.yml", llama_family, [(0, params)]))
     with pytest.raises(LocateError, match="none.jsonl does not exist"):
         prepare_config(config, cache=StoreCache(str(tmp_path / "cache")), progress=False)

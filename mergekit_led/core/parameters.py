@@ -114,9 +114,10 @@ def require_parameters(parameters: Mapping[str, Any], *, model: str) -> None:
         ):
             raise ConfigError(
                 f"Model {model} gives `{DATA_PARAMETER}` ({parameters[DATA_PARAMETER]}) "
-                f"but its `{required}` store is not computed yet: run `mergekit-led merge "
-                "CONFIG OUT` (computes the stores, then merges) or `mergekit-led prepare "
-                "CONFIG -o resolved.yml` and use resolved.yml."
+                f"instead of its `{required}` store path, which this needs: run "
+                "`mergekit-led prepare CONFIG -o resolved.yml` (computes the stores, or "
+                "finds them in the store cache) and use resolved.yml, or merge with "
+                "`mergekit-led merge CONFIG OUT`, which does both."
             )
         if required not in parameters:
             raise ConfigError(
