@@ -44,7 +44,6 @@ from mergekit_led.prepare.plan import PlannedStore, StoreRequest, plan_store
 from mergekit_led.store.manifest import read_manifest
 
 LOG = logging.getLogger(__name__)
-ROLE_OF = {"importance": "fine-tuned", "base_importance": "base"}
 
 
 class StoresNotComputed(ConfigError):
@@ -386,6 +385,6 @@ def _record(planned: PlannedStore) -> Dict[str, Any]:
         "samples": planned.samples,
         "answer_tokens": planned.answer_tokens,
         "score": request.options.score,
-        "options": {k: v for k, v in planned.material["options"].items()},
+        "options": planned.material["options"],
         "key_material": planned.material,
     }
