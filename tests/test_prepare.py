@@ -157,6 +157,18 @@ def test_config_options_are_the_score_changing_locate_options():
     names = {f.name for f in dataclasses.fields(LocateOptions)}
     assert set(SCORE_OPTIONS) | EXECUTION_OPTIONS == names
     assert not set(SCORE_OPTIONS) & EXECUTION_OPTIONS
+    # what the cache key leaves out: placement, memory, checkpoints, permissions, display
+    assert EXECUTION_OPTIONS == {
+        "device",
+        "device_map",
+        "offload_accumulators",
+        "gradient_checkpointing",
+        "checkpoint_every",
+        "resume",
+        "overwrite",
+        "trust_remote_code",
+        "progress",
+    }
     # every score-changing option is settable in a config, except the magnitude
     # score's base, which importance_data (data scores only) never uses
     assert set(LOCATE_CONFIG_OPTIONS) == set(SCORE_OPTIONS) - {"base"}

@@ -1,12 +1,13 @@
 """Which locate options change the scores, and reading them from a config's parameters.
 
-``LocateOptions`` is the one list of locate's options. Its fields fall in two
-groups: options that change the scores a run produces (part of a store's cache
-key, and settable in a config as ``locate_<option>``), and options that only
-change how a run executes (device, memory, checkpoints: chosen per machine on
-the command line). Only the second group is listed here, so an option added to
-``LocateOptions`` later is part of the cache key until it is known to be safe
-to leave out.
+``LocateOptions`` is the one list of locate's options, and its ``resume_key``
+metadata marks the options that can change the sums a run accumulates (what a
+resumed run must share with its checkpoint). The cache key takes those, minus
+three that change how a run computes but not its result (tests/test_locate.py
+checks gradient checkpointing and offloading give the same scores): a store
+computed with them serves a merge run without them. The options in the key are
+the ones a config can set as ``locate_<option>``; the others are chosen per
+machine on the command line.
 """
 
 from __future__ import annotations
@@ -26,24 +27,13 @@ from mergekit_led.errors import ConfigError
 from mergekit_led.location.options import DTYPES, LocateOptions
 from mergekit_led.location.scores import DATA_SCORES, SCORE_KINDS
 
-EXECUTION_OPTIONS = frozenset(
-    {
-        "device",
-        "device_map",
-        "offload_accumulators",
-        # Recomputing activations in backward repeats the same operations; the
-        # gradients, hence the scores, do not change.
-        "gradient_checkpointing",
-        "checkpoint_every",
-        "resume",
-        "overwrite",
-        "trust_remote_code",
-        "progress",
-    }
-)
+SAME_SCORES = frozenset({"device_map", "offload_accumulators", "gradient_checkpointing"})
 SCORE_OPTIONS: Tuple[str, ...] = tuple(
-    f.name for f in fields(LocateOptions) if f.name not in EXECUTION_OPTIONS
+    f.name
+    for f in fields(LocateOptions)
+    if f.metadata.get("resume_key", True) and f.name not in SAME_SCORES
 )
+EXECUTION_OPTIONS = frozenset(f.name for f in fields(LocateOptions)) - set(SCORE_OPTIONS)
 # Execution options a prepare run takes from its command line (the rest are
 # managed by the cache itself: where stores go, resuming, replacing).
 RUN_OPTIONS: Tuple[str, ...] = (
