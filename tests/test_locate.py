@@ -636,7 +636,7 @@ def test_renamed_parameters_are_refused_before_any_work(tmp_path, locate_family,
         return model
 
     hooks = RunHooks(load_model=renaming_loader, steps={"snip": lambda *a: pytest.fail("scored anyway")})
-    with pytest.raises(LocateError, match=r"Cannot key scores by the tensor names of checkpoint .*'model.norm.scale' \(no tensor of that name in the checkpoint\)"):
+    with pytest.raises(LocateError, match=r"Cannot key scores by the weight names mergekit asks for with checkpoint .*: no parameter or buffer of the loaded model gives 'model.norm.weight'; parameters of the loaded model that match no mergekit weight: 'model.norm.scale'\."):
         mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "s"), hooks=hooks, **quiet())
 
 

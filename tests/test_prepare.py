@@ -167,6 +167,7 @@ def test_config_options_are_the_score_changing_locate_options():
         "resume",
         "overwrite",
         "trust_remote_code",
+        "allow_bad_tokenization",
         "progress",
     }
     # every score-changing option is settable in a config, except the magnitude

@@ -101,6 +101,13 @@ class LocateOptions:
     skip_nonfinite: bool = _option(
         False, "Skip (and count) samples with a non-finite loss or gradient.", flag=True
     )
+    allow_bad_tokenization: bool = _option(
+        False,
+        "Write the store even when most answers tokenize to unknown tokens or to nothing, "
+        "or do not decode back.",
+        flag=True,
+        resume_key=False,  # a permission: the scores are the same either way
+    )
     # A permission: a model that loads at all runs the same code either way.
     trust_remote_code: bool = _option(
         False,

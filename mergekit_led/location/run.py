@@ -3,8 +3,8 @@
 The Location step of LED-Merging (``LED_SPEC.md`` section 1). For SNIP, every
 sample gets exactly one forward and one backward pass, whose per-weight
 gradients are folded into float32 accumulators as they are produced (see
-``mergekit_led.location.scores``). The result is keyed by the checkpoint's own
-tensor names, so mergekit can read it at merge time.
+``mergekit_led.location.scores``). The result is keyed by the names mergekit asks
+the merge method for (``mergekit_led.location.names``), so the merge finds every weight.
 
 Long runs checkpoint their accumulators (``--checkpoint-every``) and resume
 to the same scores; under ``torchrun``/``accelerate launch`` every process
@@ -28,11 +28,14 @@ from mergekit_led.errors import LocateError
 from mergekit_led.location import data as location_data
 from mergekit_led.location.checkpoint import Progress, RunCheckpoint
 from mergekit_led.location.distributed import Distributed
-from mergekit_led.location.model import enable_gradient_checkpointing, load_model, load_tokenizer
+from mergekit_led.location.model import enable_gradient_checkpointing, load_tokenizer
 from mergekit_led.location.names import (
     ScoredParameters,
-    checkpoint_tensor_shapes,
+    check_mergeable,
+    check_wanda_applies,
     linear_modules,
+    local_checkpoint,
+    model_weights,
     scored_parameters,
 )
 from mergekit_led.location.options import LocateOptions, check_options, resume_key_options
@@ -45,7 +48,8 @@ from mergekit_led.location.scores import (
     random_scores,
 )
 from mergekit_led.location.steps import NonFiniteSample, RunHooks, input_device
-from mergekit_led.store import fingerprint
+from mergekit_led.location.tokenization import check_answers, check_tokenizer_class
+from mergekit_led.store import mergekit_weights
 
 LOG = logging.getLogger(__name__)
 
@@ -104,8 +108,11 @@ def _run(
 ) -> str:
     started = time.time()
     selection = rows = tokenizer = tokenization = None
+    weights = model_weights(model, trust_remote_code=opts.trust_remote_code)
+    check_mergeable(weights, model)  # before loading anything
     if opts.score in DATA_SCORES:
         tokenizer = load_tokenizer(model, opts)
+        declared_class = check_tokenizer_class(tokenizer, opts.tokenizer or model)
         rows = location_data.load_rows(data, split=opts.split)
         fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
         location_data.data_format(rows.columns, fields, rows.name)  # refuse bad fields before loading the model
@@ -125,24 +132,38 @@ def _run(
             max_samples=opts.max_samples,
             seed=opts.seed,
         )
-    scored = scored_parameters(loaded, model, checkpoint_tensor_shapes(model))
+        answers = check_answers(
+            tokenizer, rows, selection, fields, model=model, declared_class=declared_class,
+            allow=opts.allow_bad_tokenization,
+        )
+    if weights is None:  # a hub model is in the local cache once loaded
+        weights = model_weights(model, trust_remote_code=opts.trust_remote_code)
+    scored = scored_parameters(loaded, model, weights)
     if scored.not_scored:
         LOG.warning(
-            "%d checkpoint tensors of %s are not parameters of the loaded model and get "
+            "%d checkpoint tensors of %s are read by no weight mergekit merges and get "
             "no scores: %s", len(scored.not_scored), model, ", ".join(scored.not_scored[:10]),
+        )
+    if scored.unasked:
+        LOG.warning(
+            "%d parameters of %s are not weights mergekit merges and get no scores: %s",
+            len(scored.unasked), model, ", ".join(scored.unasked[:10]),
         )
     details: Dict[str, Any] = {}
 
     if opts.score == "magnitude":
-        scores = magnitude_scores(scored.params, _base_weights(opts, scored) if opts.base else None)
+        scores = magnitude_scores(
+            scored.weight_tensors(loaded), _base_weights(opts, scored) if opts.base else None
+        )
         counts = None
     elif opts.score == "random":
-        scores = random_scores({n: p.shape for n, p in scored.params.items()}, opts.seed)
+        scores = random_scores(scored.shapes(), opts.seed)
         counts = None
     else:
         scores, counts, details = _score_data(
             loaded, model, scored, selection, opts, dist, out, hooks.steps[opts.score]
         )
+    scores = scored.store_scores(scores, loaded, opts.score)  # keyed by mergekit's names
     # The model is not needed to write the store: free it first, so writing
     # (sorted copies, serialisation) reuses its memory instead of adding to it.
     del loaded
@@ -153,6 +174,7 @@ def _run(
         dataset = None
         if selection is not None:
             dataset = dataset_info(rows, selection, counts, data, opts)
+            dataset.update(answers.manifest_fields())
             details["tokenization"] = tokenization.describe(tokenizer)
         save_importance_for_run(
             scores, out, model=model, opts=opts, scored=scored, dataset=dataset,
@@ -180,34 +202,34 @@ def _model_max_length(model: nn.Module) -> Optional[int]:
 
 
 def _base_weights(opts: LocateOptions, scored: ScoredParameters) -> Callable[[str], torch.Tensor]:
-    """``name -> θ_base[name]``, read lazily from a local base checkpoint, or from a
-    base model loaded on the CPU."""
-    base = opts.base
-    if fingerprint.is_local_checkpoint(base):
-        from mergekit.io.lazy_tensor_loader import LazyTensorLoader, ShardedTensorIndex
+    """``name -> θ_base[name]``: the tensor mergekit hands over for that weight of the base
+    model (built from its checkpoint when mergekit converts it, e.g. fused experts)."""
+    from mergekit.common import ModelReference
 
-        loader = LazyTensorLoader(ShardedTensorIndex.from_disk(base), lazy_unpickle=True)
-        names = set(loader.index.tensor_paths)
-    else:
-        base_model = load_model(
-            base,
-            LocateOptions(dtype="fp32", trust_remote_code=opts.trust_remote_code),
-            torch.device("cpu"),
-        )
-        state = dict(base_model.named_parameters(remove_duplicate=False))
-        loader, names = None, set(state)
+    base = opts.base
+    folder = local_checkpoint(base)
+    if folder is None:
+        try:
+            folder = ModelReference.model_validate(base).local_path()
+        except Exception as error:  # a hub download failure has many types
+            raise LocateError(f"Cannot read the base model {base}: {error}") from error
+    base_weights = mergekit_weights.mergekit_weights(
+        folder, trust_remote_code=opts.trust_remote_code
+    )
+    storable = base_weights.storable()
+    expected = scored.shapes()
+    loader = ModelReference.model_validate(folder).lazy_loader(lazy_unpickle=True)
 
     def base_weight(name: str) -> torch.Tensor:
-        if name not in names:
+        weight = storable.get(name)
+        if weight is None:
             raise LocateError(f"The base model {base} has no weight {name!r} to subtract.")
-        tensor = loader.get_tensor(name) if loader is not None else state[name].detach()
-        expected = tuple(scored.params[name].shape)
-        if tuple(tensor.shape) != expected:
+        if weight.shape != tuple(expected[name]):
             raise LocateError(
-                f"Weight {name!r} has shape {tuple(tensor.shape)} in the base model {base} "
-                f"but {expected} in the scored model."
+                f"Weight {name!r} has shape {weight.shape} in the base model {base} "
+                f"but {tuple(expected[name])} in the scored model."
             )
-        return tensor
+        return mergekit_weights.read_weight(base_weights, weight, loader)
 
     return base_weight
 
@@ -247,6 +269,7 @@ def _score_data(
             scored.params, offload=opts.offload_accumulators, skip_nonfinite=opts.skip_nonfinite
         )
     else:
+        check_wanda_applies(loaded, model, scored)
         modules = linear_modules(loaded, scored)
         accumulator = WandaAccumulator(scored.params, modules, offload=opts.offload_accumulators)
         details["wanda_magnitude_fallback"] = accumulator.fallback

@@ -39,6 +39,17 @@ def sample_index(shape: Tuple[int, ...]) -> Tuple[object, ...]:
     return (rows, cols) + (0,) * (len(shape) - 2)
 
 
+def sample_size(shape: Tuple[int, ...]) -> int:
+    """How many values the fingerprint sample of a weight of this shape holds."""
+    index = sample_index(tuple(shape))
+    if not index:
+        return 1
+    size = len(index[0])
+    if len(index) > 1:
+        size *= index[1].stop - index[1].start
+    return size
+
+
 def _spread(length: int, count: int) -> torch.Tensor:
     if length == 0:
         return torch.zeros(0, dtype=torch.long)
@@ -63,8 +74,8 @@ def _sample_lazy(handle, name: str) -> torch.Tensor:
     lazy = handle.get_slice(name)
     shape = tuple(lazy.get_shape())
     index = sample_index(shape)
-    if not index:
-        return lazy[:].reshape(1).to(torch.float64)
+    if not index:  # a scalar (e.g. Apertus' activation parameters): safetensors cannot slice it
+        return handle.get_tensor(name).reshape(1).to(torch.float64)
     rest = tuple(index[1:])
     pieces = [lazy[(slice(int(r), int(r) + 1),) + rest] for r in index[0].tolist()]
     if not pieces:

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from mergekit_led.atomic import staged_directory
 from mergekit_led.environment import package_versions
 from mergekit_led.errors import StoreError
-from mergekit_led.store import fingerprint
+from mergekit_led.store import fingerprint, mergekit_weights
 from mergekit_led.store.manifest import (
     FINGERPRINT_FILE,
     FORMAT_NAME,
@@ -40,24 +40,30 @@ def save_importance(
     overwrite: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
     thresholds: bool = True,
+    weight_samples: Optional[Mapping[str, torch.Tensor]] = None,
+    trust_remote_code: bool = False,
     **metadata: Any,
 ) -> str:
     """Write a valid importance store from a mapping of weight name to scores.
 
     Args:
-        scores: weight name (as the checkpoint names it) -> non-negative scores of
-            that weight's shape. Converted to float32.
+        scores: weight name (as mergekit asks the merge method for it) -> non-negative
+            scores of that weight's shape. Converted to float32.
         out_dir: the store folder. Written aside and renamed into place, so a
             folder at this path is always complete.
         model: the scored model as given (path or hub id). A local checkpoint is
-            fingerprinted and every score is checked against its weight names
-            and shapes.
+            fingerprinted and every score is checked against the names and shapes
+            of the weights mergekit merges for it.
         score: the score kind (``snip``, ``wanda``, ``magnitude``, ``random``, ...).
         dataset: ``{"name", "fingerprint", "samples", "answer_tokens", ...}``.
         aliases: other names a merge may ask for -> the stored name (tied weights).
         overwrite: replace an existing store at ``out_dir``.
         max_shard_size: bytes per ``scores`` shard.
         thresholds: also write the sorted copies that make merging fast.
+        weight_samples: fingerprint samples of converted weights, already taken
+            (locate samples the loaded parameters); others are read from the checkpoint.
+        trust_remote_code: read the model's config with its own code (for mergekit's
+            architecture of a custom model).
         **metadata: anything JSON-serialisable, kept in the manifest.
 
     Returns the store path.
@@ -78,6 +84,9 @@ def save_importance(
         ckpt_shapes = fingerprint.checkpoint_shapes(model)
         samples = fingerprint.checkpoint_samples(model)
         model_fingerprint = fingerprint.digest(samples, ckpt_shapes)
+        ckpt_shapes, samples = _mergekit_names(
+            model, scores, out_dir, samples, weight_samples, trust_remote_code
+        )
 
     prepared: Dict[str, torch.Tensor] = {}
     for name, tensor in scores.items():
@@ -144,7 +153,7 @@ def _checked_scores(
         if name not in ckpt_shapes:
             raise StoreError(
                 f"The {where} name no weight of model {model}; stores are keyed by the "
-                "checkpoint's tensor names."
+                "names mergekit asks the merge method for."
             )
         if tuple(tensor.shape) != tuple(ckpt_shapes[name]):
             raise StoreError(
@@ -154,6 +163,26 @@ def _checked_scores(
     values = tensor.detach().to(torch.float32)
     check_score_values(values, where=f"the {where}")
     return values.contiguous()
+
+
+def _mergekit_names(
+    model: str,
+    scores: Mapping[str, torch.Tensor],
+    out_dir: str,
+    checkpoint_samples: Dict[str, torch.Tensor],
+    given: Optional[Mapping[str, torch.Tensor]],
+    trust_remote_code: bool,
+) -> Tuple[Dict[str, Tuple[int, ...]], Dict[str, torch.Tensor]]:
+    """The names and shapes a store of ``model`` may hold (those mergekit asks for), and
+    the fingerprint samples of the tensors mergekit hands over under those names."""
+    weights = mergekit_weights.mergekit_weights(model, trust_remote_code=trust_remote_code)
+    if weights.missing():
+        raise StoreError(f"Cannot write importance store {out_dir}: {weights.missing_message()}")
+    mergekit_weights.refuse_converted_inputs(weights, list(scores), f"importance store {out_dir}")
+    shapes = mergekit_weights.store_shapes(weights)
+    names = [name for name in scores if isinstance(name, str) and name in shapes]
+    samples = mergekit_weights.weight_samples(weights, names, checkpoint_samples, given)
+    return shapes, samples
 
 
 def _write_sharded(
