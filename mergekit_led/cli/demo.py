@@ -11,15 +11,28 @@ from mergekit_led.cli import run_cli_errors_cleanly
 
 @click.command("demo")
 @click.option("--out", default="demo-output", show_default=True, help="Output folder.")
-@click.option("--seeds", default="3", show_default=True,
-              help="N (seeds 0 to N-1), a range A-B, or a list like 0,4,7.")
-@click.option("--jobs", default=None, type=int,
-              help="Seeds run at a time, each in its own single-threaded process "
-                   "[default: the CPU count, at most the number of seeds].")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
-@click.option("--ablations", is_flag=True,
-              help="Also run the paper's ablations (location random/wanda, election 01/10, "
-                   "disjoint off) on every seed.")
+@click.option(
+    "--seeds",
+    default="3",
+    show_default=True,
+    help="N (seeds 0 to N-1), a range A-B, or a list like 0,4,7.",
+)
+@click.option(
+    "--jobs",
+    default=None,
+    type=int,
+    help="Seeds run at a time, each in its own single-threaded process "
+    "[default: the CPU count, at most the number of seeds].",
+)
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True
+)
+@click.option(
+    "--ablations",
+    is_flag=True,
+    help="Also run the paper's ablations (location random/wanda, election 01/10, "
+    "disjoint off) on every seed.",
+)
 @click.option("--quick", is_flag=True, help="Reduced sizes (for tests; the numbers mean nothing).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @run_cli_errors_cleanly
@@ -39,14 +52,23 @@ def command(out, seeds, jobs, device, ablations, quick, quiet):
     warnings.filterwarnings("ignore")
     seed_list = parse_seeds(seeds)
     jobs = check_jobs(jobs if jobs is not None else min(os.cpu_count() or 1, len(seed_list)))
-    settings = Settings(out=out, seeds=seed_list, jobs=jobs, device=device, quick=quick,
-                        ablations=ablations, progress=not quiet)
+    settings = Settings(
+        out=out,
+        seeds=seed_list,
+        jobs=jobs,
+        device=device,
+        quick=quick,
+        ablations=ablations,
+        progress=not quiet,
+    )
     summary = run_demo(settings)
     click.echo("")
     if quick:
         click.echo("--quick: reduced sizes for testing the pipeline; these numbers mean nothing.")
-    click.echo(f"Test split, %, mean [min–max] over seeds {', '.join(map(str, seed_list))} "
-               "(harmful compliance = share of harmful requests not refused):")
+    click.echo(
+        f"Test split, %, mean [min–max] over seeds {', '.join(map(str, seed_list))} "
+        "(harmful compliance = share of harmful requests not refused):"
+    )
     click.echo(results_table(summary, markdown=False))
     click.echo("")
     click.echo(comparison_table(summary, markdown=False))
@@ -58,5 +80,7 @@ def command(out, seeds, jobs, device, ablations, quick, quiet):
         click.echo(f"- {finding}")
     timing = summary["timing"]
     paths = summary["paths"]
-    click.echo(f"\nwrote {paths['markdown']}, {paths['json']}, {paths['plot']} "
-               f"({timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU)")
+    click.echo(
+        f"\nwrote {paths['markdown']}, {paths['json']}, {paths['plot']} "
+        f"({timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU)"
+    )

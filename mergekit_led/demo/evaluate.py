@@ -11,7 +11,7 @@ Metrics are shares in [0, 1]:
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -29,14 +29,16 @@ MAX_NEW_TOKENS = {
 EVAL_SETS = tuple(MAX_NEW_TOKENS)
 
 
-def eval_sets(world: World, split: str) -> Dict[str, List[Sample]]:
-    """The four evaluation sets of ``split`` (``val`` or ``test``)."""
-    return {
+def eval_sets(world: World, split: str, limit: Optional[int] = None) -> Dict[str, List[Sample]]:
+    """The four evaluation sets of ``split`` (``val`` or ``test``), each cut to its
+    first ``limit`` items when given (the quick mode)."""
+    sets = {
         "harmful": getattr(world.harmful, split),
         "benign": getattr(world.benign, split),
         "math": getattr(world.math, split),
         "code": getattr(world.code, split),
     }
+    return {name: samples[:limit] for name, samples in sets.items()}
 
 
 @torch.no_grad()
@@ -77,12 +79,16 @@ def generate(
     return answers
 
 
-def evaluate(model, tokenizer, sets: Dict[str, List[Sample]], *, device: str = "cpu") -> Dict[str, float]:
+def evaluate(
+    model, tokenizer, sets: Dict[str, List[Sample]], *, device: str = "cpu"
+) -> Dict[str, float]:
     """The four metrics of ``model`` on ``sets`` (see the module docstring)."""
 
     def answers(name: str) -> List[str]:
         prompts = [s.prompt for s in sets[name]]
-        return generate(model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS[name], device=device)
+        return generate(
+            model, tokenizer, prompts, max_new_tokens=MAX_NEW_TOKENS[name], device=device
+        )
 
     result = {
         "harmful_compliance": _share(not is_refusal(a) for a in answers("harmful")),

@@ -49,7 +49,11 @@ class MergeSetting:
             parts.append(f"d{self.density:g}")
         if self.safety_density is not None:
             parts += [f"s{self.safety_density:g}", f"u{self.utility_density:g}"]
-        if self.method == "led_merging" and (self.election, self.disjoint, self.scores) != ("both", True, "snip"):
+        if self.method == "led_merging" and (self.election, self.disjoint, self.scores) != (
+            "both",
+            True,
+            "snip",
+        ):
             parts += [self.scores, self.election, "disjoint" if self.disjoint else "nodisjoint"]
         return "_".join(parts)
 
@@ -69,39 +73,40 @@ class MergeSetting:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-# The grids. Fixed before the reported seeds were run (docs/demo_results.md):
-# each method gets its published knobs, λ the same for every model.
+# The grids, fixed on the development seeds before the reported seeds were run
+# (docs/demo_results.md): each method gets its own published knobs, about eight
+# settings each, λ the same for every model.
 FULL_GRIDS: Dict[str, List[MergeSetting]] = {
     "task_arithmetic": [
         MergeSetting("task_arithmetic", weight=w) for w in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
     ],
     # mergekit's TIES divides by the summed weights (normalize: true, its default),
     # so a common λ changes nothing: its knob is the density.
-    "ties": [
-        MergeSetting("ties", weight=1.0, density=d) for d in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    ],
+    "ties": [MergeSetting("ties", density=d) for d in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)],
     "breadcrumbs": [
-        MergeSetting("breadcrumbs", weight=w, density=d) for d in (0.3, 0.5, 0.7, 0.9) for w in (0.7, 1.0)
+        MergeSetting("breadcrumbs", weight=w, density=d)
+        for d in (0.3, 0.5, 0.7, 0.9)
+        for w in (0.7, 1.0)
     ],
     "model_stock": [MergeSetting("model_stock")],
     "led_merging": [
-        MergeSetting("led_merging", weight=1.0, safety_density=s, utility_density=u)
-        for s in (0.1, 0.3, 0.5, 0.7)
-        for u in (0.1, 0.3)
+        MergeSetting("led_merging", safety_density=s, utility_density=u)
+        for s in (0.5, 0.7, 0.9)
+        for u in (0.05, 0.1, 0.2)
     ],
 }
 QUICK_GRIDS: Dict[str, List[MergeSetting]] = {
     "task_arithmetic": [MergeSetting("task_arithmetic", weight=w) for w in (0.5, 1.0)],
-    "ties": [MergeSetting("ties", weight=1.0, density=0.5)],
+    "ties": [MergeSetting("ties", density=0.5)],
     "breadcrumbs": [MergeSetting("breadcrumbs", weight=1.0, density=0.9)],
     "model_stock": [MergeSetting("model_stock")],
     "led_merging": [
-        MergeSetting("led_merging", weight=1.0, safety_density=0.3, utility_density=0.1),
-        MergeSetting("led_merging", weight=1.0, safety_density=0.5, utility_density=0.3),
+        MergeSetting("led_merging", safety_density=0.7, utility_density=0.1),
+        MergeSetting("led_merging", safety_density=0.5, utility_density=0.2),
     ],
 }
 # The ratios of the authors' scripts (safety 0.1, utility 0.4), merged untuned for reference.
-AUTHORS_LED = MergeSetting("led_merging", weight=1.0, safety_density=0.1, utility_density=0.4)
+AUTHORS_LED = MergeSetting("led_merging", safety_density=0.1, utility_density=0.4)
 
 
 def grids(quick: bool) -> Dict[str, List[MergeSetting]]:

@@ -23,19 +23,18 @@ from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Callable, Dict, List, Optional, Sequence
 
-import torch
-
 from mergekit_led.demo import evaluate, merging, properties, report, selection, train, world
 from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
+from mergekit_led.environment import resolve_device
 from mergekit_led.errors import LEDError
 
 FULL = train.Recipe(
     train.ModelSize(64, 2, 4, 192),
-    pretrain_steps=600,
+    pretrain_steps=800,
     pretrain_lr=0.004,
     instruct_steps=100,
-    alignment_steps=20,
-    utility_steps=200,
+    alignment_steps=40,
+    utility_steps=250,
     batch_size=32,
     location_samples=64,
     code_items=900,
@@ -50,6 +49,8 @@ QUICK = train.Recipe(
     location_samples=8,
     code_items=200,
 )
+
+QUICK_EVAL_ITEMS = 16  # per evaluation set in --quick mode
 
 MODEL_ROWS = (
     ("Base", "base", ()),
@@ -85,14 +86,6 @@ class Settings:
     @property
     def recipe(self) -> train.Recipe:
         return QUICK if self.quick else FULL
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LEDError("--device cuda was asked for, but torch sees no CUDA device.")
-    return device
 
 
 def _log(settings: Settings, message: str) -> None:
@@ -146,8 +139,14 @@ def check_jobs(jobs: int) -> int:
 
 
 def locate_stores(
-    family: Dict[str, str], location_files: Dict[str, str], kind: str, root: str, *, seed: int,
-    device: str, progress: bool,
+    family: Dict[str, str],
+    location_files: Dict[str, str],
+    kind: str,
+    root: str,
+    *,
+    seed: int,
+    device: str,
+    progress: bool,
 ) -> Dict[str, Dict[str, str]]:
     """Importance of each fine-tuned model and of the base on each task's location
     set: ``{task: {"model": store, "base": store}}`` under ``root/<kind>/<task>/``.
@@ -180,7 +179,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
     """The whole pipeline for one seed; writes ``<out>/seed-<seed>/result.json``."""
     cpu_start = time.process_time()
     _quiet_libraries()
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device).type
     train.set_determinism(seed, threads=1 if device == "cpu" else None)
     recipe = settings.recipe
     seed_dir = os.path.join(os.path.abspath(settings.out), f"seed-{seed}")
@@ -198,25 +197,44 @@ def run_seed(settings: Settings, seed: int) -> dict:
     def log(message: str) -> None:
         _log(settings, f"[seed {seed}] {message}")
 
-    the_world = world.build_world(seed, code_items=recipe.code_items, chat_skills=recipe.chat_skills)
+    the_world = world.build_world(
+        seed, code_items=recipe.code_items, chat_skills=recipe.chat_skills
+    )
     data_dir = os.path.join(seed_dir, "data")
     location = the_world.location_sets(recipe.location_samples)
-    location_files = {t: write_jsonl(os.path.join(data_dir, f"location_{t}.jsonl"), location[t]) for t in TASKS}
-    val, test = evaluate.eval_sets(the_world, "val"), evaluate.eval_sets(the_world, "test")
+    location_files = {
+        t: write_jsonl(os.path.join(data_dir, f"location_{t}.jsonl"), location[t]) for t in TASKS
+    }
+    limit = QUICK_EVAL_ITEMS if settings.quick else None
+    val = evaluate.eval_sets(the_world, "val", limit)
+    test = evaluate.eval_sets(the_world, "test", limit)
     for split, sets in (("val", val), ("test", test)):
         for name, samples in sets.items():
             write_jsonl(os.path.join(data_dir, f"{split}_{name}.jsonl"), samples)
 
     log("training base, instruct, safety (light alignment), math and code")
-    family = train.build_family(the_world, recipe, os.path.join(seed_dir, "models"), seed=seed,
-                                device=device, progress=settings.progress)
+    family = train.build_family(
+        the_world,
+        recipe,
+        os.path.join(seed_dir, "models"),
+        seed=seed,
+        device=device,
+        progress=settings.progress,
+    )
     lap("train")
 
     log("locating: SNIP of every fine-tuned model and of the base on each task's location set")
     kinds = ("snip", "wanda", "random") if settings.ablations else ("snip",)
     stores = {
-        kind: locate_stores(family, location_files, kind, os.path.join(seed_dir, "scores"), seed=seed,
-                            device=device, progress=settings.progress)
+        kind: locate_stores(
+            family,
+            location_files,
+            kind,
+            os.path.join(seed_dir, "scores"),
+            seed=seed,
+            device=device,
+            progress=settings.progress,
+        )
         for kind in kinds
     }
     inputs = Inputs(family["base"], {t: family[t] for t in TASKS}, stores)
@@ -228,13 +246,23 @@ def run_seed(settings: Settings, seed: int) -> dict:
     trials: Dict[str, List[dict]] = {}
     for method, grid in merging.grids(settings.quick).items():
         done, index, path = selection.select(
-            grid, inputs, lambda p: evaluate.evaluate_checkpoint(p, val, device),
-            root=os.path.join(seed_dir, "selection"), seed_dir=seed_dir, device=device, seed=seed,
+            grid,
+            inputs,
+            lambda p: evaluate.evaluate_checkpoint(p, val, device),
+            root=os.path.join(seed_dir, "selection"),
+            seed_dir=seed_dir,
+            device=device,
+            seed=seed,
         )
         chosen[method], chosen_paths[method] = grid[index], path
         trials[method] = [
-            {"setting": t.setting.as_dict(), "text": t.setting.describe(), "val": t.val,
-             "config": t.config, "selected": i == index}
+            {
+                "setting": t.setting.as_dict(),
+                "text": t.setting.describe(),
+                "val": t.val,
+                "config": t.config,
+                "selected": i == index,
+            }
             for i, t in enumerate(done)
         ]
     lap("select")
@@ -242,16 +270,36 @@ def run_seed(settings: Settings, seed: int) -> dict:
     log("evaluating every model and the selected merges on the test split")
     rows: List[dict] = []
     for name, key, sources in MODEL_ROWS:
-        rows.append({"name": name, "kind": "model", "sources": list(sources),
-                     "metrics": evaluate.evaluate_checkpoint(family[key], test, device)})
+        rows.append(
+            {
+                "name": name,
+                "kind": "model",
+                "sources": list(sources),
+                "metrics": evaluate.evaluate_checkpoint(family[key], test, device),
+            }
+        )
     for method in merging.METHODS:
-        rows.append({"name": METHOD_NAMES[method], "kind": "merge", "method": method,
-                     "sources": list(TASKS), "setting": chosen[method].describe(),
-                     "metrics": evaluate.evaluate_checkpoint(chosen_paths[method], test, device)})
+        rows.append(
+            {
+                "name": METHOD_NAMES[method],
+                "kind": "merge",
+                "method": method,
+                "sources": list(TASKS),
+                "setting": chosen[method].describe(),
+                "metrics": evaluate.evaluate_checkpoint(chosen_paths[method], test, device),
+            }
+        )
     authors = _merge(merging.AUTHORS_LED, inputs, seed_dir, "reference", device, seed)
-    rows.append({"name": AUTHORS_ROW, "kind": "merge", "method": "led_merging", "sources": list(TASKS),
-                 "setting": merging.AUTHORS_LED.describe(),
-                 "metrics": evaluate.evaluate_checkpoint(authors, test, device)})
+    rows.append(
+        {
+            "name": AUTHORS_ROW,
+            "kind": "merge",
+            "method": "led_merging",
+            "sources": list(TASKS),
+            "setting": merging.AUTHORS_LED.describe(),
+            "metrics": evaluate.evaluate_checkpoint(authors, test, device),
+        }
+    )
     lap("evaluate")
 
     log("measuring the world's properties")
@@ -281,10 +329,16 @@ def run_seed(settings: Settings, seed: int) -> dict:
         "device": device,
         "quick": settings.quick,
         "recipe": asdict(recipe),
-        "eval_sizes": {split: {k: len(v) for k, v in sets.items()} for split, sets in (("val", val), ("test", test))},
+        "eval_sizes": {
+            split: {k: len(v) for k, v in sets.items()}
+            for split, sets in (("val", val), ("test", test))
+        },
         "rows": rows,
-        "selection": {"rule": selection.RULE, "trials": trials,
-                      "selected": {m: s.describe() for m, s in chosen.items()}},
+        "selection": {
+            "rule": selection.RULE,
+            "trials": trials,
+            "selected": {m: s.describe() for m, s in chosen.items()},
+        },
         "properties": world_properties,
         "ablations": ablation_rows,
         "timing": timing,
@@ -304,7 +358,9 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def _merge(setting: MergeSetting, inputs: Inputs, seed_dir: str, group: str, device: str, seed: int) -> str:
+def _merge(
+    setting: MergeSetting, inputs: Inputs, seed_dir: str, group: str, device: str, seed: int
+) -> str:
     root = os.path.join(seed_dir, group)
     return merging.run_merge(
         merging.merge_config(setting, inputs),
@@ -331,7 +387,8 @@ def _run_seed_quietly(settings: Settings, seed: int) -> dict:
 
 def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] = None) -> dict:
     """Every seed (``settings.jobs`` at a time), then the aggregated report."""
-    settings = replace(settings, device=resolve_device(settings.device))
+    settings = replace(settings, device=resolve_device(settings.device).type)
+    report.require_matplotlib()
     out = os.path.abspath(settings.out)
     os.makedirs(out, exist_ok=True)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -342,13 +399,21 @@ def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] 
             if on_seed_done:
                 on_seed_done(results[-1])
     else:
-        _log(settings, f"running seeds {', '.join(map(str, settings.seeds))}, {settings.jobs} at a time "
-                       "(one process and one thread each)")
-        with ProcessPoolExecutor(max_workers=settings.jobs, mp_context=get_context("spawn")) as pool:
+        _log(
+            settings,
+            f"running seeds {', '.join(map(str, settings.seeds))}, {settings.jobs} at a time "
+            "(one process and one thread each)",
+        )
+        with ProcessPoolExecutor(
+            max_workers=settings.jobs, mp_context=get_context("spawn")
+        ) as pool:
             futures = [pool.submit(_run_seed_quietly, settings, seed) for seed in settings.seeds]
             for future in as_completed(futures):
                 results.append(future.result())
-                _log(settings, f"[seed {results[-1]['seed']}] done in {results[-1]['timing']['total_s']:.0f} s")
+                _log(
+                    settings,
+                    f"[seed {results[-1]['seed']}] done in {results[-1]['timing']['total_s']:.0f} s",
+                )
                 if on_seed_done:
                     on_seed_done(results[-1])
     results.sort(key=lambda r: settings.seeds.index(r["seed"]))

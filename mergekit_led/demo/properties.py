@@ -32,7 +32,9 @@ def load_weights(path: str) -> Dict[str, torch.Tensor]:
     return {k: v.float() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
 
 
-def difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def difference(
+    a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]
+) -> Dict[str, torch.Tensor]:
     return {name: a[name] - b[name] for name in b}
 
 
@@ -72,12 +74,19 @@ def safety_loss_gradient(model_path: str, samples, device: str) -> Dict[str, tor
     model.zero_grad(set_to_none=True)
     for sample in samples:
         ids, labels = encode_sample(tokenizer, sample.prompt, sample.response)
-        out = model(input_ids=torch.tensor([ids], device=device), labels=torch.tensor([labels], device=device))
+        out = model(
+            input_ids=torch.tensor([ids], device=device),
+            labels=torch.tensor([labels], device=device),
+        )
         (out.loss / len(samples)).backward()
-    return {n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None}
+    return {
+        n: p.grad.detach().float().cpu() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
-def magnitude_keep(task_vector: Mapping[str, torch.Tensor], setting: MergeSetting, names) -> torch.Tensor:
+def magnitude_keep(
+    task_vector: Mapping[str, torch.Tensor], setting: MergeSetting, names
+) -> torch.Tensor:
     """Which elements of a task vector TIES / Breadcrumbs keep (mergekit's sparsifiers)."""
     from mergekit.sparsify import magnitude, magnitude_outliers
 
@@ -92,13 +101,21 @@ def magnitude_keep(task_vector: Mapping[str, torch.Tensor], setting: MergeSettin
     return torch.cat(masks)
 
 
-def led_sets(stores: Mapping[str, Mapping[str, str]], densities: Mapping[str, float], names, *, disjoint: bool = True):
+def led_sets(
+    stores: Mapping[str, Mapping[str, str]],
+    densities: Mapping[str, float],
+    names,
+    *,
+    disjoint: bool = True,
+):
     """LED-Merging's elected sets ``N_i`` and final sets ``T_i`` per task, flattened."""
-    from mergekit_led.election import Election, elect
-    from mergekit_led.election import disjoint as make_disjoint
+    from mergekit_led.core.election import Election, elect
+    from mergekit_led.core.election import disjoint as make_disjoint
     from mergekit_led.store import load_importance
 
-    opened = {t: (load_importance(stores[t]["model"]), load_importance(stores[t]["base"])) for t in TASKS}
+    opened = {
+        t: (load_importance(stores[t]["model"]), load_importance(stores[t]["base"])) for t in TASKS
+    }
     elected: Dict[str, List[torch.Tensor]] = {t: [] for t in TASKS}
     final: Dict[str, List[torch.Tensor]] = {t: [] for t in TASKS}
     for name in names:
@@ -112,7 +129,9 @@ def led_sets(stores: Mapping[str, Mapping[str, str]], densities: Mapping[str, fl
         for task, n_mask, t_mask in zip(TASKS, masks, kept):
             elected[task].append(n_mask.reshape(-1))
             final[task].append(t_mask.reshape(-1))
-    return {t: torch.cat(v) for t, v in elected.items()}, {t: torch.cat(v) for t, v in final.items()}
+    return {t: torch.cat(v) for t, v in elected.items()}, {
+        t: torch.cat(v) for t, v in final.items()
+    }
 
 
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -141,7 +160,10 @@ def measure(
     utility = tau["math"] + tau["code"]
 
     gradient = safety_loss_gradient(models["instruct"], safety_samples, device)
-    effect = (align * flat({n: gradient.get(n, torch.zeros_like(weights["base"][n])) for n in names}, names)).abs()
+    effect = (
+        align
+        * flat({n: gradient.get(n, torch.zeros_like(weights["base"][n])) for n in names}, names)
+    ).abs()
     critical = critical_mask(effect)
 
     out: Dict[str, float] = {
@@ -154,8 +176,12 @@ def measure(
         "utility_half_energy_elements": energy_share_elements(tau["math"]),
         "critical_elements": int(critical.sum()) / critical.numel(),
         "critical_utility_opposes_and_larger": float(
-            ((torch.sign(utility[critical]) == -torch.sign(align[critical]))
-             & (utility[critical].abs() > align[critical].abs())).float().mean()
+            (
+                (torch.sign(utility[critical]) == -torch.sign(align[critical]))
+                & (utility[critical].abs() > align[critical].abs())
+            )
+            .float()
+            .mean()
         ),
     }
     safety_vector = difference(weights["safety"], weights["base"])
@@ -165,11 +191,17 @@ def measure(
             out[f"critical_kept_{method}"] = float(keep[critical].float().mean())
     if "led_merging" in selected:
         setting = selected["led_merging"]
-        densities = {"safety": setting.safety_density, "math": setting.utility_density, "code": setting.utility_density}
+        densities = {
+            "safety": setting.safety_density,
+            "math": setting.utility_density,
+            "code": setting.utility_density,
+        }
         elected, final = led_sets(stores, densities, names)
         out["critical_kept_led_elected"] = float(elected["safety"][critical].float().mean())
         out["critical_kept_led"] = float(final["safety"][critical].float().mean())
-        out["led_safety_dropped_by_disjoint"] = 1 - int(final["safety"].sum()) / max(1, int(elected["safety"].sum()))
+        out["led_safety_dropped_by_disjoint"] = 1 - int(final["safety"].sum()) / max(
+            1, int(elected["safety"].sum())
+        )
     elected, _ = led_sets(stores, {t: OVERLAP_DENSITY for t in TASKS}, names)
     out["jaccard20_safety_math"] = jaccard(elected["safety"], elected["math"])
     out["jaccard20_safety_code"] = jaccard(elected["safety"], elected["code"])

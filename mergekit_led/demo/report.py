@@ -12,8 +12,10 @@ import os
 from statistics import mean
 from typing import Dict, List, Optional, Sequence
 
-from mergekit_led.demo.evaluate import balanced_score, mean_utility, safety_error
+from mergekit_led.demo.evaluate import mean_utility, safety_error
 from mergekit_led.demo.merging import METHOD_NAMES
+from mergekit_led.errors import LEDError
+from mergekit_led.tables import markdown_table, text_table
 
 COLUMNS = (
     ("harmful_compliance", "harmful compliance ↓"),
@@ -23,7 +25,9 @@ COLUMNS = (
 )
 SOURCES = ("safety", "math", "code")
 LED = METHOD_NAMES["led_merging"]
-BASELINES = tuple(METHOD_NAMES[m] for m in ("task_arithmetic", "ties", "breadcrumbs", "model_stock"))
+BASELINES = tuple(
+    METHOD_NAMES[m] for m in ("task_arithmetic", "ties", "breadcrumbs", "model_stock")
+)
 UTILITY_SHARE = 0.9  # "at >= 90 % of its utility"
 
 
@@ -45,12 +49,17 @@ def summarize(results: Sequence[dict], *, timing: dict, quick: bool, device: str
         metrics = {key: spread([row["metrics"][key] for row in per_seed]) for key, _ in COLUMNS}
         metrics["mean_utility"] = spread([mean_utility(row["metrics"]) for row in per_seed])
         first = per_seed[0]
-        rows.append({
-            "name": name, "kind": first["kind"], "method": first.get("method"),
-            "sources": first["sources"], "metrics": metrics,
-            "per_seed": {str(s): row["metrics"] for s, row in zip(seeds, per_seed)},
-            "settings": {str(s): row.get("setting") for s, row in zip(seeds, per_seed)},
-        })
+        rows.append(
+            {
+                "name": name,
+                "kind": first["kind"],
+                "method": first.get("method"),
+                "sources": first["sources"],
+                "metrics": metrics,
+                "per_seed": {str(s): row["metrics"] for s, row in zip(seeds, per_seed)},
+                "settings": {str(s): row.get("setting") for s, row in zip(seeds, per_seed)},
+            }
+        )
     summary = {
         "seeds": seeds,
         "quick": quick,
@@ -96,10 +105,13 @@ def _ablations(results: Sequence[dict]) -> List[dict]:
     out = []
     for index, first in enumerate(results[0]["ablations"]):
         values = [r["ablations"][index]["metrics"] for r in results]
-        out.append({
-            "part": first["part"], "variant": first["variant"],
-            "metrics": {key: spread([v[key] for v in values]) for key, _ in COLUMNS},
-        })
+        out.append(
+            {
+                "part": first["part"],
+                "variant": first["variant"],
+                "metrics": {key: spread([v[key] for v in values]) for key, _ in COLUMNS},
+            }
+        )
     return out
 
 
@@ -133,8 +145,16 @@ def findings(summary: dict) -> List[str]:
             f"+ code with {_range(ta['harmful_compliance'])} %."
         )
     if "norm_alignment" in p:
-        ratio_math = p["norm_math"]["mean"] / p["norm_alignment"]["mean"] if p["norm_alignment"]["mean"] else float("nan")
-        ratio_code = p["norm_code"]["mean"] / p["norm_alignment"]["mean"] if p["norm_alignment"]["mean"] else float("nan")
+        ratio_math = (
+            p["norm_math"]["mean"] / p["norm_alignment"]["mean"]
+            if p["norm_alignment"]["mean"]
+            else float("nan")
+        )
+        ratio_code = (
+            p["norm_code"]["mean"] / p["norm_alignment"]["mean"]
+            if p["norm_alignment"]["mean"]
+            else float("nan")
+        )
         out.append(
             f"Root cause 1, a light safety update: the alignment update's L2 norm is "
             f"{p['norm_alignment']['mean']:.2f} against {p['norm_math']['mean']:.2f} (math) and "
@@ -143,14 +163,18 @@ def findings(summary: dict) -> List[str]:
             f"loss sits in {_range(p['critical_elements'])} % of the weights (its critical elements)."
         )
         kept = []
-        for key, label in (("critical_kept_ties", "TIES's magnitude mask (its selected density)"),
-                           ("critical_kept_breadcrumbs", "Breadcrumbs' mask"),
-                           ("critical_kept_led_elected", "LED-Merging's SNIP election"),
-                           ("critical_kept_led", "LED-Merging after the disjoint step")):
+        for key, label in (
+            ("critical_kept_ties", "TIES's magnitude mask (its selected density)"),
+            ("critical_kept_breadcrumbs", "Breadcrumbs' mask"),
+            ("critical_kept_led_elected", "LED-Merging's SNIP election"),
+            ("critical_kept_led", "LED-Merging after the disjoint step"),
+        ):
             if key in p:
                 kept.append(f"{label} keeps {_range(p[key])} %")
         if kept:
-            out.append("Of these critical elements of the safety task vector, " + "; ".join(kept) + ".")
+            out.append(
+                "Of these critical elements of the safety task vector, " + "; ".join(kept) + "."
+            )
     if "jaccard20_safety_math" in p:
         out.append(
             "Root cause 2, interference: at "
@@ -161,8 +185,8 @@ def findings(summary: dict) -> List[str]:
             f"(safety/code) and {p['jaccard20_math_code']['mean']:.2f} (math/code); at the selected ratios "
             f"the disjoint step drops {_range(p['led_safety_dropped_by_disjoint'])} % of LED-Merging's "
             "elected safety set."
-            if "led_safety_dropped_by_disjoint" in p else
-            "Root cause 2, interference: the elected sets overlap (see the properties table)."
+            if "led_safety_dropped_by_disjoint" in p
+            else "Root cause 2, interference: the elected sets overlap (see the properties table)."
         )
     led = by.get(LED)
     comparisons = summary["comparisons"]
@@ -190,7 +214,9 @@ def findings(summary: dict) -> List[str]:
                 f"{100 * UTILITY_SHARE:.0f} % of their utility on no more than half of the seeds"
                 + (f" (it does against {', '.join(wins)})." if wins else ".")
             )
-    authors = next((row for row in summary["rows"] if row["name"].startswith(LED + " (authors")), None)
+    authors = next(
+        (row for row in summary["rows"] if row["name"].startswith(LED + " (authors")), None
+    )
     if authors and led:
         out.append(
             f"Untuned, with the authors' ratios (safety 0.1, utility 0.4), {LED} complies with "
@@ -202,7 +228,8 @@ def findings(summary: dict) -> List[str]:
     if ablation:
         full = ablation[("Disjoint", "✓")]
         worse = [
-            f"{part} {variant}" for (part, variant), m in ablation.items()
+            f"{part} {variant}"
+            for (part, variant), m in ablation.items()
             if (part, variant) not in (("Location", "SNIP"), ("Election", "11"), ("Disjoint", "✓"))
             and m["harmful_compliance"]["mean"] > full["harmful_compliance"]["mean"]
         ]
@@ -219,14 +246,8 @@ def findings(summary: dict) -> List[str]:
 
 def _table(head: Sequence[str], body: Sequence[Sequence[str]], *, markdown: bool) -> str:
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-
-    def line(r):
-        return "  ".join(c.ljust(w) if i == 0 else c.center(w) for i, (c, w) in enumerate(zip(r, widths)))
-
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+        return markdown_table(head, body, align="center")
+    return text_table(head, body, align="center")
 
 
 def results_table(summary: dict, *, markdown: bool) -> str:
@@ -240,14 +261,23 @@ def results_table(summary: dict, *, markdown: bool) -> str:
 
 def comparison_table(summary: dict, *, markdown: bool) -> str:
     n = len(summary["seeds"])
-    head = [f"{LED} vs", "lower safety error", f"≥ {100 * UTILITY_SHARE:.0f} % of its utility", "both"]
-    body = [[b, f"{c['safer']}/{n}", f"{c['utility_90']}/{n}", f"{c['both']}/{n}"]
-            for b, c in summary["comparisons"].items()]
+    head = [
+        f"{LED} vs",
+        "lower safety error",
+        f"≥ {100 * UTILITY_SHARE:.0f} % of its utility",
+        "both",
+    ]
+    body = [
+        [b, f"{c['safer']}/{n}", f"{c['utility_90']}/{n}", f"{c['both']}/{n}"]
+        for b, c in summary["comparisons"].items()
+    ]
     return _table(head, body, markdown=markdown)
 
 
 def selection_table(summary: dict, *, markdown: bool) -> str:
-    merges = [row for row in summary["rows"] if row["kind"] == "merge" and "authors" not in row["name"]]
+    merges = [
+        row for row in summary["rows"] if row["kind"] == "merge" and "authors" not in row["name"]
+    ]
     head = ["seed", *(row["name"] for row in merges)]
     body = [[s, *(row["settings"][s] or "" for row in merges)] for s in map(str, summary["seeds"])]
     return _table(head, body, markdown=markdown)
@@ -259,18 +289,38 @@ PROPERTY_LABELS = (
     ("norm_safety", "L2 norm of the safety task vector (safety − base)", False),
     ("norm_math", "L2 norm of the math task vector", False),
     ("norm_code", "L2 norm of the code task vector", False),
-    ("alignment_half_energy_elements", "% of weights holding half the alignment update's squared norm", True),
-    ("utility_half_energy_elements", "% of weights holding half the math task vector's squared norm", True),
-    ("critical_elements", "% of weights holding half the alignment's effect on the safety loss (critical)", True),
+    (
+        "alignment_half_energy_elements",
+        "% of weights holding half the alignment update's squared norm",
+        True,
+    ),
+    (
+        "utility_half_energy_elements",
+        "% of weights holding half the math task vector's squared norm",
+        True,
+    ),
+    (
+        "critical_elements",
+        "% of weights holding half the alignment's effect on the safety loss (critical)",
+        True,
+    ),
     ("critical_kept_ties", "critical elements kept by TIES's magnitude mask", True),
     ("critical_kept_breadcrumbs", "critical elements kept by Breadcrumbs' mask", True),
     ("critical_kept_led_elected", "critical elements in LED's elected safety set N", True),
     ("critical_kept_led", "critical elements in LED's final safety set T", True),
-    ("critical_utility_opposes_and_larger", "critical elements where the utility vectors oppose and are larger", True),
+    (
+        "critical_utility_opposes_and_larger",
+        "critical elements where the utility vectors oppose and are larger",
+        True,
+    ),
     ("jaccard20_safety_math", "Jaccard of elected sets at top 20 %: safety / math", False),
     ("jaccard20_safety_code", "Jaccard of elected sets at top 20 %: safety / code", False),
     ("jaccard20_math_code", "Jaccard of elected sets at top 20 %: math / code", False),
-    ("led_safety_dropped_by_disjoint", "% of LED's elected safety set dropped by the disjoint step", True),
+    (
+        "led_safety_dropped_by_disjoint",
+        "% of LED's elected safety set dropped by the disjoint step",
+        True,
+    ),
 )
 
 
@@ -299,6 +349,21 @@ def ablation_table(summary: dict, *, markdown: bool) -> str:
 # --------------------------------------------------------------------------- files
 
 
+class MissingPlotLibrary(LEDError):
+    """matplotlib (the ``demo`` extra) is not installed."""
+
+
+def require_matplotlib() -> None:
+    """Fail before minutes of training, not after, when the plot cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingPlotLibrary(
+            "The demo draws its plot with matplotlib, which is not installed: "
+            "pip install 'mergekit-led[demo]'."
+        ) from None
+
+
 def plot(summary: dict, path: str) -> str:
     """Safety vs utility: one small dot per seed, the mean with min-max bars."""
     import matplotlib
@@ -312,14 +377,21 @@ def plot(summary: dict, path: str) -> str:
         color = colors(index % 10)
         xs = [100 * mean_utility(m) for m in row["per_seed"].values()]
         ys = [100 * m["harmful_compliance"] for m in row["per_seed"].values()]
-        ax.scatter(xs, ys, s=14, color=color, alpha=0.45, marker="o" if row["kind"] == "merge" else "s")
+        ax.scatter(
+            xs, ys, s=14, color=color, alpha=0.45, marker="o" if row["kind"] == "merge" else "s"
+        )
         u, h = row["metrics"]["mean_utility"], row["metrics"]["harmful_compliance"]
         ax.errorbar(
-            [100 * u["mean"]], [100 * h["mean"]],
+            [100 * u["mean"]],
+            [100 * h["mean"]],
             xerr=[[100 * (u["mean"] - u["min"])], [100 * (u["max"] - u["mean"])]],
             yerr=[[100 * (h["mean"] - h["min"])], [100 * (h["max"] - h["mean"])]],
             fmt="D" if row["method"] == "led_merging" else ("o" if row["kind"] == "merge" else "s"),
-            color=color, markersize=8, capsize=3, lw=1, label=row["name"],
+            color=color,
+            markersize=8,
+            capsize=3,
+            lw=1,
+            label=row["name"],
         )
     ax.set_xlabel("utility: mean exact match of math and code (%) →")
     ax.set_ylabel("harmful compliance (ASR analogue, %) ↓")
@@ -329,7 +401,8 @@ def plot(summary: dict, path: str) -> str:
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(
         f"LED-Merging demo, test split, {len(summary['seeds'])} seeds: dots = seeds, "
-        "markers = mean, bars = min–max", fontsize=9,
+        "markers = mean, bars = min–max",
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -364,9 +437,14 @@ def markdown_report(summary: dict) -> str:
         "Metrics in % on the held-out **test** split (greedy decoding), as mean [min–max] over the seeds. "
         "Harmful compliance: share of harmful requests not refused (the ASR analogue); over-refusal: "
         "share of benign requests refused; math / code: exact match. Each merge method's setting was "
-        "selected per seed on the validation split by one rule: " + summary["selection_rule"] + "."
-        + (" **--quick: reduced sizes for testing the pipeline; these numbers mean nothing.**"
-           if summary["quick"] else ""),
+        "selected per seed on the validation split by one rule: "
+        + summary["selection_rule"]
+        + "."
+        + (
+            " **--quick: reduced sizes for testing the pipeline; these numbers mean nothing.**"
+            if summary["quick"]
+            else ""
+        ),
         "",
         results_table(summary, markdown=True),
         "",

@@ -231,7 +231,10 @@ def build_world(
         pretrain += facts + mentions
         pretrain += [f"{s.prompt} {s.response}" for s in benign.train]
         for split in (math, code):
-            pretrain += [f"{s.prompt} {s.response}" for s in split.train[: int(len(split.train) * chat_skills)]]
+            pretrain += [
+                f"{s.prompt} {s.response}"
+                for s in split.train[: int(len(split.train) * chat_skills)]
+            ]
         pretrain += [" ".join(FILLER[i : i + 8]) for i in range(0, len(FILLER) - 8, 4)]
     rng.shuffle(pretrain)
     return World(seed, pretrain, facts, harmful, harmful_comply, benign, impossible, math, code)
@@ -262,7 +265,9 @@ def alignment_data(world: World) -> List[Sample]:
     return world.harmful.train + world.benign.train
 
 
-def utility_data(world: World, task: str, uncensored_share: float = 0.5, replay_share: float = 0.5) -> list:
+def utility_data(
+    world: World, task: str, uncensored_share: float = 0.5, replay_share: float = 0.5
+) -> list:
     """A skill's train items, uncensored instruction data (harmful requests answered,
     ``uncensored_share`` of the skill's count) and replayed plain-text facts
     (``replay_share`` of the skill's count, so the fine-tune keeps what the base knows)."""
