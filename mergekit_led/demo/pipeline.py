@@ -81,7 +81,8 @@ class Settings:
     device: str = "cpu"
     quick: bool = False
     ablations: bool = False
-    progress: bool = True
+    progress: bool = True  # progress bars and one line per phase
+    phases: bool = False  # one line per phase even without bars (seeds running in parallel)
 
     @property
     def recipe(self) -> train.Recipe:
@@ -92,7 +93,9 @@ def _log(settings: Settings, message: str) -> None:
     if settings.progress:
         from tqdm.auto import tqdm
 
-        tqdm.write(message)
+        tqdm.write(message)  # between the progress bars
+    elif settings.phases:
+        print(message, flush=True)
 
 
 def write_jsonl(path: str, samples: Sequence[world.Sample]) -> str:
@@ -382,7 +385,7 @@ def _run_seed_quietly(settings: Settings, seed: int) -> dict:
     logging.disable(logging.WARNING)
     warnings.filterwarnings("ignore")
     os.environ["TQDM_DISABLE"] = "1"
-    return run_seed(replace(settings, progress=False), seed)
+    return run_seed(replace(settings, progress=False, phases=settings.progress), seed)
 
 
 def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] = None) -> dict:

@@ -117,6 +117,21 @@ def _ablations(results: Sequence[dict]) -> List[dict]:
 
 # --------------------------------------------------------------------------- words
 
+FULL_METHOD_ROWS = (("Location", "SNIP"), ("Election", "11"), ("Disjoint", "✓"))
+BLANK = " "  # an empty cell (the shared tables print "–" for "")
+
+
+def _safety_mean(metrics: dict) -> float:
+    return metrics["harmful_compliance"]["mean"] + metrics["over_refusal"]["mean"]
+
+
+def _utility_mean(metrics: dict) -> float:
+    return (metrics["math_accuracy"]["mean"] + metrics["code_accuracy"]["mean"]) / 2
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none of them"
+
 
 def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
@@ -209,10 +224,15 @@ def findings(summary: dict) -> List[str]:
                 f"{100 * UTILITY_SHARE:.0f} % of its utility."
             )
         else:
+            reasons = "; ".join(
+                f"{b}: safer on {comparisons[b]['safer']}/{n}, ≥ {100 * UTILITY_SHARE:.0f} % of its "
+                f"utility on {comparisons[b]['utility_90']}/{n}, both on {comparisons[b]['both']}/{n}"
+                for b in losses
+            )
             out.append(
-                f"Verdict: {LED} does not win in this toy against {', '.join(losses)}: it is safer at ≥ "
-                f"{100 * UTILITY_SHARE:.0f} % of their utility on no more than half of the seeds"
-                + (f" (it does against {', '.join(wins)})." if wins else ".")
+                f"Verdict: {LED} does not win in this toy against {', '.join(losses)} (safer and "
+                f"at ≥ {100 * UTILITY_SHARE:.0f} % of the utility on more than half of the seeds): "
+                f"{reasons}." + (f" It does win against {', '.join(wins)}." if wins else "")
             )
     authors = next(
         (row for row in summary["rows"] if row["name"].startswith(LED + " (authors")), None
@@ -227,16 +247,18 @@ def findings(summary: dict) -> List[str]:
     ablation = {(a["part"], a["variant"]): a["metrics"] for a in summary.get("ablations", [])}
     if ablation:
         full = ablation[("Disjoint", "✓")]
-        worse = [
-            f"{part} {variant}"
+        variants = {
+            f"{part} {variant}": m
             for (part, variant), m in ablation.items()
-            if (part, variant) not in (("Location", "SNIP"), ("Election", "11"), ("Disjoint", "✓"))
-            and m["harmful_compliance"]["mean"] > full["harmful_compliance"]["mean"]
-        ]
+            if (part, variant) not in FULL_METHOD_ROWS
+        }
+        less_safe = [v for v, m in variants.items() if _safety_mean(m) > _safety_mean(full)]
+        less_useful = [v for v, m in variants.items() if _utility_mean(m) < _utility_mean(full)]
         out.append(
-            "Ablations (mean over seeds): replacing one component of the selected LED setting raises "
-            f"harmful compliance for {', '.join(worse) if worse else 'none of the variants'}"
-            f" (full method: {_pct(full['harmful_compliance']['mean'])} %)."
+            "Ablations (means over seeds; the full method: safety error "
+            f"{_pct(_safety_mean(full))} %, utility {_pct(_utility_mean(full))} %): changing one "
+            f"component raises the safety error for {_listed(less_safe)} and lowers the utility "
+            f"for {_listed(less_useful)}."
         )
     return out
 
@@ -254,7 +276,7 @@ def results_table(summary: dict, *, markdown: bool) -> str:
     head = ["model / merge", "Safety", "Math", "Code", *(title for _, title in COLUMNS)]
     body = []
     for row in summary["rows"]:
-        marks = ["✓" if s in row["sources"] else "" for s in SOURCES]
+        marks = ["✓" if s in row["sources"] else BLANK for s in SOURCES]
         body.append([row["name"], *marks, *(_range(row["metrics"][k]) for k, _ in COLUMNS)])
     return _table(head, body, markdown=markdown)
 
@@ -340,7 +362,7 @@ def ablation_table(summary: dict, *, markdown: bool) -> str:
     head = ["ablation part", "alternative", *(title for _, title in COLUMNS)]
     body, last = [], None
     for a in summary["ablations"]:
-        part = a["part"] if a["part"] != last else ""
+        part = a["part"] if a["part"] != last else BLANK
         last = a["part"]
         body.append([part, a["variant"], *(_range(a["metrics"][k]) for k, _ in COLUMNS)])
     return _table(head, body, markdown=markdown)
