@@ -7,6 +7,7 @@ import os
 import click
 
 from mergekit_led.cli import run_cli_errors_cleanly
+from mergekit_led.environment import DEVICE_CHOICES
 
 
 @click.command("demo")
@@ -24,9 +25,7 @@ from mergekit_led.cli import run_cli_errors_cleanly
     help="Seeds run at a time, each in its own single-threaded process "
     "[default: the CPU count, at most the number of seeds].",
 )
-@click.option(
-    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True
-)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
 @click.option(
     "--ablations",
     is_flag=True,

@@ -393,6 +393,8 @@ def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] 
     settings = replace(settings, device=resolve_device(settings.device).type)
     report.require_matplotlib()
     out = os.path.abspath(settings.out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise DemoOptionError(f"--out {settings.out}: exists and is not a folder.")
     os.makedirs(out, exist_ok=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     results: List[dict] = []
