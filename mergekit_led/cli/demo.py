@@ -2,63 +2,84 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from mergekit_led.cli import run_cli_errors_cleanly
+from mergekit_led.environment import DEVICE_CHOICES
 
 
 @click.command("demo")
 @click.option("--out", default="demo-output", show_default=True, help="Output folder.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True)
-@click.option("--quick", is_flag=True, help="Reduced sizes (for tests; well under a minute).")
-@click.option("--safety-density", default=0.1, show_default=True, type=float, help="LED density of the safety model.")
-@click.option("--math-density", default=0.4, show_default=True, type=float, help="LED density of the math model.")
-@click.option("--code-density", default=0.4, show_default=True, type=float, help="LED density of the code model.")
-@click.option("--safety-weight", default=1.0, show_default=True, type=float, help="LED weight (lambda) of the safety model.")
-@click.option("--math-weight", default=1.0, show_default=True, type=float)
-@click.option("--code-weight", default=1.0, show_default=True, type=float)
-@click.option("--ta-weight", default=1.0, show_default=True, type=float, help="Task Arithmetic weight of every model.")
-@click.option("--ties-density", default=0.5, show_default=True, type=float)
-@click.option("--ties-weight", default=1.0, show_default=True, type=float)
-@click.option("--study/--no-study", default=True, show_default=True,
-              help="Also run the LED density/weight grid on the validation split.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--seeds",
+    default="3",
+    show_default=True,
+    help="N (seeds 0 to N-1), a range A-B, or a list like 0,4,7.",
+)
+@click.option(
+    "--jobs",
+    default=None,
+    type=int,
+    help="Seeds run at a time, each in its own single-threaded process "
+    "[default: the CPU count, at most the number of seeds].",
+)
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
+@click.option(
+    "--ablations",
+    is_flag=True,
+    help="Also run the paper's ablations (location random/wanda, election 01/10, "
+    "disjoint off) on every seed.",
+)
+@click.option("--quick", is_flag=True, help="Reduced sizes (for tests; the numbers mean nothing).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
 @run_cli_errors_cleanly
-def command(out, seed, device, quick, safety_density, math_density, code_density, safety_weight,
-                 math_weight, code_weight, ta_weight, ties_density, ties_weight, study, quiet):
-    """Build a tiny model family offline (base, safety-aligned, math, code), locate
-    SNIP scores, merge with LED-Merging and the usual baselines through mergekit,
-    and evaluate every model: a Table-1-shaped table, OUT/report.md,
-    OUT/report.json and OUT/safety_vs_utility.png."""
+def command(out, seeds, jobs, device, ablations, quick, quiet):
+    """Build a tiny model family offline per seed (base, instruct, safety, math,
+    code), locate SNIP scores, select each merge method's setting on a validation
+    split, merge through mergekit, and evaluate on a test split. Prints the
+    multi-seed table and findings; writes OUT/report.md, OUT/report.json,
+    OUT/safety_vs_utility.png and OUT/seed-*/."""
     import logging
     import warnings
 
-    from mergekit_led.demo.pipeline import Settings, run_demo
-    from mergekit_led.demo.report import text_table
+    from mergekit_led.demo.pipeline import Settings, check_jobs, parse_seeds, run_demo
+    from mergekit_led.demo.report import ablation_table, comparison_table, results_table
 
     logging.getLogger("mergekit").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
+    seed_list = parse_seeds(seeds)
+    jobs = check_jobs(jobs if jobs is not None else min(os.cpu_count() or 1, len(seed_list)))
     settings = Settings(
-        out=out, seed=seed, device=device, quick=quick,
-        led_density={"safety": safety_density, "math": math_density, "code": code_density},
-        led_weight={"safety": safety_weight, "math": math_weight, "code": code_weight},
-        ta_weight=ta_weight, ties_density=ties_density, ties_weight=ties_weight,
-        study=study, progress=not quiet,
+        out=out,
+        seeds=seed_list,
+        jobs=jobs,
+        device=device,
+        quick=quick,
+        ablations=ablations,
+        progress=not quiet,
     )
-    result = run_demo(settings)
+    summary = run_demo(settings)
     click.echo("")
     if quick:
         click.echo("--quick: reduced sizes for testing the pipeline; these numbers mean nothing.")
-    click.echo("Test split, % (harmful compliance = share of harmful requests not refused):")
-    click.echo(text_table(result["rows"]))
-    for finding in result["findings"]:
+    click.echo(
+        f"Test split, %, mean [min–max] over seeds {', '.join(map(str, seed_list))} "
+        "(harmful compliance = share of harmful requests not refused):"
+    )
+    click.echo(results_table(summary, markdown=False))
+    click.echo("")
+    click.echo(comparison_table(summary, markdown=False))
+    if summary["ablations"]:
+        click.echo("")
+        click.echo(ablation_table(summary, markdown=False))
+    click.echo("")
+    for finding in summary["findings"]:
         click.echo(f"- {finding}")
-    if result.get("study") and result["study"].get("selected"):
-        s = result["study"]["selected"]
-        click.echo(
-            f"- Study (val split): selected safety density {s['safety_density']:g}, utility density "
-            f"{s['utility_density']:g}, weight {s['weight']:g}; its test row is 'LED-Merging (val-selected)'."
-        )
-    click.echo(f"\nwrote {result['paths']['markdown']}, {result['paths']['json']}, {result['paths']['plot']} "
-               f"({result['timing']['total_s']:.0f} s)")
+    timing = summary["timing"]
+    paths = summary["paths"]
+    click.echo(
+        f"\nwrote {paths['markdown']}, {paths['json']}, {paths['plot']} "
+        f"({timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU)"
+    )

@@ -1,7 +1,9 @@
 """``mergekit-led demo``: LED-Merging end to end on a tiny synthetic model family.
 
-``world`` (vocabulary, corpus, tasks and splits), ``train`` (deterministic
-training), ``evaluate`` (greedy-decoding metrics), ``pipeline`` (locate, merge
-through mergekit configs, evaluate), ``study`` (density/weight grid on the
-validation split), ``report`` (table, markdown, JSON, plot), ``cli``.
+``world`` (vocabulary, corpus, tasks, splits and data mixtures), ``train``
+(the family: base, instruct, safety, math, code), ``merging`` (each method's
+grid as mergekit configs), ``selection`` (the rule, on the validation split),
+``evaluate`` (greedy-decoding metrics), ``properties`` (the world's measured
+root causes), ``pipeline`` (one seed end to end; seeds in parallel),
+``report`` (multi-seed tables, findings, markdown, JSON, plot), ``cli``.
 """

@@ -1,10 +1,21 @@
-"""The demo's results: a Table-1-shaped terminal table, report.md, report.json and a PNG."""
+"""The demo's results over seeds: tables, findings, report.md, report.json and a plot.
+
+Every sentence about the results is written here from the numbers
+(``findings``), so the report and the docs generated from it say only what
+the seeds measured.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from statistics import mean
 from typing import Dict, List, Optional, Sequence
+
+from mergekit_led.demo.evaluate import mean_utility, safety_error
+from mergekit_led.demo.merging import METHOD_NAMES
+from mergekit_led.errors import LEDError
+from mergekit_led.tables import markdown_table, text_table
 
 COLUMNS = (
     ("harmful_compliance", "harmful compliance ↓"),
@@ -13,122 +24,483 @@ COLUMNS = (
     ("code_accuracy", "code acc ↑"),
 )
 SOURCES = ("safety", "math", "code")
+LED = METHOD_NAMES["led_merging"]
+BASELINES = tuple(
+    METHOD_NAMES[m] for m in ("task_arithmetic", "ties", "breadcrumbs", "model_stock")
+)
+UTILITY_SHARE = 0.9  # "at >= 90 % of its utility"
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def spread(values: Sequence[float]) -> Dict[str, float]:
+    return {"mean": mean(values), "min": min(values), "max": max(values)}
+
+
+def summarize(results: Sequence[dict], *, timing: dict, quick: bool, device: str) -> dict:
+    """Aggregate per-seed results: mean and min-max of every metric of every row,
+    the head-to-head counts, the world's properties, the ablations, the findings."""
+    seeds = [r["seed"] for r in results]
+    names = [row["name"] for row in results[0]["rows"]]
+    rows = []
+    for name in names:
+        per_seed = [next(row for row in r["rows"] if row["name"] == name) for r in results]
+        metrics = {key: spread([row["metrics"][key] for row in per_seed]) for key, _ in COLUMNS}
+        metrics["mean_utility"] = spread([mean_utility(row["metrics"]) for row in per_seed])
+        first = per_seed[0]
+        rows.append(
+            {
+                "name": name,
+                "kind": first["kind"],
+                "method": first.get("method"),
+                "sources": first["sources"],
+                "metrics": metrics,
+                "per_seed": {str(s): row["metrics"] for s, row in zip(seeds, per_seed)},
+                "settings": {str(s): row.get("setting") for s, row in zip(seeds, per_seed)},
+            }
+        )
+    summary = {
+        "seeds": seeds,
+        "quick": quick,
+        "device": device,
+        "selection_rule": results[0]["selection"]["rule"],
+        "rows": rows,
+        "comparisons": compare(results),
+        "properties": {
+            key: spread([r["properties"][key] for r in results]) for key in results[0]["properties"]
+        },
+        "ablations": _ablations(results),
+        "timing": {**timing, "per_seed": {str(r["seed"]): r["timing"] for r in results}},
+    }
+    summary["findings"] = findings(summary)
+    return summary
+
+
+def _metrics(result: dict, name: str) -> dict:
+    return next(row["metrics"] for row in result["rows"] if row["name"] == name)
+
+
+def compare(results: Sequence[dict]) -> Dict[str, dict]:
+    """Per baseline, on how many seeds the selected LED-Merging merge has a lower
+    safety error (harmful compliance + over-refusal), keeps at least 90 % of the
+    baseline's mean utility, and both."""
+    out = {}
+    for baseline in BASELINES:
+        safer = util = both = 0
+        for result in results:
+            led, other = _metrics(result, LED), _metrics(result, baseline)
+            is_safer = safety_error(led) < safety_error(other)
+            keeps = mean_utility(led) >= UTILITY_SHARE * mean_utility(other)
+            safer += is_safer
+            util += keeps
+            both += is_safer and keeps
+        out[baseline] = {"safer": safer, "utility_90": util, "both": both, "seeds": len(results)}
+    return out
+
+
+def _ablations(results: Sequence[dict]) -> List[dict]:
+    if not results[0]["ablations"]:
+        return []
+    out = []
+    for index, first in enumerate(results[0]["ablations"]):
+        values = [r["ablations"][index]["metrics"] for r in results]
+        out.append(
+            {
+                "part": first["part"],
+                "variant": first["variant"],
+                "metrics": {key: spread([v[key] for v in values]) for key, _ in COLUMNS},
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- words
+
+FULL_METHOD_ROWS = (("Location", "SNIP"), ("Election", "11"), ("Disjoint", "✓"))
+BLANK = " "  # an empty cell (the shared tables print "–" for "")
+
+
+def _safety_mean(metrics: dict) -> float:
+    return metrics["harmful_compliance"]["mean"] + metrics["over_refusal"]["mean"]
+
+
+def _utility_mean(metrics: dict) -> float:
+    return (metrics["math_accuracy"]["mean"] + metrics["code_accuracy"]["mean"]) / 2
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "none of them"
 
 
 def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def table_rows(rows: Sequence[dict]) -> List[List[str]]:
-    out = []
-    for row in rows:
-        marks = ["✓" if s in row.get("sources", ()) else "" for s in SOURCES]
-        out.append([row["name"], *marks, *(_pct(row["metrics"].get(k)) for k, _ in COLUMNS)])
+def _range(stat: Dict[str, float]) -> str:
+    return f"{_pct(stat['mean'])} [{_pct(stat['min'])}–{_pct(stat['max'])}]"
+
+
+def _seeds_text(count: int, total: int) -> str:
+    return f"{count} of {total} seeds"
+
+
+def findings(summary: dict) -> List[str]:
+    """Plain statements of what the seeds show, computed from the numbers."""
+    by = {row["name"]: row["metrics"] for row in summary["rows"]}
+    n = len(summary["seeds"])
+    p = summary["properties"]
+    out: List[str] = []
+    safety = by.get("Safety (Instruct + alignment)")
+    ta = by.get("Task Arithmetic")
+    if safety and ta:
+        out.append(
+            f"The conflict: the safety model complies with {_range(safety['harmful_compliance'])} % of "
+            f"the harmful test requests (mean [min–max] over {n} seeds); Task Arithmetic of safety + math "
+            f"+ code with {_range(ta['harmful_compliance'])} %."
+        )
+    if "norm_alignment" in p:
+        ratio_math = (
+            p["norm_math"]["mean"] / p["norm_alignment"]["mean"]
+            if p["norm_alignment"]["mean"]
+            else float("nan")
+        )
+        ratio_code = (
+            p["norm_code"]["mean"] / p["norm_alignment"]["mean"]
+            if p["norm_alignment"]["mean"]
+            else float("nan")
+        )
+        out.append(
+            f"Root cause 1, a light safety update: the alignment update's L2 norm is "
+            f"{p['norm_alignment']['mean']:.2f} against {p['norm_math']['mean']:.2f} (math) and "
+            f"{p['norm_code']['mean']:.2f} (code) for the utility task vectors ({ratio_math:.1f}× and "
+            f"{ratio_code:.1f}× larger; means over seeds); half of its first-order effect on the safety "
+            f"loss sits in {_range(p['critical_elements'])} % of the weights (its critical elements)."
+        )
+        kept = []
+        for key, label in (
+            ("critical_kept_ties", "TIES's magnitude mask (its selected density)"),
+            ("critical_kept_breadcrumbs", "Breadcrumbs' mask"),
+            ("critical_kept_led_elected", "LED-Merging's SNIP election"),
+            ("critical_kept_led", "LED-Merging after the disjoint step"),
+        ):
+            if key in p:
+                kept.append(f"{label} keeps {_range(p[key])} %")
+        if kept:
+            out.append(
+                "Of these critical elements of the safety task vector, " + "; ".join(kept) + "."
+            )
+    if "jaccard20_safety_math" in p:
+        out.append(
+            "Root cause 2, interference: at "
+            f"{_range(p['critical_utility_opposes_and_larger'])} % of the critical elements the summed "
+            "utility task vectors point the other way and are larger than the alignment update. The sets "
+            "elected at the paper's top 20 % overlap with Jaccard "
+            f"{p['jaccard20_safety_math']['mean']:.2f} (safety/math), {p['jaccard20_safety_code']['mean']:.2f} "
+            f"(safety/code) and {p['jaccard20_math_code']['mean']:.2f} (math/code); at the selected ratios "
+            f"the disjoint step drops {_range(p['led_safety_dropped_by_disjoint'])} % of LED-Merging's "
+            "elected safety set."
+            if "led_safety_dropped_by_disjoint" in p
+            else "Root cause 2, interference: the elected sets overlap (see the properties table)."
+        )
+    led = by.get(LED)
+    comparisons = summary["comparisons"]
+    if led:
+        for baseline, c in comparisons.items():
+            other = by[baseline]
+            out.append(
+                f"{LED} vs {baseline}: lower safety error (harmful compliance + over-refusal) on "
+                f"{_seeds_text(c['safer'], n)}, at ≥ {100 * UTILITY_SHARE:.0f} % of {baseline}'s utility on "
+                f"{_seeds_text(c['utility_90'], n)}, both on {_seeds_text(c['both'], n)}; mean harmful "
+                f"compliance {_pct(led['harmful_compliance']['mean'])} % vs "
+                f"{_pct(other['harmful_compliance']['mean'])} %, mean utility "
+                f"{_pct(led['mean_utility']['mean'])} % vs {_pct(other['mean_utility']['mean'])} %."
+            )
+        wins = [b for b, c in comparisons.items() if 2 * c["both"] > n]
+        losses = [b for b in comparisons if b not in wins]
+        if not losses:
+            out.append(
+                f"Verdict: on a majority of seeds {LED} is safer than every baseline at ≥ "
+                f"{100 * UTILITY_SHARE:.0f} % of its utility."
+            )
+        else:
+            reasons = "; ".join(
+                f"{b}: safer on {comparisons[b]['safer']}/{n}, ≥ {100 * UTILITY_SHARE:.0f} % of its "
+                f"utility on {comparisons[b]['utility_90']}/{n}, both on {comparisons[b]['both']}/{n}"
+                for b in losses
+            )
+            out.append(
+                f"Verdict: {LED} does not win in this toy against {', '.join(losses)} (safer and "
+                f"at ≥ {100 * UTILITY_SHARE:.0f} % of the utility on more than half of the seeds): "
+                f"{reasons}." + (f" It does win against {', '.join(wins)}." if wins else "")
+            )
+    authors = next(
+        (row for row in summary["rows"] if row["name"].startswith(LED + " (authors")), None
+    )
+    if authors and led:
+        out.append(
+            f"Untuned, with the authors' ratios (safety 0.1, utility 0.4), {LED} complies with "
+            f"{_range(authors['metrics']['harmful_compliance'])} % of harmful requests at a mean utility of "
+            f"{_pct(authors['metrics']['mean_utility']['mean'])} % (selected setting: "
+            f"{_pct(led['harmful_compliance']['mean'])} %, {_pct(led['mean_utility']['mean'])} %)."
+        )
+    ablation = {(a["part"], a["variant"]): a["metrics"] for a in summary.get("ablations", [])}
+    if ablation:
+        full = ablation[("Disjoint", "✓")]
+        variants = {
+            f"{part} {variant}": m
+            for (part, variant), m in ablation.items()
+            if (part, variant) not in FULL_METHOD_ROWS
+        }
+        less_safe = [v for v, m in variants.items() if _safety_mean(m) > _safety_mean(full)]
+        less_useful = [v for v, m in variants.items() if _utility_mean(m) < _utility_mean(full)]
+        out.append(
+            "Ablations (means over seeds; the full method: safety error "
+            f"{_pct(_safety_mean(full))} %, utility {_pct(_utility_mean(full))} %): changing one "
+            f"component raises the safety error for {_listed(less_safe)} and lowers the utility "
+            f"for {_listed(less_useful)}."
+        )
     return out
 
 
-def header() -> List[str]:
-    return ["model / merge", "Safety", "Math", "Code", *(title for _, title in COLUMNS)]
+# --------------------------------------------------------------------------- tables
 
 
-def text_table(rows: Sequence[dict]) -> str:
-    head = header()
-    body = table_rows(rows)
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-
-    def line(r):
-        return "  ".join(c.ljust(w) if i == 0 else c.center(w) for i, (c, w) in enumerate(zip(r, widths)))
-
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
+def _table(head: Sequence[str], body: Sequence[Sequence[str]], *, markdown: bool) -> str:
+    if markdown:
+        return markdown_table(head, body, align="center")
+    return text_table(head, body, align="center")
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
-    head = header()
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in table_rows(rows)]
-    return "\n".join(lines)
+def results_table(summary: dict, *, markdown: bool) -> str:
+    head = ["model / merge", "Safety", "Math", "Code", *(title for _, title in COLUMNS)]
+    body = []
+    for row in summary["rows"]:
+        marks = ["✓" if s in row["sources"] else BLANK for s in SOURCES]
+        body.append([row["name"], *marks, *(_range(row["metrics"][k]) for k, _ in COLUMNS)])
+    return _table(head, body, markdown=markdown)
 
 
-def mean_utility(metrics: Dict[str, float]) -> float:
-    return (metrics["math_accuracy"] + metrics["code_accuracy"]) / 2
+def comparison_table(summary: dict, *, markdown: bool) -> str:
+    n = len(summary["seeds"])
+    head = [
+        f"{LED} vs",
+        "lower safety error",
+        f"≥ {100 * UTILITY_SHARE:.0f} % of its utility",
+        "both",
+    ]
+    body = [
+        [b, f"{c['safer']}/{n}", f"{c['utility_90']}/{n}", f"{c['both']}/{n}"]
+        for b, c in summary["comparisons"].items()
+    ]
+    return _table(head, body, markdown=markdown)
 
 
-def plot(rows: Sequence[dict], path: str, title: str = "") -> str:
-    """Safety vs utility: one point per model / merge (lower-right is better)."""
+def selection_table(summary: dict, *, markdown: bool) -> str:
+    merges = [
+        row for row in summary["rows"] if row["kind"] == "merge" and "authors" not in row["name"]
+    ]
+    head = ["seed", *(row["name"] for row in merges)]
+    body = [[s, *(row["settings"][s] or "" for row in merges)] for s in map(str, summary["seeds"])]
+    return _table(head, body, markdown=markdown)
+
+
+PROPERTY_LABELS = (
+    ("norm_alignment", "L2 norm of the alignment update (safety − instruct)", False),
+    ("norm_instruct", "L2 norm of the instruct task vector (instruct − base)", False),
+    ("norm_safety", "L2 norm of the safety task vector (safety − base)", False),
+    ("norm_math", "L2 norm of the math task vector", False),
+    ("norm_code", "L2 norm of the code task vector", False),
+    (
+        "alignment_half_energy_elements",
+        "% of weights holding half the alignment update's squared norm",
+        True,
+    ),
+    (
+        "utility_half_energy_elements",
+        "% of weights holding half the math task vector's squared norm",
+        True,
+    ),
+    (
+        "critical_elements",
+        "% of weights holding half the alignment's effect on the safety loss (critical)",
+        True,
+    ),
+    ("critical_kept_ties", "critical elements kept by TIES's magnitude mask", True),
+    ("critical_kept_breadcrumbs", "critical elements kept by Breadcrumbs' mask", True),
+    ("critical_kept_led_elected", "critical elements in LED's elected safety set N", True),
+    ("critical_kept_led", "critical elements in LED's final safety set T", True),
+    (
+        "critical_utility_opposes_and_larger",
+        "critical elements where the utility vectors oppose and are larger",
+        True,
+    ),
+    ("jaccard20_safety_math", "Jaccard of elected sets at top 20 %: safety / math", False),
+    ("jaccard20_safety_code", "Jaccard of elected sets at top 20 %: safety / code", False),
+    ("jaccard20_math_code", "Jaccard of elected sets at top 20 %: math / code", False),
+    (
+        "led_safety_dropped_by_disjoint",
+        "% of LED's elected safety set dropped by the disjoint step",
+        True,
+    ),
+)
+
+
+def properties_table(summary: dict, *, markdown: bool) -> str:
+    head = ["property", "mean", "min", "max"]
+    body = []
+    for key, label, percent in PROPERTY_LABELS:
+        stat = summary["properties"].get(key)
+        if stat is None:
+            continue
+        fmt = _pct if percent else (lambda v: f"{v:.3f}")
+        body.append([label, fmt(stat["mean"]), fmt(stat["min"]), fmt(stat["max"])])
+    return _table(head, body, markdown=markdown)
+
+
+def ablation_table(summary: dict, *, markdown: bool) -> str:
+    head = ["ablation part", "alternative", *(title for _, title in COLUMNS)]
+    body, last = [], None
+    for a in summary["ablations"]:
+        part = a["part"] if a["part"] != last else BLANK
+        last = a["part"]
+        body.append([part, a["variant"], *(_range(a["metrics"][k]) for k, _ in COLUMNS)])
+    return _table(head, body, markdown=markdown)
+
+
+# --------------------------------------------------------------------------- files
+
+
+class MissingPlotLibrary(LEDError):
+    """matplotlib (the ``demo`` extra) is not installed."""
+
+
+def require_matplotlib() -> None:
+    """Fail before minutes of training, not after, when the plot cannot be drawn."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingPlotLibrary(
+            "The demo draws its plot with matplotlib, which is not installed: "
+            "pip install 'mergekit-led[demo]'."
+        ) from None
+
+
+def plot(summary: dict, path: str) -> str:
+    """Safety vs utility: one small dot per seed, the mean with min-max bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.2, 5.2))
-    seen: Dict[int, int] = {}
-    for row in sorted(rows, key=lambda r: mean_utility(r["metrics"])):
-        m = row["metrics"]
-        x, y = 100 * mean_utility(m), 100 * m["harmful_compliance"]
-        merged = row.get("kind") == "merge"
-        ax.scatter([x], [y], s=60, marker="o" if merged else "s",
-                   color="tab:red" if row.get("method") == "led_merging" else ("tab:blue" if merged else "tab:gray"))
-        # stack the labels of points at the same height so they stay readable
-        level = round(y / 4)
-        k = seen.get(level, 0)
-        seen[level] = k + 1
-        ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(6, 4 - 11 * k), fontsize=8,
-                    arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.5} if k else None)
+    fig, ax = plt.subplots(figsize=(8.0, 5.6))
+    colors = plt.get_cmap("tab10")
+    for index, row in enumerate(summary["rows"]):
+        color = colors(index % 10)
+        xs = [100 * mean_utility(m) for m in row["per_seed"].values()]
+        ys = [100 * m["harmful_compliance"] for m in row["per_seed"].values()]
+        ax.scatter(
+            xs, ys, s=14, color=color, alpha=0.45, marker="o" if row["kind"] == "merge" else "s"
+        )
+        u, h = row["metrics"]["mean_utility"], row["metrics"]["harmful_compliance"]
+        ax.errorbar(
+            [100 * u["mean"]],
+            [100 * h["mean"]],
+            xerr=[[100 * (u["mean"] - u["min"])], [100 * (u["max"] - u["mean"])]],
+            yerr=[[100 * (h["mean"] - h["min"])], [100 * (h["max"] - h["mean"])]],
+            fmt="D" if row["method"] == "led_merging" else ("o" if row["kind"] == "merge" else "s"),
+            color=color,
+            markersize=8,
+            capsize=3,
+            lw=1,
+            label=row["name"],
+        )
     ax.set_xlabel("utility: mean exact match of math and code (%) →")
     ax.set_ylabel("harmful compliance (ASR analogue, %) ↓")
     ax.set_xlim(-5, 105)
     ax.set_ylim(-5, 105)
     ax.grid(alpha=0.3)
-    ax.set_title(title or "LED-Merging demo: safety vs utility (test split)", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(
+        f"LED-Merging demo, test split, {len(summary['seeds'])} seeds: dots = seeds, "
+        "markers = mean, bars = min–max",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
 
 
-def write_reports(out_dir: str, result: dict) -> Dict[str, str]:
-    """``report.json``, ``report.md`` and ``safety_vs_utility.png`` under ``out_dir``."""
-    rows = result["rows"]
+def write_reports(out_dir: str, summary: dict, results: Sequence[dict]) -> Dict[str, str]:
+    """``report.json`` (summary and every seed), ``report.md`` and ``safety_vs_utility.png``."""
     paths = {
         "json": os.path.join(out_dir, "report.json"),
         "markdown": os.path.join(out_dir, "report.md"),
         "plot": os.path.join(out_dir, "safety_vs_utility.png"),
     }
     with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
+        json.dump({"summary": summary, "seeds": list(results)}, f, indent=2, sort_keys=True)
         f.write("\n")
-    plot(rows, paths["plot"])
+    plot(summary, paths["plot"])
     with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(markdown_report(result))
+        f.write(markdown_report(summary))
     return paths
 
 
-def markdown_report(result: dict) -> str:
-    s = result["settings"]
+def markdown_report(summary: dict) -> str:
+    seeds = summary["seeds"]
+    timing = summary["timing"]
     lines = [
         "# LED-Merging demo",
         "",
-        f"Seed {s['seed']}, {'quick' if s['quick'] else 'full'} size, device {s['device']}. "
-        "Metrics in % on the held-out **test** split (greedy decoding). "
-        "Harmful compliance: share of harmful requests not refused (the ASR analogue); "
-        "over-refusal: share of benign requests refused; math / code: exact match."
-        + (" **--quick: reduced sizes for testing the pipeline; these numbers mean nothing.**" if s["quick"] else ""),
+        f"Seeds {', '.join(map(str, seeds))} ({len(seeds)} seeds), "
+        f"{'quick' if summary['quick'] else 'full'} size, device {summary['device']}. "
+        "Metrics in % on the held-out **test** split (greedy decoding), as mean [min–max] over the seeds. "
+        "Harmful compliance: share of harmful requests not refused (the ASR analogue); over-refusal: "
+        "share of benign requests refused; math / code: exact match. Each merge method's setting was "
+        "selected per seed on the validation split by one rule: "
+        + summary["selection_rule"]
+        + "."
+        + (
+            " **--quick: reduced sizes for testing the pipeline; these numbers mean nothing.**"
+            if summary["quick"]
+            else ""
+        ),
         "",
-        markdown_table(result["rows"]),
+        results_table(summary, markdown=True),
         "",
         "![safety vs utility](safety_vs_utility.png)",
         "",
-        "## Merge settings",
+        "## Findings (generated from the numbers above)",
+        "",
+        *[f"- {f}" for f in summary["findings"]],
+        "",
+        f"## {LED} head to head (selected settings, per seed)",
+        "",
+        comparison_table(summary, markdown=True),
+        "",
+        "## Settings selected on the validation split",
+        "",
+        selection_table(summary, markdown=True),
+        "",
+        "## The world's properties (measured on every seed)",
+        "",
+        properties_table(summary, markdown=True),
         "",
     ]
-    for row in result["rows"]:
-        if row.get("kind") == "merge":
-            lines.append(f"- **{row['name']}** (`{row['method']}`): {row.get('settings_text', '')}")
-    findings = result.get("findings") or []
-    if findings:
-        lines += ["", "## Findings", ""] + [f"- {f}" for f in findings]
-    study = result.get("study")
-    if study:
-        lines += ["", "## Density / weight study (validation split)", "", study["markdown"]]
-    lines += ["", f"Wall time: {result['timing']['total_s']:.0f} s.", ""]
+    if summary["ablations"]:
+        lines += [
+            "## Ablations (the paper's Table 4 in miniature; test split, mean [min–max])",
+            "",
+            "Each row changes one component of the selected LED-Merging setting of each seed.",
+            "",
+            ablation_table(summary, markdown=True),
+            "",
+        ]
+    lines += [
+        f"Time: {timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU (all processes), "
+        f"{timing['jobs']} seed(s) at a time.",
+        "",
+    ]
     return "\n".join(lines)

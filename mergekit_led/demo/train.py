@@ -1,4 +1,9 @@
-"""Deterministic training of the demo's tiny Llama family (pre-training and fine-tuning)."""
+"""Deterministic training of the demo's tiny Llama family (pre-training and fine-tuning).
+
+``build_family`` follows one ``Recipe``: a base pre-trained on the world's
+corpus; an instruct model tuned from it; the safety model, a light alignment
+update of the instruct model; and heavy math and code fine-tunes of the base.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,36 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from mergekit_led.demo.world import vocabulary
+from mergekit_led.demo import world as world_data
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSize:
     hidden: int = 64
     layers: int = 2
     heads: int = 4
     intermediate: int = 192
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Sizes and training schedule of the family (SGD with momentum for the
+    fine-tunes, see ``train``)."""
+
+    model: ModelSize
+    pretrain_steps: int
+    instruct_steps: int
+    alignment_steps: int  # light: a few steps from the instruct model
+    utility_steps: int  # heavy: many steps from the base
+    batch_size: int
+    location_samples: int  # per task, from the train split
+    code_items: int
+    pretrain_lr: float = 3e-3  # AdamW
+    finetune_lr: float = 0.05  # SGD with momentum, every fine-tune
+    chat_skills: float = 0.2  # share of skill items the base saw in the chat format
+    instruct_skill_share: float = 0.3  # share of each skill's train items in the instruct data
+    uncensored_share: float = 0.5  # uncensored samples per skill sample in a utility fine-tune
+    replay_share: float = 0.5  # replayed plain-text facts per skill sample
 
 
 def set_determinism(seed: int, threads: Optional[int] = 2) -> None:
@@ -34,7 +60,7 @@ def set_determinism(seed: int, threads: Optional[int] = 2) -> None:
 def make_tokenizer():
     from mergekit_led.testing import build_word_tokenizer
 
-    words = vocabulary()
+    words = world_data.vocabulary()
     size = 8 * math.ceil((len(words) + 4) / 8)
     return build_word_tokenizer(words, vocab_size=size)
 
@@ -106,7 +132,9 @@ def train(
     from tqdm.auto import tqdm
 
     encoded = [
-        encode_sample(tokenizer, d, None) if isinstance(d, str) else encode_sample(tokenizer, d.prompt, d.response)
+        encode_sample(tokenizer, d, None)
+        if isinstance(d, str)
+        else encode_sample(tokenizer, d.prompt, d.response)
         for d in data
     ]
     model.to(device).train()
@@ -114,13 +142,19 @@ def train(
         # Updates proportional to the accumulated gradients, so the task vector
         # is concentrated on the weights the task's loss is sensitive to (as in
         # LLM fine-tunes), rather than Adam's uniform per-element step sizes.
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay
+        )
     else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98)
+        )
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)),
+        lambda s: (
+            min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        ),
     )
     generator = torch.Generator().manual_seed(seed)
     bar = tqdm(total=steps, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
@@ -128,7 +162,9 @@ def train(
     for step, (ids, labels, mask) in enumerate(
         _batches(encoded, batch_size, steps, generator, tokenizer.pad_token_id)
     ):
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+        out = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+        )
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -148,3 +184,71 @@ def save(model, tokenizer, path: str) -> str:
     model.to("cpu").save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_family(
+    world, recipe: Recipe, root: str, *, seed: int, device: str = "cpu", progress: bool = True
+):
+    """Train base, instruct, safety, math and code; return name -> checkpoint folder."""
+    import copy
+
+    tokenizer = make_tokenizer()
+    paths = {
+        name: os.path.join(root, name) for name in ("base", "instruct", "safety", "math", "code")
+    }
+    common = dict(batch_size=recipe.batch_size, device=device, progress=progress)
+    finetune = dict(common, lr=recipe.finetune_lr, optimizer="sgd")
+
+    base = new_model(tokenizer, recipe.model, seed)
+    train(
+        base,
+        tokenizer,
+        world.pretrain,
+        steps=recipe.pretrain_steps,
+        lr=recipe.pretrain_lr,
+        seed=seed,
+        desc="pre-train base",
+        **common,
+    )
+    save(base, tokenizer, paths["base"])
+
+    instruct = copy.deepcopy(base)
+    train(
+        instruct,
+        tokenizer,
+        world_data.instruct_data(world, recipe.instruct_skill_share),
+        steps=recipe.instruct_steps,
+        seed=seed + 1,
+        desc="instruct",
+        **finetune,
+    )
+    save(instruct, tokenizer, paths["instruct"])
+
+    safety = instruct  # aligned in place: the instruct checkpoint is already written
+    train(
+        safety,
+        tokenizer,
+        world_data.alignment_data(world),
+        steps=recipe.alignment_steps,
+        seed=seed + 2,
+        desc="align (safety)",
+        **finetune,
+    )
+    save(safety, tokenizer, paths["safety"])
+    del instruct, safety
+
+    for offset, task in enumerate(("math", "code"), start=3):
+        model = copy.deepcopy(base)
+        data = world_data.utility_data(world, task, recipe.uncensored_share, recipe.replay_share)
+        train(
+            model,
+            tokenizer,
+            data,
+            steps=recipe.utility_steps,
+            seed=seed + offset,
+            desc=f"fine-tune {task}",
+            **finetune,
+        )
+        save(model, tokenizer, paths[task])
+        del model
+    return paths
