@@ -261,12 +261,12 @@ def main() -> None:
 
     median = statistics.median
     scoring_seconds = median(r["scoring_seconds"] for r in locate_runs)
-    scoring_ratio = median(l["scoring_seconds"] / b["loop_seconds"] for l, b in zip(locate_runs, bare_runs))
-    cpu_ratio = median(l["cpu_seconds"] / b["cpu_seconds"] for l, b in zip(locate_runs, bare_runs))
+    scoring_ratio = median(loc["scoring_seconds"] / b["loop_seconds"] for loc, b in zip(locate_runs, bare_runs))
+    cpu_ratio = median(loc["cpu_seconds"] / b["cpu_seconds"] for loc, b in zip(locate_runs, bare_runs))
     locate_seconds = median(r["seconds"] for r in locate_runs)
     bare_seconds = median(r["seconds"] for r in bare_runs)
     loop_seconds = median(r["loop_seconds"] for r in bare_runs)
-    ratio = median(l["seconds"] / b["seconds"] for l, b in zip(locate_runs, bare_runs))
+    ratio = median(loc["seconds"] / b["seconds"] for loc, b in zip(locate_runs, bare_runs))
     locate_rss = median(r["maxrss_bytes"] for r in locate_runs)
     bare_rss = median(r["maxrss_bytes"] for r in bare_runs)
     param_bytes = model_child["param_bytes"]

@@ -101,8 +101,11 @@ class Analysis:
             cells[(index, kind)] = s
         layers.sort()
         values = [
-            [cells[(l, t)].jaccard(pair) if (l, t) in cells else float("nan") for t in types]
-            for l in layers
+            [
+                cells[(layer, kind)].jaccard(pair) if (layer, kind) in cells else float("nan")
+                for kind in types
+            ]
+            for layer in layers
         ]
         return layers, types, values
 

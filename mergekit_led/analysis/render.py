@@ -56,7 +56,7 @@ def plot_heatmap(analysis: Analysis, path: str) -> str:
         layers, types, values = analysis.grid(pair)
         image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
         ax.set_xticks(range(len(types)), [t.split(".")[-1] for t in types], rotation=60, ha="right", fontsize=8)
-        ax.set_yticks(range(len(layers)), [str(l) for l in layers], fontsize=8)
+        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=8)
         ax.set_ylabel("layer")
         ax.set_title(f"Jaccard(N_{labels[pair[0]]}, N_{labels[pair[1]]})", fontsize=9)
         if len(layers) * len(types) <= 80:

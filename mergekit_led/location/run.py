@@ -357,7 +357,8 @@ def _load_libc():
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # glibc only
+        if not hasattr(libc, "malloc_trim"):  # glibc only
+            return None
         return libc
     except (OSError, AttributeError):
         return None
