@@ -1,0 +1,269 @@
+"""The files of a store, read as untrusted input and pinned to the version opened.
+
+A store names its files in its manifest; each name must be a plain file name in
+the store folder (no separators, no ``..``, no absolute path, no symlink
+resolving outside the folder), and each file a regular safetensors file whose
+header is well formed and covers the file exactly.
+
+Files are opened once and kept open: every later read goes through the same
+descriptor (``os.preadv``), so a store replaced by a rename (how stores are
+overwritten) keeps being read at the version that was opened, and a file
+modified in place is detected (size, mtime or inode changed) before and after
+every read. safetensors' own ``safe_open`` takes a path and maps the file, which
+can neither pin a version nor survive a file truncated under it (SIGBUS), hence
+this small reader of the (simple, stable) safetensors layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from mergekit_led.errors import StoreError
+
+# safetensors dtype names -> torch dtypes a store may hold.
+SAFETENSORS_DTYPES: Dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+}
+DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
+_MAX_READ = 1 << 30  # bytes per preadv call (Linux reads at most ~2 GiB at once)
+
+
+def check_file_name(file_name: object, *, store: str, role: str) -> str:
+    """``file_name`` if it is a plain file name inside the store, else StoreError."""
+    if not isinstance(file_name, str) or not file_name:
+        raise StoreError(
+            f"Importance store {store}: {role} names file {file_name!r}, not a file name."
+        )
+    if (
+        file_name in (".", "..")
+        or "/" in file_name
+        or "\\" in file_name
+        or "\0" in file_name
+        or os.path.isabs(file_name)
+    ):
+        raise StoreError(
+            f"Importance store {store}: {role} names file {file_name!r}; a store may only "
+            "reference plain file names inside its own folder (no separators, '..' or "
+            "absolute paths)."
+        )
+    return file_name
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of a safetensors file: dtype, shape and absolute byte range."""
+
+    dtype: torch.dtype
+    shape: Tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    device: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, status: os.stat_result) -> "FileIdentity":
+        return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def difference(self, other: "FileIdentity") -> Optional[str]:
+        if (self.device, self.inode) != (other.device, other.inode):
+            return "it was replaced by another file"
+        if self.size != other.size:
+            return f"its size changed from {self.size} to {other.size} bytes"
+        if self.mtime_ns != other.mtime_ns:
+            return "it was modified"
+        return None
+
+
+def open_in_store(store: str, file_name: str, *, role: str) -> int:
+    """Open ``file_name`` of the store read-only; refuse anything but a regular
+    file inside the store folder. Returns the descriptor."""
+    path = os.path.join(store, file_name)
+    if not os.path.lexists(path):
+        raise StoreError(
+            f"Importance store {store} is incomplete: {role} {file_name} is missing."
+        )
+    resolved = os.path.realpath(path)
+    if os.path.dirname(resolved) != os.path.realpath(store):
+        raise StoreError(
+            f"Importance store {store}: {role} {file_name} is a symlink to {resolved}, "
+            "outside the store folder; a store may only reference its own files."
+        )
+    try:
+        # O_NONBLOCK: a FIFO planted as a store file must not hang the open.
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as error:
+        raise StoreError(
+            f"Importance store {store}: cannot open {role} {file_name}: {error}"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"Importance store {store}: {role} {file_name} is not a regular file.")
+    return fd
+
+
+class PinnedFile:
+    """A safetensors file of a store, opened once, with its validated header."""
+
+    def __init__(self, store: str, file_name: str, *, role: str):
+        self.store = store
+        self.file_name = file_name
+        self.role = role
+        self._fd: Optional[int] = None
+        self._fd = open_in_store(store, file_name, role=role)
+        try:
+            self.identity = FileIdentity.of(os.fstat(self._fd))
+            self.tensors, self.metadata = self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def where(self) -> str:
+        return f"{self.role} {self.file_name} of importance store {self.store}"
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    # header ------------------------------------------------------------------
+    def _read_header(self) -> Tuple[Dict[str, TensorEntry], Dict[str, str]]:
+        size = self.identity.size
+        if size < 8:
+            raise StoreError(
+                f"The {self.where} is truncated ({size} bytes); it is not a safetensors file."
+            )
+        (length,) = struct.unpack("<Q", self._pread(8, 0))
+        if length > min(_MAX_HEADER, size - 8):
+            raise StoreError(
+                f"The {self.where} is not a valid safetensors file (header of {length} "
+                f"bytes in a file of {size}): truncated or corrupt."
+            )
+        try:
+            raw = json.loads(self._pread(length, 8).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise StoreError(
+                f"The {self.where} has a corrupt safetensors header: {error}."
+            ) from None
+        if not isinstance(raw, dict):
+            raise StoreError(f"The {self.where} has a corrupt safetensors header (not an object).")
+        metadata = raw.pop("__metadata__", None) or {}
+        data_start = 8 + length
+        tensors: Dict[str, TensorEntry] = {}
+        for name, spec in raw.items():
+            tensors[name] = self._entry(name, spec, data_start)
+        # The tensors must tile the data section exactly: no overlap, no gap, no
+        # bytes missing at the end (a truncated file) or left over.
+        position = data_start
+        for name, entry in sorted(tensors.items(), key=lambda item: item[1].start):
+            if entry.start != position:
+                raise StoreError(
+                    f"The {self.where} is corrupt: tensor {name!r} starts at byte "
+                    f"{entry.start}, expected {position} (overlapping or missing data)."
+                )
+            position = entry.end
+        if position != size:
+            raise StoreError(
+                f"The {self.where} is truncated or corrupt: its header describes "
+                f"{position} bytes, the file has {size}."
+            )
+        return tensors, metadata
+
+    def _entry(self, name: str, spec: object, data_start: int) -> TensorEntry:
+        bad = f"The {self.where} has a corrupt header entry for tensor {name!r}"
+        if not isinstance(spec, dict):
+            raise StoreError(f"{bad}.")
+        dtype = SAFETENSORS_DTYPES.get(spec.get("dtype"))
+        if dtype is None:
+            raise StoreError(
+                f"The {self.where} holds tensor {name!r} in dtype {spec.get('dtype')!r}; "
+                f"a store holds {', '.join(SAFETENSORS_DTYPES)} tensors only."
+            )
+        shape, offsets = spec.get("shape"), spec.get("data_offsets")
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            and isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
+            raise StoreError(f"{bad} (shape {shape!r}, data_offsets {offsets!r}).")
+        entry = TensorEntry(dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+        if entry.end - entry.start != entry.numel * dtype.itemsize:
+            raise StoreError(
+                f"{bad}: shape {tuple(shape)} in {spec['dtype']} needs "
+                f"{entry.numel * dtype.itemsize} bytes, its data offsets span "
+                f"{entry.end - entry.start}."
+            )
+        return entry
+
+    # reading -----------------------------------------------------------------
+    def check_unchanged(self, *, weight: Optional[str] = None) -> None:
+        """Raise if the opened file was modified since it was opened."""
+        if self._fd is None:
+            raise StoreError(f"The {self.where} was closed.")
+        difference = self.identity.difference(FileIdentity.of(os.fstat(self._fd)))
+        if difference is not None:
+            holding = f" (reading weight {weight!r})" if weight else ""
+            raise StoreError(
+                f"Importance store {self.store} changed while in use: {self.file_name}"
+                f"{holding} {difference} after the store was opened. A merge reads each "
+                "store at one version; re-run it once the store is no longer being written."
+            )
+
+    def read(self, name: str, *, weight: Optional[str] = None) -> torch.Tensor:
+        """Tensor ``name`` as a new CPU tensor (the file's bytes at the pinned version)."""
+        entry = self.tensors.get(name)
+        if entry is None:
+            raise StoreError(f"The {self.where} holds no tensor {name!r}.")
+        self.check_unchanged(weight=weight or name)
+        buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
+        view = memoryview(buffer.numpy())
+        done = 0
+        while done < len(view):
+            chunk = view[done : done + _MAX_READ]
+            count = os.preadv(self._fd, [chunk], entry.start + done)
+            if count == 0:
+                raise StoreError(
+                    f"The {self.where} is truncated: tensor {name!r} (weight "
+                    f"{weight or name!r}) ends at byte {entry.end}, the file ended at "
+                    f"byte {entry.start + done}."
+                )
+            done += count
+        # A write racing with the read shows up here.
+        self.check_unchanged(weight=weight or name)
+        # safetensors is little-endian, like every machine torch supports in practice.
+        tensor = buffer.view(entry.dtype) if entry.numel else torch.empty(0, dtype=entry.dtype)
+        return tensor.reshape(entry.shape)
+
+    def _pread(self, length: int, offset: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise StoreError(f"The {self.where} is truncated (short read at byte {offset}).")
+        return data
