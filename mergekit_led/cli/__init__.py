@@ -24,6 +24,7 @@ _SUBCOMMANDS = {
     "inspect": ("mergekit_led.cli.inspect", "What an led_merging config elects, writing no model."),
     "card": ("mergekit_led.cli.card", "Add the LED-Merging card section to a finished merge."),
     "demo": ("mergekit_led.cli.demo", "The whole story on a tiny offline model family."),
+    "store": ("mergekit_led.cli.store", "Inspect, convert and verify importance stores."),
 }
 
 

@@ -16,6 +16,7 @@ this small reader of the (simple, stable) safetensors layout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ SAFETENSORS_DTYPES: Dict[str, torch.dtype] = {
 DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 _MAX_READ = 1 << 30  # bytes per preadv call (Linux reads at most ~2 GiB at once)
+_HASH_BLOCK = 1 << 24
 
 
 def check_file_name(file_name: object, *, store: str, role: str) -> str:
@@ -261,6 +263,15 @@ class PinnedFile:
         # safetensors is little-endian, like every machine torch supports in practice.
         tensor = buffer.view(entry.dtype) if entry.numel else torch.empty(0, dtype=entry.dtype)
         return tensor.reshape(entry.shape)
+
+    def sha256(self) -> str:
+        """``sha256:<hex>`` of the whole file at the pinned version."""
+        self.check_unchanged()
+        digest = hashlib.sha256()
+        for offset in range(0, self.identity.size, _HASH_BLOCK):
+            digest.update(self._pread(min(_HASH_BLOCK, self.identity.size - offset), offset))
+        self.check_unchanged()
+        return "sha256:" + digest.hexdigest()
 
     def _pread(self, length: int, offset: int) -> bytes:
         data = os.pread(self._fd, length, offset)

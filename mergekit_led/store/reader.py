@@ -264,6 +264,18 @@ class ImportanceStore(Mapping):
                 return f"{file_name}: {difference}"
         return None
 
+    def file_size(self, file_name: str) -> int:
+        """Bytes of one of the store's files, as opened."""
+        return self._files[file_name].identity.size
+
+    def file_sha256(self, file_name: str) -> str:
+        """``sha256:<hex>`` of one of the store's files, as opened."""
+        return self._files[file_name].sha256()
+
+    def fingerprint_samples(self) -> Dict[str, torch.Tensor]:
+        """The stored fingerprint sample of each weight (empty without a fingerprint file)."""
+        return dict(self._fingerprint_samples())
+
     def _fingerprint_samples(self) -> Dict[str, torch.Tensor]:
         with self._lock:
             if self._samples is None:
