@@ -51,43 +51,40 @@ def convert_store(
     Returns ``out``.
     """
     store = ImportanceStore(source)
-    try:
-        target = score_dtype_name(dtype if dtype is not None else store.manifest.dtype)
-        out = os.path.abspath(os.fspath(out))
-        if os.path.exists(out) and not overwrite:
-            raise StoreError(
-                f"{out} already exists; pass --overwrite (overwrite=True) to replace it."
-            )
-
-        def load(name: str) -> torch.Tensor:
-            values = store.scores(name)
-            where = f"weight {name!r} of importance store {store.path}"
-            check_score_values(values, where=where)
-            return rounded_scores(values.to(torch.float32), target, where=where)
-
-        manifest = store.manifest
-        fields = {
-            key: value
-            for key, value in manifest.model_dump().items()
-            if key not in _WRITTEN_FIELDS
-        }
-        fields["dtype"] = target
-        fields["metadata"] = dict(
-            manifest.metadata,
-            converted_from={
-                "path": store.path,
-                "format_version": manifest.format_version,
-                "dtype": manifest.dtype,
-                "created": manifest.created,
-            },
+    target = score_dtype_name(dtype if dtype is not None else store.manifest.dtype)
+    out = os.path.abspath(os.fspath(out))
+    if os.path.exists(out) and not overwrite:
+        raise StoreError(
+            f"{out} already exists; pass --overwrite (overwrite=True) to replace it."
         )
-        return write_store(
-            out,
-            shapes={name: tuple(shape) for name, shape in manifest.shapes.items()},
-            load=load,
-            samples=store.fingerprint_samples(),
-            fields=fields,
-            max_shard_size=max_shard_size,
-        )
-    finally:
-        store.close()
+
+    def load(name: str) -> torch.Tensor:
+        values = store.scores(name)
+        where = f"weight {name!r} of importance store {store.path}"
+        check_score_values(values, where=where)
+        return rounded_scores(values.to(torch.float32), target, where=where)
+
+    manifest = store.manifest
+    fields = {
+        key: value
+        for key, value in manifest.model_dump().items()
+        if key not in _WRITTEN_FIELDS
+    }
+    fields["dtype"] = target
+    fields["metadata"] = dict(
+        manifest.metadata,
+        converted_from={
+            "path": store.path,
+            "format_version": manifest.format_version,
+            "dtype": manifest.dtype,
+            "created": manifest.created,
+        },
+    )
+    return write_store(
+        out,
+        shapes={name: tuple(shape) for name, shape in manifest.shapes.items()},
+        load=load,
+        samples=store.fingerprint_samples(),
+        fields=fields,
+        max_shard_size=max_shard_size,
+    )

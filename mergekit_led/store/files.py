@@ -5,17 +5,20 @@ the store folder (no separators, no ``..``, no absolute path, no symlink
 resolving outside the folder), and each file a regular safetensors file whose
 header is well formed and covers the file exactly.
 
-Files are opened once and kept open: every later read goes through the same
-descriptor (``os.preadv``), so a store replaced by a rename (how stores are
-overwritten) keeps being read at the version that was opened, and a file
-modified in place is detected (size, mtime or inode changed) before and after
-every read. safetensors' own ``safe_open`` takes a path and maps the file, which
-can neither pin a version nor survive a file truncated under it (SIGBUS), hence
-this small reader of the (simple, stable) safetensors layout.
+A file's identity (device, inode, size, modification time) and header are
+recorded when the store is opened; every later read opens the file again,
+checks that it is still that file (before and after reading, with ``os.fstat``
+on the descriptor it reads through) and reads with ``os.preadv``. A store is
+therefore read at the version that was opened, or the read fails naming the
+store, the file and the weight; no descriptor stays open between reads, so a
+process may open any number of stores. safetensors' own ``safe_open`` maps the
+file, which cannot detect a change and crashes (SIGBUS) on a file truncated
+under it, hence this small reader of the (simple, stable) safetensors layout.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -23,7 +26,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -126,48 +129,38 @@ def open_in_store(store: str, file_name: str, *, role: str) -> int:
 
 
 class PinnedFile:
-    """A safetensors file of a store, opened once, with its validated header."""
+    """A safetensors file of a store: its identity and validated header, as opened."""
 
     def __init__(self, store: str, file_name: str, *, role: str):
         self.store = store
         self.file_name = file_name
         self.role = role
-        self._fd: Optional[int] = None
-        self._fd = open_in_store(store, file_name, role=role)
+        fd = open_in_store(store, file_name, role=role)
         try:
-            self.identity = FileIdentity.of(os.fstat(self._fd))
-            self.tensors, self.metadata = self._read_header()
-        except BaseException:
-            self.close()
-            raise
+            self.identity = FileIdentity.of(os.fstat(fd))
+            self.tensors, self.metadata = self._read_header(fd)
+        finally:
+            os.close(fd)
 
     @property
     def where(self) -> str:
         return f"{self.role} {self.file_name} of importance store {self.store}"
 
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __del__(self) -> None:
-        self.close()
-
     # header ------------------------------------------------------------------
-    def _read_header(self) -> Tuple[Dict[str, TensorEntry], Dict[str, str]]:
+    def _read_header(self, fd: int) -> Tuple[Dict[str, TensorEntry], Dict[str, str]]:
         size = self.identity.size
         if size < 8:
             raise StoreError(
                 f"The {self.where} is truncated ({size} bytes); it is not a safetensors file."
             )
-        (length,) = struct.unpack("<Q", self._pread(8, 0))
+        (length,) = struct.unpack("<Q", self._pread(fd, 8, 0))
         if length > min(_MAX_HEADER, size - 8):
             raise StoreError(
                 f"The {self.where} is not a valid safetensors file (header of {length} "
                 f"bytes in a file of {size}): truncated or corrupt."
             )
         try:
-            raw = json.loads(self._pread(length, 8).decode("utf-8"))
+            raw = json.loads(self._pread(fd, length, 8).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise StoreError(
                 f"The {self.where} has a corrupt safetensors header: {error}."
@@ -226,55 +219,67 @@ class PinnedFile:
         return entry
 
     # reading -----------------------------------------------------------------
-    def check_unchanged(self, *, weight: Optional[str] = None) -> None:
-        """Raise if the opened file was modified since it was opened."""
-        if self._fd is None:
-            raise StoreError(f"The {self.where} was closed.")
-        difference = self.identity.difference(FileIdentity.of(os.fstat(self._fd)))
+    @contextlib.contextmanager
+    def _opened(self, weight: Optional[str]) -> Iterator[int]:
+        """The file, opened again and checked to be the version that was pinned,
+        before and after the caller's reads."""
+        try:
+            fd = open_in_store(self.store, self.file_name, role=self.role)
+        except StoreError as error:
+            raise self._changed(weight, f"it can no longer be opened ({error})") from None
+        try:
+            self._check(fd, weight)
+            yield fd
+            self._check(fd, weight)
+        finally:
+            os.close(fd)
+
+    def _check(self, fd: int, weight: Optional[str]) -> None:
+        difference = self.identity.difference(FileIdentity.of(os.fstat(fd)))
         if difference is not None:
-            holding = f" (reading weight {weight!r})" if weight else ""
-            raise StoreError(
-                f"Importance store {self.store} changed while in use: {self.file_name}"
-                f"{holding} {difference} after the store was opened. A merge reads each "
-                "store at one version; re-run it once the store is no longer being written."
-            )
+            raise self._changed(weight, difference)
+
+    def _changed(self, weight: Optional[str], difference: str) -> StoreError:
+        holding = f" (reading weight {weight!r})" if weight else ""
+        return StoreError(
+            f"Importance store {self.store} changed while in use: {self.file_name}{holding}: "
+            f"{difference} after the store was opened. A merge reads each store at one "
+            "version; run it again once the store is no longer being written."
+        )
 
     def read(self, name: str, *, weight: Optional[str] = None) -> torch.Tensor:
         """Tensor ``name`` as a new CPU tensor (the file's bytes at the pinned version)."""
         entry = self.tensors.get(name)
         if entry is None:
             raise StoreError(f"The {self.where} holds no tensor {name!r}.")
-        self.check_unchanged(weight=weight or name)
+        weight = weight or name
         buffer = torch.empty(entry.end - entry.start, dtype=torch.uint8)
         view = memoryview(buffer.numpy())
-        done = 0
-        while done < len(view):
-            chunk = view[done : done + _MAX_READ]
-            count = os.preadv(self._fd, [chunk], entry.start + done)
-            if count == 0:
-                raise StoreError(
-                    f"The {self.where} is truncated: tensor {name!r} (weight "
-                    f"{weight or name!r}) ends at byte {entry.end}, the file ended at "
-                    f"byte {entry.start + done}."
-                )
-            done += count
-        # A write racing with the read shows up here.
-        self.check_unchanged(weight=weight or name)
+        with self._opened(weight) as fd:
+            done = 0
+            while done < len(view):
+                count = os.preadv(fd, [view[done : done + _MAX_READ]], entry.start + done)
+                if count == 0:
+                    raise StoreError(
+                        f"The {self.where} is truncated: tensor {name!r} (weight {weight!r}) "
+                        f"ends at byte {entry.end}, the file ended at byte {entry.start + done}."
+                    )
+                done += count
         # safetensors is little-endian, like every machine torch supports in practice.
         tensor = buffer.view(entry.dtype) if entry.numel else torch.empty(0, dtype=entry.dtype)
         return tensor.reshape(entry.shape)
 
     def sha256(self) -> str:
         """``sha256:<hex>`` of the whole file at the pinned version."""
-        self.check_unchanged()
         digest = hashlib.sha256()
-        for offset in range(0, self.identity.size, _HASH_BLOCK):
-            digest.update(self._pread(min(_HASH_BLOCK, self.identity.size - offset), offset))
-        self.check_unchanged()
+        with self._opened(None) as fd:
+            for offset in range(0, self.identity.size, _HASH_BLOCK):
+                length = min(_HASH_BLOCK, self.identity.size - offset)
+                digest.update(self._pread(fd, length, offset))
         return "sha256:" + digest.hexdigest()
 
-    def _pread(self, length: int, offset: int) -> bytes:
-        data = os.pread(self._fd, length, offset)
+    def _pread(self, fd: int, length: int, offset: int) -> bytes:
+        data = os.pread(fd, length, offset)
         if len(data) != length:
             raise StoreError(f"The {self.where} is truncated (short read at byte {offset}).")
         return data

@@ -99,33 +99,30 @@ def store_info(
     """What the store at ``path`` holds; with ``scan``, every score is read for the
     histogram."""
     store = ImportanceStore(path)
-    try:
-        manifest = store.manifest
-        files = {MANIFEST_NAME: os.path.getsize(os.path.join(store.path, MANIFEST_NAME))}
-        files.update({name: store.file_size(name) for name in manifest.referenced_files()})
-        info = StoreInfo(
-            path=store.path,
-            format_version=manifest.format_version,
-            dtype=manifest.dtype,
-            model=manifest.model,
-            model_fingerprint=manifest.model_fingerprint,
-            score=manifest.score,
-            dataset=manifest.dataset.model_dump() if manifest.dataset else None,
-            weights=len(manifest.files),
-            elements=sum(math.prod(shape) for shape in manifest.shapes.values()),
-            aliases=dict(manifest.aliases),
-            files=files,
-            created=manifest.created,
-        )
-        if scan:
-            info.histogram = ScoreHistogram()
-            for name in manifest.files:
-                if progress:
-                    progress(name)
-                info.histogram.add(store.scores(name))
-        return info
-    finally:
-        store.close()
+    manifest = store.manifest
+    files = {MANIFEST_NAME: os.path.getsize(os.path.join(store.path, MANIFEST_NAME))}
+    files.update({name: store.file_size(name) for name in manifest.referenced_files()})
+    info = StoreInfo(
+        path=store.path,
+        format_version=manifest.format_version,
+        dtype=manifest.dtype,
+        model=manifest.model,
+        model_fingerprint=manifest.model_fingerprint,
+        score=manifest.score,
+        dataset=manifest.dataset.model_dump() if manifest.dataset else None,
+        weights=len(manifest.files),
+        elements=sum(math.prod(shape) for shape in manifest.shapes.values()),
+        aliases=dict(manifest.aliases),
+        files=files,
+        created=manifest.created,
+    )
+    if scan:
+        info.histogram = ScoreHistogram()
+        for name in manifest.files:
+            if progress:
+                progress(name)
+            info.histogram.add(store.scores(name))
+    return info
 
 
 @dataclass
@@ -155,22 +152,19 @@ def verify_store(
     except StoreError as error:
         report.problems.append(str(error))
         return report
-    try:
-        _verify_checksums(store, report)
-        for name in store.manifest.files:
-            if progress:
-                progress(name)
-            try:
-                check_score_values(
-                    store.scores(name), where=f"weight {name!r} of importance store {store.path}"
-                )
-            except StoreError as error:
-                report.problems.append(str(error))
-            report.weights_checked += 1
-        if model is not None:
-            _verify_against_model(store, model, report)
-    finally:
-        store.close()
+    _verify_checksums(store, report)
+    for name in store.manifest.files:
+        if progress:
+            progress(name)
+        try:
+            check_score_values(
+                store.scores(name), where=f"weight {name!r} of importance store {store.path}"
+            )
+        except StoreError as error:
+            report.problems.append(str(error))
+        report.weights_checked += 1
+    if model is not None:
+        _verify_against_model(store, model, report)
     return report
 
 

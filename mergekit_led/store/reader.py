@@ -2,9 +2,9 @@
 
 A store is untrusted input. Opening one validates the manifest and every file it
 names (plain file names inside the store, regular files, safetensors headers
-that agree with the manifest's names, shapes and dtype) and keeps those files
-open: every score read afterwards comes from the version that was opened, or
-fails naming the store, file and weight (``files.PinnedFile``).
+that agree with the manifest's names, shapes and dtype) and records each file's
+identity: every score read afterwards comes from the version that was opened,
+or fails naming the store, file and weight (``files.PinnedFile``).
 
 The threshold of a weight is selected exactly from its scores at merge time;
 no derived file (format 1's sorted copies) can change a mask.
@@ -35,8 +35,8 @@ class ImportanceStore(Mapping):
     the store's ``dtype``), pinned to the version of the store that was opened.
 
     Opening reads and validates the manifest and every file's header, never the
-    score data; each lookup reads one tensor. Thread-safe (mergekit's multi-GPU
-    executor merges in threads).
+    score data; each lookup reads one tensor, from the version that was opened
+    (or fails). Thread-safe (mergekit's multi-GPU executor merges in threads).
     """
 
     def __init__(self, path: str):
@@ -44,24 +44,16 @@ class ImportanceStore(Mapping):
         self.manifest, self._manifest_identity = read_manifest_pinned(self.path)
         self._lock = threading.Lock()
         self._samples: Optional[Dict[str, torch.Tensor]] = None
-        self._files: Dict[str, PinnedFile] = {}
-        try:
-            for file_name, role in self.manifest.referenced_files().items():
-                self._files[file_name] = PinnedFile(self.path, file_name, role=role)
-            self._check_headers()
-        except BaseException:
-            self.close()
-            raise
+        self._files: Dict[str, PinnedFile] = {
+            file_name: PinnedFile(self.path, file_name, role=role)
+            for file_name, role in self.manifest.referenced_files().items()
+        }
+        self._check_headers()
 
     @property
     def dtype(self) -> torch.dtype:
         """The dtype of every score tensor in this store."""
         return self.manifest.torch_dtype
-
-    def close(self) -> None:
-        """Close the store's files (reads fail afterwards)."""
-        for pinned in self._files.values():
-            pinned.close()
 
     # Mapping interface -----------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
