@@ -9,12 +9,12 @@ import shutil
 from collections.abc import Mapping
 
 import pytest
+import reference as ref
 import torch
+from helpers import make_scores, write_format1_copy
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import reference as ref
-from helpers import make_scores, write_format1_copy
 from mergekit_led import ImportanceStore, StoreError, load_importance, save_importance
 from mergekit_led.atomic import replace_directory
 from mergekit_led.core import election as el

@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import write_format1_copy
 from safetensors.torch import save_file
 
-from helpers import write_format1_copy
 from mergekit_led import load_importance, save_importance
 from mergekit_led.cli import main
 from mergekit_led.core import election as el

@@ -88,10 +88,10 @@ class FileIdentity:
     mtime_ns: int
 
     @classmethod
-    def of(cls, status: os.stat_result) -> "FileIdentity":
+    def of(cls, status: os.stat_result) -> FileIdentity:
         return cls(status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
-    def difference(self, other: "FileIdentity") -> Optional[str]:
+    def difference(self, other: FileIdentity) -> Optional[str]:
         if (self.device, self.inode) != (other.device, other.inode):
             return "it was replaced by another file"
         if self.size != other.size:
