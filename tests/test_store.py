@@ -682,3 +682,20 @@ def test_pinned_file_reads_large_tensors_in_pieces(tmp_path, monkeypatch):
     values = torch.rand(3, 1001)
     path = save_importance({"w": values}, str(tmp_path / "s"), model=None)
     assert torch.equal(ImportanceStore(path)["w"], values)
+
+
+def test_store_files_get_the_umask_mode_not_owner_only(tmp_path):
+    path = save_importance({"w": torch.rand(4)}, str(tmp_path / "s"), model=None)
+    modes = {f: os.stat(os.path.join(path, f)).st_mode & 0o777 for f in os.listdir(path)}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_scores_handed_out_never_share_the_scratch_buffer(tmp_path):
+    """top_mask reads into a reused buffer; tensors returned to callers are their own."""
+    scores = {"a": torch.rand(300), "b": torch.rand(300) + 2}
+    path = save_importance(scores, str(tmp_path / "s"), model=None)
+    store = load_importance(path)
+    a = store["a"]
+    assert torch.equal(store.top_mask("b", 0.5), el.top_mask(scores["b"], 0.5))
+    assert torch.equal(store.top_mask("a", 0.5), el.top_mask(scores["a"], 0.5))
+    assert torch.equal(a, scores["a"]) and torch.equal(store.scores("b"), scores["b"])

@@ -105,7 +105,10 @@ class ImportanceStore(Mapping):
     ) -> torch.Tensor:
         """``top(S, r)`` of weight ``name``, exactly as ``election.top_mask``."""
         stored = self._require(name, model)
-        scores = self.scores(name, model=model, device=device)
+        # The scores do not outlive this call: read them into the thread's scratch.
+        scores = self._read(stored, model=model, transient=True)
+        if device is not None:
+            scores = scores.to(device)
         check_score_values(
             scores, where=f"weight {stored!r} (model {model}, importance store {self.path})"
         )
@@ -182,10 +185,12 @@ class ImportanceStore(Mapping):
             )
         return stored
 
-    def _read(self, stored: str, *, model: Optional[str] = None) -> torch.Tensor:
+    def _read(
+        self, stored: str, *, model: Optional[str] = None, transient: bool = False
+    ) -> torch.Tensor:
         pinned = self._files[self.manifest.files[stored]]
         weight = stored if model is None else f"{stored} (model {model})"
-        return pinned.read(stored, weight=weight)
+        return pinned.read(stored, weight=weight, transient=transient)
 
     def _check_headers(self) -> None:
         """Every file's tensors agree with the manifest: names, shapes, dtypes."""

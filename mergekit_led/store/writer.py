@@ -161,8 +161,14 @@ def write_store(
             **fields,
         )
         # The manifest is written last: a folder without it is never a store.
-        with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as f:
+        manifest_path = os.path.join(staging, MANIFEST_NAME)
+        with open(manifest_path, "w", encoding="utf-8") as f:
             f.write(manifest.model_dump_json(indent=2, exclude={"threshold_files"}))
+        # safetensors creates its files owner-only (0600); stores are meant to be
+        # shared, so give them the mode the umask gave the manifest.
+        mode = os.stat(manifest_path).st_mode & 0o777
+        for file_name in referenced:
+            os.chmod(os.path.join(staging, file_name), mode)
     forget(out_dir)  # a store pinned at this path in this process is now stale
     return out_dir
 
