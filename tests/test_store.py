@@ -699,3 +699,25 @@ def test_scores_handed_out_never_share_the_scratch_buffer(tmp_path):
     assert torch.equal(store.top_mask("b", 0.5), el.top_mask(scores["b"], 0.5))
     assert torch.equal(store.top_mask("a", 0.5), el.top_mask(scores["a"], 0.5))
     assert torch.equal(a, scores["a"]) and torch.equal(store.scores("b"), scores["b"])
+
+
+def test_store_in_a_hub_cache_snapshot_may_link_to_its_blobs(tmp_path, task_stores):
+    """huggingface_hub's cache keeps files as blobs/<hash> and links them from
+    snapshots/<commit>/...: a store there is read; a link to another repo's blob is not."""
+    repo = tmp_path / "hub" / "models--org--stores"
+    store = repo / "snapshots" / "0123abcd" / "safety" / "instruct"
+    store.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for index, name in enumerate(sorted(os.listdir(task_stores[0].model_store))):
+        blob = repo / "blobs" / f"blob{index}"
+        shutil.copy(os.path.join(task_stores[0].model_store, name), blob)
+        os.symlink(os.path.relpath(blob, store), store / name)
+    loaded = load_importance(str(store))
+    assert torch.equal(loaded[VICTIM], task_stores[0].model_scores[VICTIM])
+    other = tmp_path / "hub" / "models--org--other" / "blobs"
+    other.mkdir(parents=True)
+    shutil.copy(store / "scores.safetensors", other / "stolen")
+    os.remove(store / "scores.safetensors")
+    os.symlink(os.path.relpath(other / "stolen", store), store / "scores.safetensors")
+    with pytest.raises(StoreError, match="outside the store folder"):
+        load_importance(str(store), reopen=True)

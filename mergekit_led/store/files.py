@@ -102,6 +102,26 @@ class FileIdentity:
         return None
 
 
+def allowed_folders(store: str) -> Tuple[str, ...]:
+    """Where a store's files may really live: the store folder itself and, for a
+    store inside a Hugging Face Hub cache snapshot
+    (``<cache>/models--org--name/snapshots/<commit>/...``), that repository's
+    ``blobs`` folder, which the cache's symlinks point into."""
+    real = os.path.realpath(store)
+    folders = [real]
+    parts = real.split(os.sep)
+    for index in range(len(parts) - 2, 0, -1):
+        repo = os.sep.join(parts[:index])
+        if (
+            parts[index] == "snapshots"
+            and parts[index - 1].startswith(("models--", "datasets--", "spaces--"))
+            and os.path.isdir(os.path.join(repo, "blobs"))
+        ):
+            folders.append(os.path.join(repo, "blobs"))
+            break
+    return tuple(folders)
+
+
 def open_in_store(store: str, file_name: str, *, role: str) -> int:
     """Open ``file_name`` of the store read-only; refuse anything but a regular
     file inside the store folder. Returns the descriptor."""
@@ -111,7 +131,7 @@ def open_in_store(store: str, file_name: str, *, role: str) -> int:
             f"Importance store {store} is incomplete: {role} {file_name} is missing."
         )
     resolved = os.path.realpath(path)
-    if os.path.dirname(resolved) != os.path.realpath(store):
+    if os.path.dirname(resolved) not in allowed_folders(store):
         raise StoreError(
             f"Importance store {store}: {role} {file_name} is a symlink to {resolved}, "
             "outside the store folder; a store may only reference its own files."
