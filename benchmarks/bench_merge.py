@@ -11,7 +11,9 @@ medians, the median over rounds of each method's per-round ratio to
 task_arithmetic, and the bytes each merge reads.
 
 Goal (issues #2 and #8): LED at most 1.25x task_arithmetic's wall time and peak
-RSS, for both store dtypes and both families.
+RSS, for both store dtypes and both families. On a shared machine the wall time
+of a run depends on what else runs; CPU time (user + system of all the merge's
+threads, from ``wait4``) is reported next to it as the steadier measure of work.
 
 Bytes read: "weights" are the input models' tensor bytes and "scores" the
 stores' score bytes, each read once per merge (from the files' sizes); "rchar"
@@ -19,6 +21,12 @@ is measured, the bytes the merge process read through read(2)/pread(2)
 (Python's imports and configs included; mergekit maps the weights with mmap,
 which rchar does not count, while the stores are read with preadv, which it
 does), so LED's rchar minus task_arithmetic's checks the scores column.
+
+With ``--format1-baseline SRC`` (a source tree of an earlier mergekit-led, e.g.
+``git archive 4c55801 mergekit_led | tar -x -C /tmp/old``), the float32 family is
+also merged by that code from format-1 copies of the float32 stores (scores plus
+sorted copies, 8 bytes per weight): the before/after of the compact stores,
+measured in the same rounds.
 
     python benchmarks/bench_merge.py              # full size, 5 rounds
     python benchmarks/bench_merge.py --quick      # tiny models, smoke run
@@ -66,12 +74,42 @@ sys.exit(main())
 """
 
 
-def methods_for(family: str, with_ties: bool) -> List[str]:
+BASELINE = "led_merging/format1"
+
+
+def methods_for(family: str, with_ties: bool, baseline: bool) -> List[str]:
     methods = ["task_arithmetic"]
     if with_ties and family == "float32":
         methods.append("ties")
     methods += [f"led_merging/{dtype}" for dtype in STORE_DTYPES]
+    if baseline and family == "float32":
+        methods.append(BASELINE)
     return methods
+
+
+def format1_copy(store: str, dst: str) -> str:
+    """``store`` (float32, format 2) as the format-1 writer wrote it: the same scores
+    plus ``thresholds.safetensors`` (every tensor sorted in descending order)."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    if os.path.exists(dst):
+        return dst
+    shutil.copytree(store, dst + ".tmp")
+    manifest_path = os.path.join(dst + ".tmp", "led_importance.json")
+    manifest = json.loads(Path(manifest_path).read_text())
+    scores = load_file(os.path.join(dst + ".tmp", "scores.safetensors"))
+    save_file(
+        {k: torch.from_numpy(np.sort(v.reshape(-1).numpy())[::-1].copy()) for k, v in scores.items()},
+        os.path.join(dst + ".tmp", "thresholds.safetensors"),
+        metadata={"format": "pt"},
+    )
+    manifest.update(format_version=1, threshold_files={k: "thresholds.safetensors" for k in scores})
+    for key in ("dtype", "checksums"):
+        manifest.pop(key, None)
+    Path(manifest_path).write_text(json.dumps(manifest, indent=2))
+    os.rename(dst + ".tmp", dst)
+    return dst
 
 
 def tensor_bytes(folder: str) -> int:
@@ -165,7 +203,9 @@ def write_config(workdir: Path, family: str, method: str, paths: dict) -> Path:
         if merge_method == "ties":
             parameters["density"] = 0.5
         if merge_method == "led_merging":
-            stores = paths["stores"][store_dtype]
+            stores = paths["stores"]["float32" if store_dtype == "format1" else store_dtype]
+            if store_dtype == "format1":
+                stores = {r: format1_copy(p, p + "-format1") for r, p in stores.items()}
             parameters.update(
                 density=0.4,
                 importance=stores[f"ft{index}"],
@@ -183,11 +223,14 @@ def write_config(workdir: Path, family: str, method: str, paths: dict) -> Path:
     return path
 
 
-def run_once(config: Path, out: Path) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS (bytes) and rchar of one `mergekit-yaml` process."""
+def run_once(config: Path, out: Path, source: str = "") -> tuple[float, float, int, int]:
+    """Wall seconds, CPU seconds (user + system, all threads), peak RSS (bytes) and
+    rchar of one `mergekit-yaml` process."""
     shutil.rmtree(out, ignore_errors=True)
     with tempfile.NamedTemporaryFile(suffix=".io") as io_file:
         env = dict(os.environ, BENCH_IO_FILE=io_file.name)
+        if source:
+            env["PYTHONPATH"] = source
         start = time.perf_counter()
         proc = subprocess.Popen(
             [sys.executable, "-c", _RUNNER, str(config), str(out), "--quiet",
@@ -203,7 +246,15 @@ def run_once(config: Path, out: Path) -> tuple[float, int, int]:
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"mergekit-yaml failed for {config}:\n{stderr[-3000:]}")
         rchar = int(Path(io_file.name).read_text())
-    return seconds, usage.ru_maxrss * 1024, rchar  # Linux reports ru_maxrss in KiB
+    cpu = usage.ru_utime + usage.ru_stime
+    return seconds, cpu, usage.ru_maxrss * 1024, rchar  # Linux reports ru_maxrss in KiB
+
+
+def _label(method: str) -> str:
+    if method == BASELINE:
+        return "led_merging (format-1 float32 stores, baseline code)"
+    name, _, store_dtype = method.partition("/")
+    return f"{name} ({store_dtype} stores)" if store_dtype else name
 
 
 def summarize(results: dict, paths: dict, methods: List[str]) -> dict:
@@ -213,11 +264,15 @@ def summarize(results: dict, paths: dict, methods: List[str]) -> dict:
     summary = {}
     for m in methods:
         store_dtype = m.partition("/")[2]
-        score_bytes = paths["score_bytes"][store_dtype] if store_dtype else 0
+        score_bytes = paths["score_bytes"][store_dtype] if store_dtype in STORE_DTYPES else 0
+        if store_dtype == "format1":  # the scores, and one element of each sorted copy
+            score_bytes = paths["score_bytes"]["float32"]
         summary[m] = {
             "median_seconds": statistics.median(results[m]["seconds"]),
             "median_peak_rss_gib": statistics.median(results[m]["rss"]) / 2**30,
             "median_time_ratio_vs_task_arithmetic": statistics.median(ratios("seconds", m)),
+            "median_cpu_seconds": statistics.median(results[m]["cpu"]),
+            "median_cpu_ratio_vs_task_arithmetic": statistics.median(ratios("cpu", m)),
             "median_rss_ratio_vs_task_arithmetic": statistics.median(ratios("rss", m)),
             "weight_bytes": paths["weight_bytes"],
             "score_bytes": score_bytes,
@@ -273,32 +328,46 @@ def main() -> None:
     parser.add_argument("--workdir", default="bench-output/merge")
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--no-ties", action="store_true", help="skip ties (7x slower)")
+    parser.add_argument(
+        "--format1-baseline",
+        default=None,
+        metavar="SRC",
+        help="also merge the float32 family with the mergekit-led source tree SRC from "
+        "format-1 copies of the float32 stores",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
     workdir = Path(args.workdir + ("-quick" if args.quick else "")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
     all_paths = build(workdir, QUICK if args.quick else FULL, args.rebuild)
-    plan = {f: methods_for(f, not args.no_ties) for f in FAMILIES}
+    plan = {f: methods_for(f, not args.no_ties, bool(args.format1_baseline)) for f in FAMILIES}
+    baseline_source = os.path.abspath(args.format1_baseline or "")
     configs = {
         (f, m): write_config(workdir, f, m, all_paths[f]) for f in FAMILIES for m in plan[f]
     }
     results = {
-        f: {m: {"seconds": [], "rss": [], "rchar": []} for m in plan[f]} for f in FAMILIES
+        f: {m: {"seconds": [], "cpu": [], "rss": [], "rchar": []} for m in plan[f]}
+        for f in FAMILIES
     }
     for round_index in range(rounds):
         for family, methods in plan.items():
             # Rotate the order each round so no method always runs first (cold caches).
             shift = round_index % len(methods)
             for method in methods[shift:] + methods[:shift]:
-                seconds, rss, rchar = run_once(configs[family, method], workdir / "out")
+                source = baseline_source if method == BASELINE else ""
+                seconds, cpu, rss, rchar = run_once(
+                    configs[family, method], workdir / "out", source
+                )
                 entry = results[family][method]
                 entry["seconds"].append(seconds)
+                entry["cpu"].append(cpu)
                 entry["rss"].append(rss)
                 entry["rchar"].append(rchar)
                 print(
                     f"round {round_index + 1}/{rounds} {family:8s} {method:22s} "
-                    f"{seconds:7.2f} s  {rss / 2**30:6.2f} GiB  rchar {rchar / 2**20:8.1f} MiB",
+                    f"{seconds:7.2f} s  cpu {cpu:7.2f} s  {rss / 2**30:6.2f} GiB  "
+                    f"rchar {rchar / 2**20:8.1f} MiB",
                     flush=True,
                 )
     shutil.rmtree(workdir / "out", ignore_errors=True)
@@ -325,20 +394,23 @@ def main() -> None:
         f"{machine}.",
         "",
         "| family, merge dtype | method (store dtype) | median wall time | time / TA "
-        "| median peak RSS | RSS / TA | weights read | scores read | rchar (measured) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| median CPU time | CPU / TA | median peak RSS | RSS / TA | weights read "
+        "| scores read | rchar (measured) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     goal_met = True
     for family in FAMILIES:
         params = all_paths[family]["params"]
         for m, r in summary["families"][family]["methods"].items():
-            if m.startswith("led_merging"):
+            if m.startswith("led_merging") and m != BASELINE:
                 goal_met &= r["median_time_ratio_vs_task_arithmetic"] <= GOAL
                 goal_met &= r["median_rss_ratio_vs_task_arithmetic"] <= GOAL
             lines.append(
-                f"| {family} | {m.replace('/', ' (') + (')' if '/' in m else '')} "
+                f"| {family} | {_label(m)} "
                 f"| {r['median_seconds']:.2f} s "
                 f"| {r['median_time_ratio_vs_task_arithmetic']:.3f}x "
+                f"| {r['median_cpu_seconds']:.2f} s "
+                f"| {r['median_cpu_ratio_vs_task_arithmetic']:.3f}x "
                 f"| {r['median_peak_rss_gib']:.2f} GiB "
                 f"| {r['median_rss_ratio_vs_task_arithmetic']:.3f}x "
                 f"| {r['weight_bytes'] / 2**30:.2f} GiB ({r['weight_bytes'] / params:.0f} B/w) "
@@ -346,6 +418,23 @@ def main() -> None:
                 f"| {r['median_rchar'] / 2**30:.2f} GiB |"
             )
     summary["goal_met"] = goal_met
+    if BASELINE in plan["float32"]:
+        runs = results["float32"]
+        versus = {
+            f"{dtype}_{key}": statistics.median(
+                a / b for a, b in zip(runs[f"led_merging/{dtype}"][key], runs[BASELINE][key])
+            )
+            for dtype in STORE_DTYPES
+            for key in ("seconds", "cpu")
+        }
+        summary["versus_format1_baseline"] = versus
+        lines += [
+            "",
+            f"Against the baseline code with format-1 stores ({baseline_source}), same rounds: "
+            f"float32 stores {versus['float32_seconds']:.3f}x wall, {versus['float32_cpu']:.3f}x "
+            f"CPU; bfloat16 stores {versus['bfloat16_seconds']:.3f}x wall, "
+            f"{versus['bfloat16_cpu']:.3f}x CPU (medians of per-round ratios).",
+        ]
     lines += [
         "",
         f"Goal (every LED row <= {GOAL}x task_arithmetic in time and peak RSS): "
