@@ -91,18 +91,15 @@ def task_stores(llama_family, weight_shapes, tmp_path_factory) -> List[TaskStore
 
 
 @pytest.fixture(scope="session")
-def task_stores_no_thresholds(llama_family, task_stores, tmp_path_factory) -> List[TaskStores]:
-    """The same scores as ``task_stores``, written with thresholds=False."""
-    from mergekit_led import save_importance
+def task_stores_format1(task_stores, tmp_path_factory) -> List[TaskStores]:
+    """The same scores as ``task_stores``, as format-1 stores (with sorted copies)."""
+    from helpers import write_format1_copy
 
-    root = tmp_path_factory.mktemp("stores_plain")
+    root = tmp_path_factory.mktemp("stores_format1")
     tasks = []
     for t in task_stores:
-        ms = save_importance(t.model_scores, str(root / f"task{t.index}_finetune"),
-                             model=t.model_path, score="snip", thresholds=False)
-        bs = save_importance(t.base_scores, str(root / f"task{t.index}_base"),
-                             model=llama_family.base,
-                             score="snip", thresholds=False)
+        ms = write_format1_copy(t.model_store, str(root / f"task{t.index}_finetune"))
+        bs = write_format1_copy(t.base_store, str(root / f"task{t.index}_base"))
         tasks.append(TaskStores(t.index, t.model_path, t.model_scores, ms, t.base_scores, bs))
     return tasks
 

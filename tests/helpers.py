@@ -78,3 +78,37 @@ def led_models(task_stores, count, *, densities=DENSITIES, weights=None, stores=
             params["weight"] = weights[k]
         models.append((stores[k].model_path, params))
     return models
+
+
+def write_format1_copy(store: str, dst: str) -> str:
+    """Copy a float32 store into ``dst`` as the format-1 writer wrote it: the same
+    scores files plus ``thresholds*.safetensors`` (each score tensor sorted in
+    descending order), ``format_version`` 1, no ``dtype`` or ``checksums``."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(store, dst)
+    manifest_path = os.path.join(dst, "led_importance.json")
+    with open(manifest_path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    assert manifest.get("dtype", "float32") == "float32"
+    threshold_files = {}
+    for file_name in sorted(set(manifest["files"].values())):
+        sorted_name = file_name.replace("scores", "thresholds", 1)
+        tensors = load_file(os.path.join(dst, file_name))
+        save_file(
+            {k: torch.sort(v.reshape(-1), descending=True).values.contiguous()
+             for k, v in tensors.items()},
+            os.path.join(dst, sorted_name),
+            metadata={"format": "pt"},
+        )
+        threshold_files.update({k: sorted_name for k in tensors})
+    manifest["format_version"] = 1
+    manifest["threshold_files"] = threshold_files
+    for key in ("dtype", "checksums"):
+        manifest.pop(key, None)
+    with open(manifest_path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return dst

@@ -56,6 +56,7 @@ def hand_written_store(dst, src_store, scores, *, thresholds):
         manifest = json.load(f)
     manifest["files"] = {k: "scores.safetensors" for k in scores}
     manifest.pop("fingerprint_file", None)
+    manifest.pop("checksums", None)
     if thresholds:
         save_file(
             {k: torch.sort(v.reshape(-1), descending=True).values.contiguous()
@@ -63,6 +64,8 @@ def hand_written_store(dst, src_store, scores, *, thresholds):
             os.path.join(dst, "thresholds.safetensors"),
         )
         manifest["threshold_files"] = {k: "thresholds.safetensors" for k in scores}
+        manifest["format_version"] = 1  # sorted copies exist in format 1 only
+        manifest.pop("dtype", None)
     else:
         manifest.pop("threshold_files", None)
     with open(os.path.join(dst, MANIFEST), "w", encoding="utf-8") as f:
@@ -130,7 +133,7 @@ def test_unknown_format_or_version(tmp_path, task_stores, change, match):
     assert str(dst) in str(info.value)
 
 
-@pytest.mark.parametrize("removed", ["scores.safetensors", "thresholds.safetensors"])
+@pytest.mark.parametrize("removed", ["scores.safetensors", "fingerprint.safetensors"])
 def test_shard_file_missing(tmp_path, family_state_dicts, task_stores, removed):
     """An incomplete store is refused with a StoreError naming the missing file
     (at open, or at the latest when the merge reads it), not a bare OSError."""

@@ -256,12 +256,12 @@ def test_repeated_runs_bit_identical(family_state_dicts, task_stores):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_store_without_thresholds_merges_identically(family_state_dicts, task_stores,
-                                                     task_stores_no_thresholds):
+def test_format1_store_merges_identically(family_state_dicts, task_stores,
+                                         task_stores_format1):
     for election, disjoint in (("both", True), ("model_only", False)):
         models, params = sd_inputs(family_state_dicts, task_stores, 3, weights=OTHER_WEIGHTS,
                                    election=election, disjoint=disjoint)
-        _, plain = sd_inputs(family_state_dicts, task_stores_no_thresholds, 3,
+        _, plain = sd_inputs(family_state_dicts, task_stores_format1, 3,
                              weights=OTHER_WEIGHTS, election=election, disjoint=disjoint)
         a = merge_sd(models, **params)
         b = merge_sd(models, **plain)

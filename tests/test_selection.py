@@ -1,4 +1,6 @@
-"""mergekit_led.core.selection against a plain sort and today's election.top_mask.
+"""mergekit_led.core.selection against a plain sort and the election it replaced
+(``torch.kthvalue`` on the scores, copied below since ``election.top_mask`` is
+now this selection).
 
 Every test runs each case through the exact direct path, the sampled-bracket
 path (forced on small tensors by lowering the size cut-off), and the bracket
@@ -13,7 +15,6 @@ import math
 import pytest
 import torch
 
-from mergekit_led.core import election as el
 from mergekit_led.core import selection as sel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -47,6 +48,17 @@ def reference_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
         return torch.zeros(scores.shape, dtype=torch.bool)
     t = sorted_kth(scores, k)
     return ((flat > 0) & (flat >= t)).reshape(scores.shape)
+
+
+def kthvalue_top_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """``election.top_mask`` before the selection (commit 4c55801), kept as a reference:
+    the masks must stay bit-identical to it."""
+    k = int(math.floor(ratio * scores.numel()))
+    if k == 0:
+        return torch.zeros(scores.shape, dtype=torch.bool)
+    flat = scores.reshape(-1)
+    threshold = float(torch.kthvalue(flat, flat.numel() - k + 1).values)
+    return scores >= threshold if threshold > 0 else scores > 0
 
 
 # --------------------------------------------------------------------------- inputs
@@ -147,7 +159,7 @@ def test_top_mask_equals_spec_and_todays_election(path, dtype, kind):
             got = sel.top_mask(scores, ratio)
             assert got.dtype == torch.bool and got.shape == scores.shape
             assert torch.equal(got, reference_mask(scores, ratio)), (shape, ratio)
-            assert torch.equal(got, el.top_mask(scores, ratio)), (shape, ratio)
+            assert torch.equal(got, kthvalue_top_mask(scores, ratio)), (shape, ratio)
 
 
 def test_top_mask_spec_cases():
@@ -166,7 +178,7 @@ def test_top_mask_spec_cases():
 def test_elected_count_matches_election():
     for numel in (0, 1, 7, 96, 3072, 58_720_256):
         for ratio in (0.0, 0.1, 0.2, 0.3, 0.25, 0.5, 0.7, 0.999, 1.0):
-            assert sel.elected_count(numel, ratio) == el.elected_count(numel, ratio)
+            assert sel.elected_count(numel, ratio) == int(math.floor(ratio * numel))
 
 
 def test_top_mask_rejects_ratio_out_of_range():

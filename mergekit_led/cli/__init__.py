@@ -26,6 +26,7 @@ _SUBCOMMANDS = {
     "demo": ("mergekit_led.cli.demo", "The whole story on a tiny offline model family."),
     "prepare": ("mergekit_led.cli.prepare", "Compute the stores a config asks for by importance_data."),
     "cache": ("mergekit_led.cli.cache", "The store cache of prepare/merge: ls, rm, prune."),
+    "store": ("mergekit_led.cli.store", "Inspect, convert and verify importance stores."),
 }
 
 

@@ -6,11 +6,19 @@ importance stores, the tests from plain tensors.
 
 from __future__ import annotations
 
-import math
 from enum import Enum
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
+
+# Section 2's top(S, r), exact and without a sorted copy (re-exported: this module
+# is where the rest of the package and the tests look for the election's math).
+from mergekit_led.core.selection import (  # noqa: F401
+    elected_count,
+    kth_largest,
+    top_mask,
+    top_mask_from_threshold,
+)
 
 
 class Election(str, Enum):
@@ -19,38 +27,6 @@ class Election(str, Enum):
     both = "both"  # "11": important in the fine-tuned and in the base model
     model_only = "model_only"  # "01": important in the fine-tuned model only
     base_only = "base_only"  # "10": important in the base model only
-
-
-def elected_count(numel: int, ratio: float) -> int:
-    """``k = floor(r * N)``, in the float arithmetic the authors' code uses."""
-    return int(math.floor(ratio * numel))
-
-
-def top_mask_from_threshold(
-    scores: torch.Tensor, threshold: Optional[float]
-) -> torch.Tensor:
-    """``{e : S[e] > 0 and S[e] >= t}``; ``threshold=None`` is the empty set (k = 0)."""
-    if threshold is None:
-        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-    if threshold > 0:
-        return scores >= threshold
-    # Zero scores are never elected, whatever the ratio.
-    return scores > 0
-
-
-def kth_largest(scores: torch.Tensor, k: int) -> float:
-    """The k-th largest value of ``scores`` (1-based, counting duplicates)."""
-    flat = scores.reshape(-1)
-    return float(torch.kthvalue(flat, flat.numel() - k + 1).values)
-
-
-def top_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """``top(S, r)``: elements above zero and at least the k-th largest score.
-
-    Elements tied at the threshold are all included.
-    """
-    k = elected_count(scores.numel(), ratio)
-    return top_mask_from_threshold(scores, kth_largest(scores, k) if k else None)
 
 
 def elect(

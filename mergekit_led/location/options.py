@@ -70,6 +70,15 @@ class LocateOptions:
     dtype: str = _option(
         "auto", "Model dtype (accumulators are float32).", choices=tuple(DTYPES)
     )
+    # Rounded once when the store is written: the float32 sums, and so a resumed
+    # run, do not depend on it.
+    score_dtype: str = _option(
+        "float32",
+        "dtype of the stored scores: float32 (4 bytes per weight) or bfloat16 (2; "
+        "accumulation stays float32, each score is rounded once when written).",
+        choices=("float32", "bfloat16"),
+        resume_key=False,
+    )
     # The key holds the device the run resolved to (auto may mean either).
     device: str = _option(
         "auto", "Device to score on.", choices=DEVICE_CHOICES, resume_key=False
@@ -144,6 +153,8 @@ def check_options(
         raise LocateError("--base is only used by --score magnitude (|θ − θ_base|).")
     if opts.dtype not in DTYPES:
         raise LocateError(f"Unknown --dtype {opts.dtype!r}; choose one of {', '.join(DTYPES)}.")
+    if opts.score_dtype not in ("float32", "bfloat16"):
+        raise LocateError(f"Unknown --score-dtype {opts.score_dtype!r}; use float32 or bfloat16.")
     if opts.device not in DEVICE_CHOICES:
         raise LocateError(
             f"Unknown --device {opts.device!r}; choose one of {', '.join(DEVICE_CHOICES)}."

@@ -86,6 +86,7 @@ def save_importance_for_run(
         dataset=dataset,
         aliases=scored.aliases,
         overwrite=opts.overwrite,
+        dtype=opts.score_dtype,
         options=asdict(opts),
         names_verified_against_checkpoint=scored.verified,
         checkpoint_tensors_not_scored=scored.not_scored,

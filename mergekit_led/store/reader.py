@@ -1,10 +1,13 @@
 """Reading an importance store: a lazy, read-only mapping of weight name -> scores.
 
-The thresholds files are what makes the merge fast and exact: the k-th
-largest score of a weight is one element of its sorted copy, read with a
-one-element slice, so electing the top ``r`` of a weight is a single comparison
-instead of a selection over the whole tensor. Stores written without them (by
-other tools) still merge, with an exact selection at merge time.
+A store is untrusted input. Opening one validates the manifest and every file it
+names (plain file names inside the store, regular files, safetensors headers
+that agree with the manifest's names, shapes and dtype) and records each file's
+identity: every score read afterwards comes from the version that was opened,
+or fails naming the store, file and weight (``files.PinnedFile``).
+
+The threshold of a weight is selected exactly from its scores at merge time;
+no derived file (format 1's sorted copies) can change a mask.
 """
 
 from __future__ import annotations
@@ -12,16 +15,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Dict, Iterator, Optional
 
 import torch
-from safetensors import safe_open
 
-from mergekit_led.core.election import elected_count, top_mask, top_mask_from_threshold
+from mergekit_led.core.election import top_mask
 from mergekit_led.errors import FingerprintMismatch, StoreError
 from mergekit_led.store import fingerprint
-from mergekit_led.store.manifest import MANIFEST_NAME, read_manifest
+from mergekit_led.store.files import FileIdentity, PinnedFile
+from mergekit_led.store.manifest import MANIFEST_NAME, read_manifest_pinned
 from mergekit_led.store.values import check_score_values
 
 # Weights with a vocabulary axis, whose rows mergekit may re-order.
@@ -29,31 +31,36 @@ _VOCABULARY_WEIGHTS = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "e
 
 
 class ImportanceStore(Mapping):
-    """A lazy, read-only mapping of weight name -> float32 scores.
+    """A lazy, read-only mapping of weight name -> scores (float32 or bfloat16,
+    the store's ``dtype``), pinned to the version of the store that was opened.
 
-    Nothing but the manifest is read on open; each lookup reads one tensor from
-    its shard. Thread-safe (mergekit's multi-GPU executor merges in threads).
+    Opening reads and validates the manifest and every file's header, never the
+    score data; each lookup reads one tensor, from the version that was opened
+    (or fails). Thread-safe (mergekit's multi-GPU executor merges in threads).
     """
 
     def __init__(self, path: str):
-        self.path = os.path.abspath(path)
-        self.manifest = read_manifest(self.path)
+        self.path = os.path.abspath(os.fspath(path))
+        self.manifest, self._manifest_identity = read_manifest_pinned(self.path)
         self._lock = threading.Lock()
         self._samples: Optional[Dict[str, torch.Tensor]] = None
-        for files in (self.manifest.files, self.manifest.threshold_files):
-            for name, file_name in files.items():
-                if not os.path.isfile(os.path.join(self.path, file_name)):
-                    raise StoreError(
-                        f"Importance store {self.path} is incomplete: {file_name} "
-                        f"(holding {name!r}) is missing."
-                    )
+        self._files: Dict[str, PinnedFile] = {
+            file_name: PinnedFile(self.path, file_name, role=role)
+            for file_name, role in self.manifest.referenced_files().items()
+        }
+        self._check_headers()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of every score tensor in this store."""
+        return self.manifest.torch_dtype
 
     # Mapping interface -----------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
         stored = self.resolve(name)
         if stored is None:
             raise KeyError(name)
-        return self._read(self.manifest.files[stored], stored)
+        return self._read(stored)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.manifest.files)
@@ -83,7 +90,7 @@ class ImportanceStore(Mapping):
     ) -> torch.Tensor:
         """Scores of weight ``name``, with errors that name the model and store."""
         stored = self._require(name, model)
-        tensor = self._read(self.manifest.files[stored], stored)
+        tensor = self._read(stored, model=model)
         if device is not None:
             tensor = tensor.to(device)
         return tensor
@@ -98,18 +105,16 @@ class ImportanceStore(Mapping):
     ) -> torch.Tensor:
         """``top(S, r)`` of weight ``name``, exactly as ``election.top_mask``."""
         stored = self._require(name, model)
-        scores = self.scores(name, model=model, device=device)
-        # One pass over the scores themselves: a file replaced after writing
-        # must not slip through behind a stale thresholds file.
+        # The scores do not outlive this call: read them into the thread's scratch.
+        scores = self._read(stored, model=model, transient=True)
+        if device is not None:
+            scores = scores.to(device)
         check_score_values(
             scores, where=f"weight {stored!r} (model {model}, importance store {self.path})"
         )
-        threshold_file = self.manifest.threshold_files.get(stored)
-        if threshold_file is None:
-            return top_mask(scores, ratio)
-        k = elected_count(scores.numel(), ratio)
-        threshold = self._read_sorted(threshold_file, stored, k - 1) if k else None
-        return top_mask_from_threshold(scores, threshold)
+        # Always selected from the scores themselves: format 1's sorted copies
+        # are derived data that a rewritten scores file would leave stale.
+        return top_mask(scores, ratio)
 
     def check_weight(self, name: str, weight: torch.Tensor, *, model: str) -> None:
         """Refuse a weight that is not the one these scores were computed on."""
@@ -180,42 +185,141 @@ class ImportanceStore(Mapping):
             )
         return stored
 
-    def _read(self, file_name: str, name: str) -> torch.Tensor:
-        with self._lock, safe_open(
-            os.path.join(self.path, file_name), framework="pt"
-        ) as handle:
-            return handle.get_tensor(name)
+    def _read(
+        self, stored: str, *, model: Optional[str] = None, transient: bool = False
+    ) -> torch.Tensor:
+        pinned = self._files[self.manifest.files[stored]]
+        weight = stored if model is None else f"{stored} (model {model})"
+        return pinned.read(stored, weight=weight, transient=transient)
 
-    def _read_sorted(self, file_name: str, name: str, position: int) -> float:
-        """One element of a sorted thresholds tensor: the only bytes read."""
-        with self._lock, safe_open(
-            os.path.join(self.path, file_name), framework="pt"
-        ) as handle:
-            return float(handle.get_slice(name)[position : position + 1][0])
+    def _check_headers(self) -> None:
+        """Every file's tensors agree with the manifest: names, shapes, dtypes."""
+        expected_dtype = self.manifest.torch_dtype
+        by_file: Dict[str, Dict[str, tuple]] = {}
+        for name, file_name in self.manifest.files.items():
+            by_file.setdefault(file_name, {})[name] = tuple(self.manifest.shapes[name])
+        for file_name, expected in by_file.items():
+            self._check_file(file_name, expected, expected_dtype)
+        by_file = {}
+        for name, file_name in self.manifest.threshold_files.items():
+            numel = 1
+            for d in self.manifest.shapes[name]:
+                numel *= d
+            by_file.setdefault(file_name, {})[name] = (numel,)
+        for file_name, expected in by_file.items():
+            self._check_file(file_name, expected, torch.float32)
+        if self.manifest.fingerprint_file:
+            pinned = self._files[self.manifest.fingerprint_file]
+            for name, entry in pinned.tensors.items():
+                if name not in self.manifest.files or entry.dtype != torch.float64 or len(
+                    entry.shape
+                ) != 1:
+                    raise StoreError(
+                        f"The {pinned.where} holds {name!r} ({entry.dtype}, shape "
+                        f"{entry.shape}); it may only hold 1-D float64 samples of the "
+                        "scored weights."
+                    )
+
+    def _check_file(self, file_name: str, expected: Dict[str, tuple], dtype: torch.dtype) -> None:
+        pinned = self._files[file_name]
+        missing = [name for name in expected if name not in pinned.tensors]
+        if missing:
+            raise StoreError(
+                f"The {pinned.where} holds no tensor {missing[0]!r}, which the manifest "
+                f"places there ({len(missing)} missing)."
+            )
+        extra = [name for name in pinned.tensors if name not in expected]
+        if extra:
+            raise StoreError(
+                f"The {pinned.where} holds tensor {extra[0]!r}, which the manifest does "
+                f"not place there ({len(extra)} unlisted)."
+            )
+        for name, shape in expected.items():
+            entry = pinned.tensors[name]
+            if entry.shape != shape:
+                raise StoreError(
+                    f"The {pinned.where} holds {name!r} with shape {entry.shape}; the "
+                    f"manifest says {shape}."
+                )
+            if entry.dtype != dtype:
+                raise StoreError(
+                    f"The {pinned.where} holds {name!r} in {entry.dtype}; the manifest "
+                    f"says {dtype}."
+                )
+
+    def change_on_disk(self) -> Optional[str]:
+        """How the files at this store's path differ from the opened version (or None)."""
+        pinned = {MANIFEST_NAME: self._manifest_identity}
+        pinned.update({name: f.identity for name, f in self._files.items()})
+        for file_name, identity in pinned.items():
+            try:
+                now = FileIdentity.of(os.stat(os.path.join(self.path, file_name)))
+            except OSError:
+                return f"{file_name} is gone"
+            difference = identity.difference(now)
+            if difference is not None:
+                return f"{file_name}: {difference}"
+        return None
+
+    def file_size(self, file_name: str) -> int:
+        """Bytes of one of the store's files, as opened."""
+        return self._files[file_name].identity.size
+
+    def file_sha256(self, file_name: str) -> str:
+        """``sha256:<hex>`` of one of the store's files, as opened."""
+        return self._files[file_name].sha256()
+
+    def fingerprint_samples(self) -> Dict[str, torch.Tensor]:
+        """The stored fingerprint sample of each weight (empty without a fingerprint file)."""
+        return dict(self._fingerprint_samples())
 
     def _fingerprint_samples(self) -> Dict[str, torch.Tensor]:
-        if self._samples is None:
-            samples: Dict[str, torch.Tensor] = {}
-            if self.manifest.fingerprint_file:
-                path = os.path.join(self.path, self.manifest.fingerprint_file)
-                with safe_open(path, framework="pt") as handle:
-                    samples = {k: handle.get_tensor(k) for k in handle.keys()}
-            self._samples = samples
-        return self._samples
+        with self._lock:
+            if self._samples is None:
+                samples: Dict[str, torch.Tensor] = {}
+                if self.manifest.fingerprint_file:
+                    pinned = self._files[self.manifest.fingerprint_file]
+                    samples = {name: pinned.read(name) for name in pinned.tensors}
+                self._samples = samples
+            return self._samples
 
 
-@lru_cache(maxsize=64)
-def _open_cached(path: str, mtime_ns: int) -> ImportanceStore:
-    return ImportanceStore(path)
+# Stores opened through ``load_importance``, by absolute path: one version per
+# path for the life of the process, so a merge (which looks its stores up once
+# per weight) reads each store at one version from start to end.
+_open_lock = threading.Lock()
+_open_stores: Dict[str, ImportanceStore] = {}
 
 
-def load_importance(path: str) -> ImportanceStore:
+def load_importance(path: str, *, reopen: bool = False) -> ImportanceStore:
     """Open an importance store: a lazy read-only mapping of weight name -> scores.
 
-    Opening the same unchanged store again returns the same object.
+    The first call for a path opens and validates the store and pins it; later
+    calls return the same object while the store on disk is unchanged, and
+    raise ``StoreError`` naming the store when it changed (a merge must not mix
+    two versions). ``reopen=True`` opens the current version instead (for a
+    long-lived process that knows the store was rewritten on purpose; stores
+    written by ``save_importance`` in this process are reopened automatically).
     """
     path = os.path.abspath(os.fspath(path))
-    manifest_path = os.path.join(path, MANIFEST_NAME)
-    if not os.path.isfile(manifest_path):
-        return ImportanceStore(path)  # raises the precise error
-    return _open_cached(path, os.stat(manifest_path).st_mtime_ns)
+    with _open_lock:
+        store = _open_stores.get(path)
+        if store is not None and not reopen:
+            change = store.change_on_disk()
+            if change is None:
+                return store
+            raise StoreError(
+                f"Importance store {path} changed on disk after this process opened it "
+                f"({change}). A merge reads every store at one version from start to "
+                "end; run it again on the finished store (in Python, "
+                "load_importance(path, reopen=True) opens the new version)."
+            )
+        store = ImportanceStore(path)
+        _open_stores[path] = store
+        return store
+
+
+def forget(path: str) -> None:
+    """Drop the pinned store at ``path`` (its writer just replaced it)."""
+    with _open_lock:
+        _open_stores.pop(os.path.abspath(os.fspath(path)), None)

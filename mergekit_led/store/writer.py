@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from collections.abc import Mapping
-from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -21,12 +20,25 @@ from mergekit_led.store.manifest import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
+    SCORE_DTYPES,
     DatasetInfo,
     Manifest,
 )
+from mergekit_led.store.reader import forget
 from mergekit_led.store.values import check_score_values
 
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
+
+
+def score_dtype_name(dtype: Union[str, torch.dtype]) -> str:
+    """``"float32"`` or ``"bfloat16"`` for a torch dtype or its name; else StoreError."""
+    for name, torch_dtype in SCORE_DTYPES.items():
+        if dtype in (name, torch_dtype):
+            return name
+    raise StoreError(
+        f"Unsupported importance store dtype {dtype!r}; choose float32 (exact, 4 bytes "
+        "per weight) or bfloat16 (2 bytes per weight)."
+    )
 
 
 def save_importance(
@@ -39,7 +51,7 @@ def save_importance(
     aliases: Optional[Dict[str, str]] = None,
     overwrite: bool = False,
     max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
-    thresholds: bool = True,
+    dtype: Union[str, torch.dtype] = torch.float32,
     weight_samples: Optional[Mapping[str, torch.Tensor]] = None,
     trust_remote_code: bool = False,
     **metadata: Any,
@@ -48,7 +60,7 @@ def save_importance(
 
     Args:
         scores: weight name (as mergekit asks the merge method for it) -> non-negative
-            scores of that weight's shape. Converted to float32.
+            scores of that weight's shape, checked in float32.
         out_dir: the store folder. Written aside and renamed into place, so a
             folder at this path is always complete.
         model: the scored model as given (path or hub id). A local checkpoint is
@@ -59,7 +71,8 @@ def save_importance(
         aliases: other names a merge may ask for -> the stored name (tied weights).
         overwrite: replace an existing store at ``out_dir``.
         max_shard_size: bytes per ``scores`` shard.
-        thresholds: also write the sorted copies that make merging fast.
+        dtype: ``torch.float32`` (4 bytes per weight) or ``torch.bfloat16`` (2 bytes
+            per weight: each score rounded once, to nearest, here).
         weight_samples: fingerprint samples of converted weights, already taken
             (locate samples the loaded parameters); others are read from the checkpoint.
         trust_remote_code: read the model's config with its own code (for mergekit's
@@ -68,7 +81,13 @@ def save_importance(
 
     Returns the store path.
     """
+    if "thresholds" in metadata:
+        raise TypeError(
+            "save_importance() no longer takes 'thresholds': stores (format 2) hold no "
+            "sorted copies; the merge selects each threshold exactly from the scores."
+        )
     out_dir = os.path.abspath(out_dir)
+    dtype_name = score_dtype_name(dtype)
     if os.path.exists(out_dir) and not overwrite:
         raise StoreError(
             f"Importance store {out_dir} already exists; pass overwrite=True "
@@ -90,49 +109,92 @@ def save_importance(
 
     prepared: Dict[str, torch.Tensor] = {}
     for name, tensor in scores.items():
-        prepared[name] = _checked_scores(name, tensor, out_dir, model, ckpt_shapes)
+        prepared[name] = _checked_scores(name, tensor, out_dir, model, ckpt_shapes, dtype_name)
     for alias, target in (aliases or {}).items():
         if target not in prepared:
             raise StoreError(
                 f"Alias {alias!r} of importance store {out_dir} points at {target!r}, "
                 "which has no scores."
             )
-
-    with staged_directory(out_dir) as staging:
-        sizes = {name: tensor.numel() * 4 for name, tensor in prepared.items()}
-        files = _write_sharded(sizes, prepared.__getitem__, staging, "scores", max_shard_size)
-        threshold_files: Dict[str, str] = {}
-        if thresholds:
-            threshold_files = _write_sharded(
-                sizes, partial(_sorted_descending, prepared), staging, "thresholds", max_shard_size
-            )
-        fingerprint_file = None
-        if samples:
-            save_file(
-                {name: samples[name].contiguous() for name in prepared},
-                os.path.join(staging, FINGERPRINT_FILE),
-            )
-            fingerprint_file = FINGERPRINT_FILE
-        manifest = Manifest(
-            format=FORMAT_NAME,
-            format_version=FORMAT_VERSION,
+    return write_store(
+        out_dir,
+        shapes={name: tuple(t.shape) for name, t in prepared.items()},
+        load=prepared.__getitem__,
+        samples={name: samples[name] for name in prepared if name in samples},
+        fields=dict(
+            dtype=dtype_name,
             model=model,
             model_fingerprint=model_fingerprint,
             score=score,
             dataset=DatasetInfo(**dataset) if dataset is not None else None,
-            files=files,
-            shapes={name: list(t.shape) for name, t in prepared.items()},
-            threshold_files=threshold_files,
-            fingerprint_file=fingerprint_file,
             aliases=dict(aliases or {}),
+            metadata=metadata,
+        ),
+        max_shard_size=max_shard_size,
+    )
+
+
+def write_store(
+    out_dir: str,
+    *,
+    shapes: Dict[str, Tuple[int, ...]],
+    load: Callable[[str], torch.Tensor],
+    samples: Dict[str, torch.Tensor],
+    fields: Dict[str, Any],
+    max_shard_size: int = DEFAULT_MAX_SHARD_SIZE,
+) -> str:
+    """Write a format-2 store at ``out_dir`` (replacing what is there) from
+    ``load(name)``, called once per name, shard by shard, returning scores
+    already in ``fields["dtype"]`` and checked. The manifest is written last."""
+    itemsize = SCORE_DTYPES[fields["dtype"]].itemsize
+    with staged_directory(out_dir) as staging:
+        sizes = {name: _numel(shape) * itemsize for name, shape in shapes.items()}
+        files = _write_sharded(sizes, load, staging, "scores", max_shard_size)
+        fingerprint_file = None
+        if samples:
+            save_file(
+                {name: sample.contiguous() for name, sample in samples.items()},
+                os.path.join(staging, FINGERPRINT_FILE),
+            )
+            fingerprint_file = FINGERPRINT_FILE
+        referenced = set(files.values()) | ({fingerprint_file} if fingerprint_file else set())
+        manifest = Manifest(
+            format=FORMAT_NAME,
+            format_version=FORMAT_VERSION,
+            files=files,
+            shapes={name: list(shape) for name, shape in shapes.items()},
+            fingerprint_file=fingerprint_file,
+            checksums={f: _sha256(os.path.join(staging, f)) for f in sorted(referenced)},
             created=datetime.datetime.now(datetime.timezone.utc).isoformat(),
             producer=package_versions(),
-            metadata=metadata,
+            **fields,
         )
         # The manifest is written last: a folder without it is never a store.
-        with open(os.path.join(staging, MANIFEST_NAME), "w", encoding="utf-8") as f:
-            f.write(manifest.model_dump_json(indent=2))
+        manifest_path = os.path.join(staging, MANIFEST_NAME)
+        with open(manifest_path, "w", encoding="utf-8") as f:
+            f.write(manifest.model_dump_json(indent=2, exclude={"threshold_files"}))
+        # safetensors creates its files owner-only (0600); stores are meant to be
+        # shared, so give them the mode the umask gave the manifest.
+        mode = os.stat(manifest_path).st_mode & 0o777
+        for file_name in referenced:
+            os.chmod(os.path.join(staging, file_name), mode)
+    forget(out_dir)  # a store pinned at this path in this process is now stale
     return out_dir
+
+
+def _numel(shape: Tuple[int, ...]) -> int:
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return count
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
 
 
 def _checked_scores(
@@ -141,6 +203,7 @@ def _checked_scores(
     out_dir: str,
     model: Optional[str],
     ckpt_shapes: Optional[Dict[str, Tuple[int, ...]]],
+    dtype_name: str,
 ) -> torch.Tensor:
     where = f"scores for weight {name!r} (importance store {out_dir})"
     if not isinstance(name, str):
@@ -160,9 +223,21 @@ def _checked_scores(
                 f"The {where} have shape {tuple(tensor.shape)}, but the weight of "
                 f"model {model} has shape {tuple(ckpt_shapes[name])}."
             )
-    values = tensor.detach().to(torch.float32)
+    values = tensor.detach().to("cpu", torch.float32)
     check_score_values(values, where=f"the {where}")
-    return values.contiguous()
+    return rounded_scores(values, dtype_name, where=f"the {where}").contiguous()
+
+
+def rounded_scores(values: torch.Tensor, dtype_name: str, *, where: str) -> torch.Tensor:
+    """Checked scores in the store dtype: rounded once, to nearest even, for bfloat16."""
+    target = SCORE_DTYPES[dtype_name]
+    if values.dtype == target:
+        return values
+    rounded = values.to(target)
+    if target == torch.bfloat16:
+        # float32 values above bfloat16's largest finite value round to inf.
+        check_score_values(rounded, where=f"{where} after rounding to bfloat16")
+    return rounded
 
 
 def _mergekit_names(
@@ -214,11 +289,3 @@ def _write_sharded(
         del payload
         files.update({name: file_name for name in names})
     return files
-
-
-def _sorted_descending(tensors: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
-    flat = tensors[name].reshape(-1)
-    if flat.device.type != "cpu":
-        return torch.sort(flat, descending=True).values
-    # numpy's value-only sort is >10x faster than torch.sort (values + indices) on CPU.
-    return torch.from_numpy(np.sort(flat.numpy())[::-1].copy())
