@@ -38,6 +38,7 @@ LOCATE_CONFIG_OPTIONS: Dict[str, type] = {
     "max_length": int,
     "seed": int,
     "dtype": str,
+    "score_dtype": str,
     "skip_nonfinite": bool,
 }
 BASE_REQUIRED = (

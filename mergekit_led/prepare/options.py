@@ -28,10 +28,14 @@ from mergekit_led.location.options import DTYPES, LocateOptions
 from mergekit_led.location.scores import DATA_SCORES, SCORE_KINDS
 
 SAME_SCORES = frozenset({"device_map", "offload_accumulators", "gradient_checkpointing"})
+# Options that change what is stored, not the sums (so not the resume key): a
+# bfloat16 store must never be served for a float32 request, or the reverse.
+STORED_FORM = frozenset({"score_dtype"})
 SCORE_OPTIONS: Tuple[str, ...] = tuple(
     f.name
     for f in fields(LocateOptions)
-    if f.metadata.get("resume_key", True) and f.name not in SAME_SCORES
+    if (f.metadata.get("resume_key", True) and f.name not in SAME_SCORES)
+    or f.name in STORED_FORM
 )
 EXECUTION_OPTIONS = frozenset(f.name for f in fields(LocateOptions)) - set(SCORE_OPTIONS)
 # Execution options a prepare run takes from its command line (the rest are

@@ -92,7 +92,8 @@ def test_every_option_is_in_the_resume_key_unless_marked_otherwise():
 
     left_out = {f.name for f in fields(LocateOptions) if not f.metadata["resume_key"]}
     assert left_out == {"device", "checkpoint_every", "resume", "overwrite",
-                        "trust_remote_code", "allow_bad_tokenization", "progress"}
+                        "trust_remote_code", "allow_bad_tokenization", "progress",
+                        "score_dtype"}
     key = resume_key_options(LocateOptions())
     assert set(key) == {f.name for f in fields(LocateOptions)} - left_out
     assert {"max_length", "chat_template", "tokenizer", "dtype", "seed"} <= set(key)
