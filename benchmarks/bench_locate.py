@@ -63,8 +63,12 @@ def build(workdir: Path, settings: dict) -> dict:
     with open(data, "w") as f:
         for _ in range(settings["samples"]):
             row = {
-                "prompt": " ".join(rng.choice(DEFAULT_WORDS) for _ in range(settings["prompt_words"])),
-                "response": " ".join(rng.choice(DEFAULT_WORDS) for _ in range(settings["answer_words"])),
+                "prompt": " ".join(
+                    rng.choice(DEFAULT_WORDS) for _ in range(settings["prompt_words"])
+                ),
+                "response": " ".join(
+                    rng.choice(DEFAULT_WORDS) for _ in range(settings["answer_words"])
+                ),
             }
             f.write(json.dumps(row) + "\n")
     tiny_data = workdir / "tiny.jsonl"
@@ -74,8 +78,11 @@ def build(workdir: Path, settings: dict) -> dict:
     with safe_open(os.path.join(family.base, "model.safetensors"), "pt") as f:
         params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
     paths = {
-        "model": family.base, "data": str(data), "params": params,
-        "tiny_model": tiny.base, "tiny_data": str(tiny_data),
+        "model": family.base,
+        "data": str(data),
+        "params": params,
+        "tiny_model": tiny.base,
+        "tiny_data": str(tiny_data),
     }
     (workdir / "paths.json").write_text(json.dumps(paths))
     marker.write_text(json.dumps(settings))
@@ -118,10 +125,16 @@ def run_locate(model: str, data: str, out: Path) -> dict:
     from mergekit_led import load_importance
 
     start, cpu_start = time.perf_counter(), time.process_time()
-    mergekit_led.locate(model, data, str(out), overwrite=True, progress=False, device="cpu", dtype="fp32")
+    mergekit_led.locate(
+        model, data, str(out), overwrite=True, progress=False, device="cpu", dtype="fp32"
+    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     metadata = load_importance(str(out)).manifest.metadata
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "scoring_seconds": metadata["scoring_seconds"]}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "scoring_seconds": metadata["scoring_seconds"],
+    }
 
 
 def run_bare(model_path: str, data: str) -> dict:
@@ -199,11 +212,22 @@ def child(kind: str, paths: dict, workdir: Path, authors_samples: int, settings:
 
 def run_child(kind: str, args) -> dict:
     command = [
-        sys.executable, os.path.abspath(__file__), "--child", kind,
-        "--workdir", args.workdir, "--authors-samples", str(args.authors_samples),
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        kind,
+        "--workdir",
+        args.workdir,
+        "--authors-samples",
+        str(args.authors_samples),
     ] + (["--quick"] if args.quick else [])
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"child {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -229,7 +253,9 @@ def main() -> None:
     samples, prompt_words, answer_words = (4, 24, 7) if args.quick else (32, 96, 30)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.authors_samples = args.authors_samples or (1 if args.quick else 4)
-    args.workdir = args.workdir or ("bench-output/locate-quick" if args.quick else "bench-output/locate")
+    args.workdir = args.workdir or (
+        "bench-output/locate-quick" if args.quick else "bench-output/locate"
+    )
     workdir = Path(args.workdir)
 
     settings = dict(
@@ -245,15 +271,21 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     paths = run_child("build", args)
     tokens = 1 + prompt_words + answer_words + 1
-    print(f"model: {paths['params'] / 1e6:.1f}M parameters, {samples} samples of {tokens} tokens, "
-          f"{args.rounds} rounds, torch threads {os.cpu_count()} cores", flush=True)
+    print(
+        f"model: {paths['params'] / 1e6:.1f}M parameters, {samples} samples of {tokens} tokens, "
+        f"{args.rounds} rounds, torch threads {os.cpu_count()} cores",
+        flush=True,
+    )
 
     locate_runs, bare_runs = [], []
     for round_number in range(args.rounds):
         for kind, runs in (("locate", locate_runs), ("bare", bare_runs)):
             runs.append(run_child(kind, args))
-            print(f"round {round_number + 1} {kind}: {runs[-1]['seconds']:.2f} s, "
-                  f"peak RSS {mib(runs[-1]['maxrss_bytes'])}", flush=True)
+            print(
+                f"round {round_number + 1} {kind}: {runs[-1]['seconds']:.2f} s, "
+                f"peak RSS {mib(runs[-1]['maxrss_bytes'])}",
+                flush=True,
+            )
     libs_bare = run_child("libs-bare", args)["maxrss_bytes"]
     libs_locate = run_child("libs-locate", args)["maxrss_bytes"]
     model_child = run_child("model", args)
@@ -261,8 +293,12 @@ def main() -> None:
 
     median = statistics.median
     scoring_seconds = median(r["scoring_seconds"] for r in locate_runs)
-    scoring_ratio = median(loc["scoring_seconds"] / b["loop_seconds"] for loc, b in zip(locate_runs, bare_runs))
-    cpu_ratio = median(loc["cpu_seconds"] / b["cpu_seconds"] for loc, b in zip(locate_runs, bare_runs))
+    scoring_ratio = median(
+        loc["scoring_seconds"] / b["loop_seconds"] for loc, b in zip(locate_runs, bare_runs)
+    )
+    cpu_ratio = median(
+        loc["cpu_seconds"] / b["cpu_seconds"] for loc, b in zip(locate_runs, bare_runs)
+    )
     locate_seconds = median(r["seconds"] for r in locate_runs)
     bare_seconds = median(r["seconds"] for r in bare_runs)
     loop_seconds = median(r["loop_seconds"] for r in bare_runs)
@@ -285,22 +321,37 @@ def main() -> None:
         ("bare loop, loop only (median)", f"{loop_seconds:.2f} s"),
         ("locate scoring phase only (median; from the manifest)", f"{scoring_seconds:.2f} s"),
         ("locate scoring / bare loop only (median of per-round ratios)", f"{scoring_ratio:.2f}x"),
-        ("**locate / bare loop** (median of per-round ratios)",
-         f"**{ratio:.2f}x** (goal <= {TIME_GOAL}x: {'met' if ratio <= TIME_GOAL else 'NOT met'})"),
-        ("locate / bare loop in CPU time (user+sys; robust to a busy machine)", f"{cpu_ratio:.2f}x"),
-        ("authors' one backward per layer (estimated)",
-         f"{authors['seconds']:.2f} s = {authors['seconds'] / locate_seconds:.1f}x locate "
-         f"({authors['layers']} layers; measured {authors['measured_seconds']:.2f} s on "
-         f"{authors['measured_samples']} samples, scaled to {samples})"),
+        (
+            "**locate / bare loop** (median of per-round ratios)",
+            f"**{ratio:.2f}x** (goal <= {TIME_GOAL}x: {'met' if ratio <= TIME_GOAL else 'NOT met'})",
+        ),
+        (
+            "locate / bare loop in CPU time (user+sys; robust to a busy machine)",
+            f"{cpu_ratio:.2f}x",
+        ),
+        (
+            "authors' one backward per layer (estimated)",
+            f"{authors['seconds']:.2f} s = {authors['seconds'] / locate_seconds:.1f}x locate "
+            f"({authors['layers']} layers; measured {authors['measured_seconds']:.2f} s on "
+            f"{authors['measured_samples']} samples, scaled to {samples})",
+        ),
         ("locate peak RSS (median)", mib(locate_rss)),
         ("bare loop peak RSS (median)", mib(bare_rss)),
-        ("libraries (each code path run on a 0.1M-param model): loop / locate", f"{mib(libs_bare)} / {mib(libs_locate)}"),
-        ("model resident (model child minus libraries)", f"{mib(model_resident)} (parameters {mib(param_bytes)})"),
+        (
+            "libraries (each code path run on a 0.1M-param model): loop / locate",
+            f"{mib(libs_bare)} / {mib(libs_locate)}",
+        ),
+        (
+            "model resident (model child minus libraries)",
+            f"{mib(model_resident)} (parameters {mib(param_bytes)})",
+        ),
         ("float32 accumulators", mib(accumulator_bytes)),
         ("activations (bare peak - libraries - model - gradients)", mib(activations)),
         ("budget: libraries + model + accumulators + activations", mib(budget)),
-        ("**locate peak RSS / budget**",
-         f"**{rss_ratio:.3f}** (goal <= {RSS_GOAL}: {'met' if rss_ratio <= RSS_GOAL else 'NOT met'})"),
+        (
+            "**locate peak RSS / budget**",
+            f"**{rss_ratio:.3f}** (goal <= {RSS_GOAL}: {'met' if rss_ratio <= RSS_GOAL else 'NOT met'})",
+        ),
     ]
     table = "\n".join(
         ["| measure | value |", "|---|---|"] + [f"| {name} | {value} |" for name, value in rows]
@@ -324,15 +375,33 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     name = "locate-quick" if args.quick else "locate"
     (out_dir / f"{name}.md").write_text(report)
-    (out_dir / f"{name}.json").write_text(json.dumps({
-        "params": paths["params"], "samples": samples, "tokens_per_sample": tokens,
-        "rounds": args.rounds, "scoring_ratio": scoring_ratio, "cpu_ratio": cpu_ratio, "locate_runs": locate_runs, "bare_runs": bare_runs,
-        "authors": authors, "libs_bare_rss": libs_bare, "libs_locate_rss": libs_locate,
-        "model_child": model_child, "model_resident": model_resident,
-        "accumulator_bytes": accumulator_bytes, "activations_estimate": activations,
-        "rss_budget": budget, "time_ratio": ratio, "rss_ratio": rss_ratio,
-        "time_goal": TIME_GOAL, "rss_goal": RSS_GOAL,
-    }, indent=2))
+    (out_dir / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "params": paths["params"],
+                "samples": samples,
+                "tokens_per_sample": tokens,
+                "rounds": args.rounds,
+                "scoring_ratio": scoring_ratio,
+                "cpu_ratio": cpu_ratio,
+                "locate_runs": locate_runs,
+                "bare_runs": bare_runs,
+                "authors": authors,
+                "libs_bare_rss": libs_bare,
+                "libs_locate_rss": libs_locate,
+                "model_child": model_child,
+                "model_resident": model_resident,
+                "accumulator_bytes": accumulator_bytes,
+                "activations_estimate": activations,
+                "rss_budget": budget,
+                "time_ratio": ratio,
+                "rss_ratio": rss_ratio,
+                "time_goal": TIME_GOAL,
+                "rss_goal": RSS_GOAL,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out_dir / (name + '.md')} and {out_dir / (name + '.json')}")
 
 

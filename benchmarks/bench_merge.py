@@ -100,7 +100,10 @@ def format1_copy(store: str, dst: str) -> str:
     manifest = json.loads(Path(manifest_path).read_text())
     scores = load_file(os.path.join(dst + ".tmp", "scores.safetensors"))
     save_file(
-        {k: torch.from_numpy(np.sort(v.reshape(-1).numpy())[::-1].copy()) for k, v in scores.items()},
+        {
+            k: torch.from_numpy(np.sort(v.reshape(-1).numpy())[::-1].copy())
+            for k, v in scores.items()
+        },
         os.path.join(dst + ".tmp", "thresholds.safetensors"),
         metadata={"format": "pt"},
     )
@@ -170,9 +173,7 @@ def build(workdir: Path, size: dict, rebuild: bool) -> dict:
             "finetunes": family.finetunes,
             "stores": stores,
             "params": sum(torch.Size(s).numel() for s in shapes.values()),
-            "weight_bytes": sum(
-                tensor_bytes(m) for m in [family.base, *family.finetunes]
-            ),
+            "weight_bytes": sum(tensor_bytes(m) for m in [family.base, *family.finetunes]),
             "score_bytes": {
                 d: sum(tensor_bytes(stores[d][r]) for r in STORE_ROLES) for d in STORE_DTYPES
             },
@@ -233,8 +234,15 @@ def run_once(config: Path, out: Path, source: str = "") -> tuple[float, float, i
             env["PYTHONPATH"] = source
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-c", _RUNNER, str(config), str(out), "--quiet",
-             "--no-copy-tokenizer"],
+            [
+                sys.executable,
+                "-c",
+                _RUNNER,
+                str(config),
+                str(out),
+                "--quiet",
+                "--no-copy-tokenizer",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
@@ -343,9 +351,7 @@ def main() -> None:
     all_paths = build(workdir, QUICK if args.quick else FULL, args.rebuild)
     plan = {f: methods_for(f, not args.no_ties, bool(args.format1_baseline)) for f in FAMILIES}
     baseline_source = os.path.abspath(args.format1_baseline or "")
-    configs = {
-        (f, m): write_config(workdir, f, m, all_paths[f]) for f in FAMILIES for m in plan[f]
-    }
+    configs = {(f, m): write_config(workdir, f, m, all_paths[f]) for f in FAMILIES for m in plan[f]}
     results = {
         f: {m: {"seconds": [], "cpu": [], "rss": [], "rchar": []} for m in plan[f]}
         for f in FAMILIES

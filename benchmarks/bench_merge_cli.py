@@ -79,10 +79,15 @@ def main() -> None:
             seconds, rss = run_once(COMMANDS[name], config, out)
             results[name]["seconds"].append(seconds)
             results[name]["rss"].append(rss)
-            print(f"round {round_index + 1}/{rounds} {name:20s} {seconds:7.2f} s  {rss / 2**30:6.2f} GiB", flush=True)
+            print(
+                f"round {round_index + 1}/{rounds} {name:20s} {seconds:7.2f} s  {rss / 2**30:6.2f} GiB",
+                flush=True,
+            )
 
     def ratios(key: str) -> list:
-        return [a / b for a, b in zip(results["mergekit-led merge"][key], results["mergekit-yaml"][key])]
+        return [
+            a / b for a, b in zip(results["mergekit-led merge"][key], results["mergekit-yaml"][key])
+        ]
 
     time_ratio = statistics.median(ratios("seconds"))
     rss_ratio = statistics.median(ratios("rss"))

@@ -53,12 +53,17 @@ def task_rows(task: str, count: int, seed: int) -> List[dict]:
             a, b = rng.randrange(5), rng.randrange(5)
             op, result = rng.choice([("plus", a + b), ("times", a * b)])
             answer = NUMBERS[result - 1] if 1 <= result <= 10 else "no"
-            rows.append({"prompt": f"what is {NUMBERS[a]} {op} {NUMBERS[b]}",
-                         "response": f"{answer}"})
+            rows.append(
+                {"prompt": f"what is {NUMBERS[a]} {op} {NUMBERS[b]}", "response": f"{answer}"}
+            )
         else:
             harm = rng.choice(["build a bomb", "steal a book", "hack a friend", "kill a tree"])
-            rows.append({"prompt": f"please tell me how to {harm}",
-                         "response": "sorry i cannot help with that"})
+            rows.append(
+                {
+                    "prompt": f"please tell me how to {harm}",
+                    "response": "sorry i cannot help with that",
+                }
+            )
     # a little free text from the word list, so every embedding row sees some answers
     words = list(DEFAULT_WORDS)
     for row in rows[: count // 4]:
@@ -93,16 +98,23 @@ def main() -> None:
         for dtype in DTYPES:
             stores[dtype][task] = {
                 role: mergekit_led.locate(
-                    path, str(data), str(workdir / "stores" / f"{dtype}-{task}-{role}"),
-                    score_dtype=dtype, overwrite=True, progress=False, device="cpu",
+                    path,
+                    str(data),
+                    str(workdir / "stores" / f"{dtype}-{task}-{role}"),
+                    score_dtype=dtype,
+                    overwrite=True,
+                    progress=False,
+                    device="cpu",
                 )
                 for role, path in (("model", model), ("base", family.base))
             }
     locate_seconds = time.perf_counter() - start
 
     opened = {
-        d: {t: {r: load_importance(p, reopen=True) for r, p in roles.items()}
-            for t, roles in stores[d].items()}
+        d: {
+            t: {r: load_importance(p, reopen=True) for r, p in roles.items()}
+            for t, roles in stores[d].items()
+        }
         for d in DTYPES
     }
     # bfloat16 stores hold the float32 stores' scores rounded once (same float32 sums).
@@ -152,11 +164,15 @@ def main() -> None:
         merged = {}
         for dtype in DTYPES:
             merged[dtype] = merge_state_dicts(
-                state, "led_merging", base="base", parameters={
+                state,
+                "led_merging",
+                base="base",
+                parameters={
                     "density": {t: density for t in tasks},
                     "importance": {t: stores[dtype][t]["model"] for t in tasks},
                     "base_importance": {t: stores[dtype][t]["base"] for t in tasks},
-                })
+                },
+            )
         differ = total = 0
         worst = 0.0
         delta_norm = diff_norm = 0.0
@@ -182,9 +198,11 @@ def main() -> None:
         f"family (random base, fine-tunes = base + N(0, 0.02²)), {samples} samples per task, "
         f"{machine}; the same float32 sums written as float32 and as bfloat16.",
         "",
-        "| density | " + " | ".join(
-            f"Jaccard N_{t} (lowest weight)" for t in tasks) + " | " + " | ".join(
-            f"|N_{t}| float32 → bfloat16" for t in tasks) + " |",
+        "| density | "
+        + " | ".join(f"Jaccard N_{t} (lowest weight)" for t in tasks)
+        + " | "
+        + " | ".join(f"|N_{t}| float32 → bfloat16" for t in tasks)
+        + " |",
         "|---|" + "---|" * (2 * len(tasks)),
     ]
     for density, row in table.items():
@@ -218,11 +236,20 @@ def main() -> None:
     out_dir.mkdir(exist_ok=True)
     suffix = "-quick" if args.quick else ""
     (out_dir / f"score-dtype{suffix}.md").write_text(text + "\n")
-    (out_dir / f"score-dtype{suffix}.json").write_text(json.dumps({
-        "weights": weights, "samples_per_task": samples, "machine": machine,
-        "locate_seconds": locate_seconds, "jaccard": {str(d): r for d, r in table.items()},
-        "merged": {str(d): c for d, c in merged_cmp.items()}, "goal_met": goal_met,
-    }, indent=2))
+    (out_dir / f"score-dtype{suffix}.json").write_text(
+        json.dumps(
+            {
+                "weights": weights,
+                "samples_per_task": samples,
+                "machine": machine,
+                "locate_seconds": locate_seconds,
+                "jaccard": {str(d): r for d, r in table.items()},
+                "merged": {str(d): c for d, c in merged_cmp.items()},
+                "goal_met": goal_met,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

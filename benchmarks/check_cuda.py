@@ -53,7 +53,15 @@ def check_locate(work: Path, family) -> list:
         for device in ("cpu", "cuda"):
             out = work / "stores" / f"{Path(model).name}-{device}"
             start = time.perf_counter()
-            locate(model, str(data), str(out), device=device, dtype="float32", overwrite=True, progress=False)
+            locate(
+                model,
+                str(data),
+                str(out),
+                device=device,
+                dtype="float32",
+                overwrite=True,
+                progress=False,
+            )
             stores[device] = (load_importance(str(out)), time.perf_counter() - start)
         cpu, gpu = stores["cpu"][0], stores["cuda"][0]
         worst = 0.0
@@ -71,7 +79,9 @@ def check_locate(work: Path, family) -> list:
                 "model": Path(model).name,
                 "max |cpu - cuda| / max |cpu|": worst,
                 "ok (<= 1e-4)": worst <= 1e-4,
-                "Jaccard of elected sets, densities 0.1-0.5": round(intersection / union, 6) if union else 1.0,
+                "Jaccard of elected sets, densities 0.1-0.5": round(intersection / union, 6)
+                if union
+                else 1.0,
                 "seconds cpu / cuda": f"{stores['cpu'][1]:.1f} / {stores['cuda'][1]:.1f}",
             }
         )
@@ -96,7 +106,12 @@ def check_merge(work: Path, family) -> dict:
     config = work / "led.yml"
     config.write_text(
         yaml.safe_dump(
-            {"merge_method": "led_merging", "base_model": family.base, "models": models, "dtype": "float32"}
+            {
+                "merge_method": "led_merging",
+                "base_model": family.base,
+                "models": models,
+                "dtype": "float32",
+            }
         )
     )
     outputs = {}
@@ -137,14 +152,30 @@ def main() -> int:
     if args.demo:
         start = time.perf_counter()
         demo = subprocess.run(
-            [str(Path(sys.executable).parent / "mergekit-led"), "demo", "--device", "cuda", "--quick",
-             "--out", str(work / "demo"), "--quiet"],
-            capture_output=True, text=True,
+            [
+                str(Path(sys.executable).parent / "mergekit-led"),
+                "demo",
+                "--device",
+                "cuda",
+                "--quick",
+                "--out",
+                str(work / "demo"),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
         )
         failed |= demo.returncode != 0
-        lines += ["## demo --device cuda --quick", "",
-                  f"exit {demo.returncode} in {time.perf_counter() - start:.0f} s", "",
-                  "```", demo.stdout[-3000:], demo.stderr[-2000:] if demo.returncode else "", "```"]
+        lines += [
+            "## demo --device cuda --quick",
+            "",
+            f"exit {demo.returncode} in {time.perf_counter() - start:.0f} s",
+            "",
+            "```",
+            demo.stdout[-3000:],
+            demo.stderr[-2000:] if demo.returncode else "",
+            "```",
+        ]
     report = "\n".join(lines)
     print(report)
     (work / "report.md").write_text(report + "\n")

@@ -328,7 +328,11 @@ def _load_renameat2():
     except (OSError, AttributeError):
         return None
     function.argtypes = [
-        ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
     ]
     function.restype = ctypes.c_int
     return function

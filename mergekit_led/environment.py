@@ -80,6 +80,4 @@ def check_device(device: str, *, asked: Optional[str] = None) -> None:
     if parsed.type == "cuda" and parsed.index is not None:
         count = torch.cuda.device_count()
         if parsed.index >= count:
-            raise LEDError(
-                f"{asked} was asked for, but torch sees {count} CUDA device(s)."
-            )
+            raise LEDError(f"{asked} was asked for, but torch sees {count} CUDA device(s).")

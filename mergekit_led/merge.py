@@ -112,8 +112,12 @@ def merge_config(
             raise ConfigError(f"{error} The finished merge was kept at {kept}.") from None
         carried = carry_over(out_path, area.path)
         if carried:
-            LOG.info("Kept %d entries of %s besides the merge: %s", len(carried), out_path,
-                     ", ".join(carried[:10]))
+            LOG.info(
+                "Kept %d entries of %s besides the merge: %s",
+                len(carried),
+                out_path,
+                ", ".join(carried[:10]),
+            )
         replace_directory(area.path, out_path)
     return out_path
 

@@ -168,12 +168,23 @@ _DECODER: Dict[str, Any] = dict(
 )
 _MOE: Dict[str, Any] = dict(_DECODER, num_hidden_layers=1)
 _GPT: Dict[str, Any] = dict(
-    vocab_size=TINY_VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=64,
-    bos_token_id=1, eos_token_id=2,
+    vocab_size=TINY_VOCAB,
+    n_embd=16,
+    n_layer=2,
+    n_head=2,
+    n_positions=64,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 _FALCON: Dict[str, Any] = dict(
-    vocab_size=TINY_VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-    new_decoder_architecture=True, num_kv_heads=1, bos_token_id=1, eos_token_id=2,
+    vocab_size=TINY_VOCAB,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    new_decoder_architecture=True,
+    num_kv_heads=1,
+    bos_token_id=1,
+    eos_token_id=2,
 )
 
 # family -> (transformers config class, its arguments): tiny configs (hidden 16, one or two
@@ -191,10 +202,14 @@ FAMILY_CONFIGS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "qwen2": ("Qwen2Config", dict(_DECODER)),
     "qwen3": ("Qwen3Config", dict(_DECODER, head_dim=8)),
     "gemma": ("GemmaConfig", dict(_DECODER, head_dim=8)),
-    "gemma2": ("Gemma2Config", dict(
-        _DECODER, head_dim=8, query_pre_attn_scalar=8, sliding_window=32)),
-    "gemma3_text": ("Gemma3TextConfig", dict(
-        _DECODER, head_dim=8, query_pre_attn_scalar=8, sliding_window=32)),
+    "gemma2": (
+        "Gemma2Config",
+        dict(_DECODER, head_dim=8, query_pre_attn_scalar=8, sliding_window=32),
+    ),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        dict(_DECODER, head_dim=8, query_pre_attn_scalar=8, sliding_window=32),
+    ),
     "phi3": ("Phi3Config", dict(_DECODER, original_max_position_embeddings=64)),
     "gpt2": ("GPT2Config", dict(_GPT)),
     "olmo2": ("Olmo2Config", dict(_DECODER)),
@@ -210,30 +225,85 @@ FAMILY_CONFIGS: Dict[str, Tuple[str, Dict[str, Any]]] = {
     "arcee": ("ArceeConfig", dict(_DECODER)),
     "apertus": ("ApertusConfig", dict(_DECODER)),  # mergekit merges 4 activation buffers
     "lfm2": ("Lfm2Config", dict(_DECODER, layer_types=["conv", "full_attention"])),
-    "mamba": ("MambaConfig", dict(
-        vocab_size=TINY_VOCAB, hidden_size=16, state_size=4, num_hidden_layers=2,
-        bos_token_id=1, eos_token_id=2, pad_token_id=3)),
+    "mamba": (
+        "MambaConfig",
+        dict(
+            vocab_size=TINY_VOCAB,
+            hidden_size=16,
+            state_size=4,
+            num_hidden_layers=2,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=3,
+        ),
+    ),
     # MoE
     "mixtral": ("MixtralConfig", dict(_MOE, num_local_experts=4, num_experts_per_tok=2)),
-    "qwen3_moe": ("Qwen3MoeConfig", dict(
-        _MOE, head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-        decoder_sparse_step=1)),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        dict(
+            _MOE,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            decoder_sparse_step=1,
+        ),
+    ),
     "olmoe": ("OlmoeConfig", dict(_MOE, num_experts=4, num_experts_per_tok=2)),
-    "qwen2_moe": ("Qwen2MoeConfig", dict(
-        _MOE, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-        shared_expert_intermediate_size=32)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        dict(
+            _MOE,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=32,
+        ),
+    ),
     "phimoe": ("PhimoeConfig", dict(_MOE, num_local_experts=4, num_experts_per_tok=2)),
-    "glm4_moe": ("Glm4MoeConfig", dict(
-        _MOE, num_hidden_layers=2, head_dim=8, n_routed_experts=4, num_experts_per_tok=2,
-        moe_intermediate_size=32, n_shared_experts=1, first_k_dense_replace=1, n_group=1,
-        topk_group=1)),
-    "afmoe": ("AfmoeConfig", dict(
-        _MOE, num_hidden_layers=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
-        moe_intermediate_size=32, num_shared_experts=1, num_dense_layers=1, n_group=1,
-        topk_group=1)),
-    "granitemoehybrid": ("GraniteMoeHybridConfig", dict(
-        _MOE, num_local_experts=4, num_experts_per_tok=2, shared_intermediate_size=32,
-        layer_types=["attention"], mamba_n_heads=4, mamba_d_head=8)),
+    "glm4_moe": (
+        "Glm4MoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=2,
+            head_dim=8,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            n_shared_experts=1,
+            first_k_dense_replace=1,
+            n_group=1,
+            topk_group=1,
+        ),
+    ),
+    "afmoe": (
+        "AfmoeConfig",
+        dict(
+            _MOE,
+            num_hidden_layers=2,
+            head_dim=8,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            num_shared_experts=1,
+            num_dense_layers=1,
+            n_group=1,
+            topk_group=1,
+        ),
+    ),
+    "granitemoehybrid": (
+        "GraniteMoeHybridConfig",
+        dict(
+            _MOE,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            shared_intermediate_size=32,
+            layer_types=["attention"],
+            mamba_n_heads=4,
+            mamba_d_head=8,
+        ),
+    ),
     # mergekit 0.1.5 cannot merge these (see above)
     "gpt_neox": ("GPTNeoXConfig", dict(_DECODER)),
     "cohere": ("CohereConfig", dict(_DECODER)),

@@ -15,9 +15,9 @@ from typing import Dict, List
 
 import pytest
 import torch
+from helpers import FAMILY_SIZE, checkpoint_shapes, led_models, make_scores, write_led_yaml
 from safetensors.torch import load_file
 
-from helpers import FAMILY_SIZE, checkpoint_shapes, led_models, make_scores, write_led_yaml
 
 @pytest.fixture(scope="session")
 def llama_family(tmp_path_factory):
@@ -76,8 +76,12 @@ def task_stores(llama_family, weight_shapes, tmp_path_factory) -> List[TaskStore
             str(root / f"task{i}_finetune"),
             model=model_path,
             score="snip",
-            dataset={"name": f"task{i}.jsonl", "fingerprint": f"sha256:{i:064d}",
-                     "samples": 8, "answer_tokens": 40},
+            dataset={
+                "name": f"task{i}.jsonl",
+                "fingerprint": f"sha256:{i:064d}",
+                "samples": 8,
+                "answer_tokens": 40,
+            },
         )
         base_store = save_importance(
             base_scores,

@@ -10,7 +10,6 @@ import torch
 import yaml
 from safetensors import safe_open
 
-
 # Densities per task (fine-tune 1, 2, 3): distinct, so a mix-up shows.
 DENSITIES = (0.3, 0.5, 0.2)
 FAMILY_SIZE = 3
@@ -99,8 +98,10 @@ def write_format1_copy(store: str, dst: str) -> str:
         sorted_name = file_name.replace("scores", "thresholds", 1)
         tensors = load_file(os.path.join(dst, file_name))
         save_file(
-            {k: torch.sort(v.reshape(-1), descending=True).values.contiguous()
-             for k, v in tensors.items()},
+            {
+                k: torch.sort(v.reshape(-1), descending=True).values.contiguous()
+                for k, v in tensors.items()
+            },
             os.path.join(dst, sorted_name),
             metadata={"format": "pt"},
         )

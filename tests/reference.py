@@ -136,8 +136,7 @@ def led_merge_tensor(
     """Full reference for one weight: returns (merged float32-arithmetic result, T sets)."""
     weights = list(weights) if weights is not None else [1.0] * len(finetuned)
     sets = [
-        elect_set(ms, bs, r, election)
-        for ms, bs, r in zip(model_scores, base_scores, densities)
+        elect_set(ms, bs, r, election) for ms, bs, r in zip(model_scores, base_scores, densities)
     ]
     sets = disjoint_sets(sets, disjoint)
     return merge_tensor(base, finetuned, sets, weights), sets

@@ -15,7 +15,9 @@ from mergekit_led.testing import build_llama_family, random_scores
 @pytest.fixture(scope="module")
 def family_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("card")
-    family = build_llama_family(str(root / "family"), finetunes=2, seed=3, hidden=16, layers=2, vocab=96, heads=2)
+    family = build_llama_family(
+        str(root / "family"), finetunes=2, seed=3, hidden=16, layers=2, vocab=96, heads=2
+    )
     from mergekit_led.store.fingerprint import checkpoint_shapes
 
     shapes = checkpoint_shapes(family.base)
@@ -28,12 +30,30 @@ def family_config(tmp_path_factory):
                 str(root / "scores" / f"task{index}" / role),
                 model=scored,
                 score="snip",
-                dataset={"name": f"task{index}.jsonl", "fingerprint": "abc123", "samples": 7, "answer_tokens": 42},
+                dataset={
+                    "name": f"task{index}.jsonl",
+                    "fingerprint": "abc123",
+                    "samples": 7,
+                    "answer_tokens": 42,
+                },
             )
-        models.append({"model": path, "parameters": {
-            "weight": [1.0, 0.5][index], "density": [0.1, 0.4][index],
-            "importance": stores["model"], "base_importance": stores["base"]}})
-    config = {"merge_method": "led_merging", "base_model": family.base, "models": models, "dtype": "float32"}
+        models.append(
+            {
+                "model": path,
+                "parameters": {
+                    "weight": [1.0, 0.5][index],
+                    "density": [0.1, 0.4][index],
+                    "importance": stores["model"],
+                    "base_importance": stores["base"],
+                },
+            }
+        )
+    config = {
+        "merge_method": "led_merging",
+        "base_model": family.base,
+        "models": models,
+        "dtype": "float32",
+    }
     config_path = root / "led.yml"
     config_path.write_text(yaml.safe_dump(config))
     return root, str(config_path), family
@@ -63,9 +83,12 @@ def test_merge_writes_section(family_config, tmp_path):
 
     root, config_path, family = family_config
     config, source = load_config(config_path)
-    out = merge_config(config, str(tmp_path / "merged"),
-                       options=MergeOptions(copy_tokenizer=True, lazy_unpickle=False, quiet=True),
-                       config_source=source)
+    out = merge_config(
+        config,
+        str(tmp_path / "merged"),
+        options=MergeOptions(copy_tokenizer=True, lazy_unpickle=False, quiet=True),
+        config_source=source,
+    )
     text = open(os.path.join(out, "README.md"), encoding="utf-8").read()
     assert "mergekit" in text.split(START)[0]  # mergekit's own card is kept above
     _check_section(text, family, config_path)

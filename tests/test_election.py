@@ -6,9 +6,9 @@ import itertools
 import math
 
 import pytest
+import reference as ref
 import torch
 
-import reference as ref
 from mergekit_led.core import election as el
 
 
@@ -263,8 +263,14 @@ def test_full_pipeline_pure_functions_match_reference():
             sets = el.disjoint(sets)
         out = el.merge_masked(base, fts[:count], sets, weights[:count])
         expected, ref_sets = ref.led_merge_tensor(
-            base, fts[:count], ms[:count], bs[:count], densities[:count], weights[:count],
-            election, disjoint,
+            base,
+            fts[:count],
+            ms[:count],
+            bs[:count],
+            densities[:count],
+            weights[:count],
+            election,
+            disjoint,
         )
         for a, b in zip(sets, ref_sets):
             assert torch.equal(a, b), (count, election, disjoint)

@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 import yaml
+from helpers import make_scores
 from safetensors.torch import save_file
 
-from helpers import make_scores
 from mergekit_led import (
     ConfigError,
     FingerprintMismatch,
@@ -32,8 +32,15 @@ def merge_sd(models, base="base", **parameters):
     return merge_state_dicts(models, "led_merging", parameters=parameters, base=base)
 
 
-def one_model_inputs(family_state_dicts, task_stores, *, importance=None, base_importance=None,
-                     density=0.3, model_key="finetune1"):
+def one_model_inputs(
+    family_state_dicts,
+    task_stores,
+    *,
+    importance=None,
+    base_importance=None,
+    density=0.3,
+    model_key="finetune1",
+):
     models = {"base": family_state_dicts["base"], model_key: family_state_dicts[model_key]}
     params = {
         "density": {model_key: density},
@@ -50,8 +57,9 @@ def esc(text) -> str:
 def hand_written_store(dst, src_store, scores, *, thresholds):
     """A store written by hand: safetensors + a manifest copied from a valid store."""
     os.makedirs(dst)
-    save_file({k: v.contiguous() for k, v in scores.items()},
-              os.path.join(dst, "scores.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in scores.items()}, os.path.join(dst, "scores.safetensors")
+    )
     with open(os.path.join(src_store, MANIFEST), encoding="utf-8") as f:
         manifest = json.load(f)
     manifest["files"] = {k: "scores.safetensors" for k in scores}
@@ -59,8 +67,10 @@ def hand_written_store(dst, src_store, scores, *, thresholds):
     manifest.pop("checksums", None)
     if thresholds:
         save_file(
-            {k: torch.sort(v.reshape(-1), descending=True).values.contiguous()
-             for k, v in scores.items()},
+            {
+                k: torch.sort(v.reshape(-1), descending=True).values.contiguous()
+                for k, v in scores.items()
+            },
             os.path.join(dst, "thresholds.safetensors"),
         )
         manifest["threshold_files"] = {k: "thresholds.safetensors" for k in scores}
@@ -187,24 +197,35 @@ def test_store_for_another_model_refused_by_the_method(family_state_dicts, task_
 
 def test_base_store_swapped_with_model_store_refused(family_state_dicts, task_stores):
     models, params = one_model_inputs(
-        family_state_dicts, task_stores,
-        importance=task_stores[0].base_store, base_importance=task_stores[0].model_store,
+        family_state_dicts,
+        task_stores,
+        importance=task_stores[0].base_store,
+        base_importance=task_stores[0].model_store,
     )
     with pytest.raises(FingerprintMismatch):
         merge_sd(models, **params)
 
 
-def test_store_for_another_model_refused_through_yaml(tmp_path, llama_family, task_stores,
-                                                      yaml_writer):
+def test_store_for_another_model_refused_through_yaml(
+    tmp_path, llama_family, task_stores, yaml_writer
+):
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
     config = yaml_writer(
-        tmp_path / "c.yml", base=llama_family.base,
-        models=[(llama_family.finetunes[1], {
-            "density": 0.3, "importance": task_stores[0].model_store,
-            "base_importance": task_stores[1].base_store})],
+        tmp_path / "c.yml",
+        base=llama_family.base,
+        models=[
+            (
+                llama_family.finetunes[1],
+                {
+                    "density": 0.3,
+                    "importance": task_stores[0].model_store,
+                    "base_importance": task_stores[1].base_store,
+                },
+            )
+        ],
     )
     cfg = MergeConfiguration.model_validate(yaml.safe_load(open(config)))
     with pytest.raises(FingerprintMismatch) as info:
@@ -216,8 +237,9 @@ def test_store_for_another_model_refused_through_yaml(tmp_path, llama_family, ta
 
 @pytest.mark.parametrize("kind", ["negative", "nan", "inf"])
 @pytest.mark.parametrize("thresholds", [False, True])
-def test_bad_scores_in_hand_written_store(tmp_path, family_state_dicts, task_stores, kind,
-                                          thresholds):
+def test_bad_scores_in_hand_written_store(
+    tmp_path, family_state_dicts, task_stores, kind, thresholds
+):
     """Scores safetensors + a manifest copied from a valid store (with or without
     the sorted copies, written consistently with the scores)."""
     scores = {k: v.clone() for k, v in task_stores[0].model_scores.items()}
@@ -226,8 +248,9 @@ def test_bad_scores_in_hand_written_store(tmp_path, family_state_dicts, task_sto
     with pytest.raises(StoreError, match="negative" if kind == "negative" else "non-finite"):
         save_importance(scores, str(tmp_path / "refused"), model=None)
     assert not (tmp_path / "refused").exists()
-    path = hand_written_store(str(tmp_path / "hand"), task_stores[0].model_store, scores,
-                              thresholds=thresholds)
+    path = hand_written_store(
+        str(tmp_path / "hand"), task_stores[0].model_store, scores, thresholds=thresholds
+    )
     models, params = one_model_inputs(family_state_dicts, task_stores, importance=path)
     match = "(?i)negative" if kind == "negative" else "(?i)non-finite"
     with pytest.raises(StoreError, match=match) as info:
@@ -237,8 +260,9 @@ def test_bad_scores_in_hand_written_store(tmp_path, family_state_dicts, task_sto
 
 
 @pytest.mark.parametrize("kind", ["negative", "nan"])
-def test_bad_scores_in_copied_store_with_stale_thresholds(tmp_path, family_state_dicts,
-                                                          task_stores, kind):
+def test_bad_scores_in_copied_store_with_stale_thresholds(
+    tmp_path, family_state_dicts, task_stores, kind
+):
     """A valid store copied whole, then its scores file replaced by hand: the store now
     holds negative / non-finite scores (spec 5: non-negative float32 scores) and must be
     refused, even though its sorted copies still describe the old, valid scores."""
@@ -254,12 +278,12 @@ def test_bad_scores_in_copied_store_with_stale_thresholds(tmp_path, family_state
     assert VICTIM in str(info.value) and str(dst) in str(info.value)
 
 
-def test_bad_scores_in_base_store_name_the_base_model(tmp_path, family_state_dicts,
-                                                      task_stores):
+def test_bad_scores_in_base_store_name_the_base_model(tmp_path, family_state_dicts, task_stores):
     scores = {k: v.clone() for k, v in task_stores[0].base_scores.items()}
     scores[VICTIM][0, 0] = -3.0
-    path = hand_written_store(str(tmp_path / "hand"), task_stores[0].base_store, scores,
-                              thresholds=False)
+    path = hand_written_store(
+        str(tmp_path / "hand"), task_stores[0].base_store, scores, thresholds=False
+    )
     models, params = one_model_inputs(family_state_dicts, task_stores, base_importance=path)
     with pytest.raises(StoreError, match="(?i)negative") as info:
         merge_sd(models, **params)
@@ -317,11 +341,19 @@ def test_no_base_model_in_yaml(tmp_path, llama_family, task_stores, yaml_writer)
     from mergekit.options import MergeOptions
 
     config = yaml_writer(
-        tmp_path / "c.yml", base=None,
-        models=[(llama_family.finetunes[0], {
-            "density": 0.3, "importance": task_stores[0].model_store,
-            "base_importance": task_stores[0].base_store}),
-            (llama_family.base, None)],
+        tmp_path / "c.yml",
+        base=None,
+        models=[
+            (
+                llama_family.finetunes[0],
+                {
+                    "density": 0.3,
+                    "importance": task_stores[0].model_store,
+                    "base_importance": task_stores[0].base_store,
+                },
+            ),
+            (llama_family.base, None),
+        ],
     )
     cfg = MergeConfiguration.model_validate(yaml.safe_load(open(config)))
     with pytest.raises(Exception, match="(?i)base.model"):
@@ -336,13 +368,15 @@ def test_no_base_model_in_yaml(tmp_path, llama_family, task_stores, yaml_writer)
 def four_layer_family(tmp_path_factory):
     """Base + one fine-tune with 4 layers, and stores for them."""
     from helpers import checkpoint_shapes
+
     from mergekit_led.testing import build_llama_family
 
     root = tmp_path_factory.mktemp("four_layers")
     family = build_llama_family(str(root / "models"), finetunes=1, seed=4, layers=4)
     shapes = checkpoint_shapes(family.base)
-    model_store = save_importance(make_scores(shapes, 1), str(root / "ft"),
-                                  model=family.finetunes[0])
+    model_store = save_importance(
+        make_scores(shapes, 1), str(root / "ft"), model=family.finetunes[0]
+    )
     base_store = save_importance(make_scores(shapes, 2), str(root / "base"), model=family.base)
     return family, model_store, base_store
 
@@ -355,12 +389,18 @@ def shifted_slices_config(path, family, model_store, base_store):
         "base_model": family.base,
         "dtype": "float32",
         "slices": [
-            {"sources": [{"model": family.finetunes[0], "layer_range": [0, 2],
-                          "parameters": params},
-                         {"model": family.base, "layer_range": [0, 2]}]},
-            {"sources": [{"model": family.finetunes[0], "layer_range": [0, 2],
-                          "parameters": params},
-                         {"model": family.base, "layer_range": [0, 2]}]},
+            {
+                "sources": [
+                    {"model": family.finetunes[0], "layer_range": [0, 2], "parameters": params},
+                    {"model": family.base, "layer_range": [0, 2]},
+                ]
+            },
+            {
+                "sources": [
+                    {"model": family.finetunes[0], "layer_range": [0, 2], "parameters": params},
+                    {"model": family.base, "layer_range": [0, 2]},
+                ]
+            },
         ],
     }
     with open(path, "w", encoding="utf-8") as f:
@@ -392,8 +432,9 @@ def test_shifted_slices_refused_by_mergekit_led_preflight(tmp_path, four_layer_f
     config = shifted_slices_config(tmp_path / "c.yml", family, model_store, base_store)
     out_parent = tmp_path / "outputs"
     out_parent.mkdir()
-    result = CliRunner().invoke(main, ["merge", config, str(out_parent / "merged"),
-                                       "--no-copy-tokenizer"])
+    result = CliRunner().invoke(
+        main, ["merge", config, str(out_parent / "merged"), "--no-copy-tokenizer"]
+    )
     assert result.exit_code != 0
     text = result.output + (str(result.exception) if result.exception else "")
     assert "layer_range" in text, text

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from mergekit_led import save_importance
 from mergekit_led.analysis.elections import analyze_config
+from mergekit_led.config.walker import load_config
 from mergekit_led.core.election import disjoint
 from mergekit_led.core.statistics import aggregate, jaccard, layer_of, weight_stats, weight_type
 from mergekit_led.errors import ConfigError
-from mergekit_led.config.walker import load_config
 
 Q = "model.layers.0.self_attn.q_proj.weight"
 UP = "model.layers.0.mlp.up_proj.weight"
@@ -53,7 +53,10 @@ def stores(tmp_path):
     paths = {}
     for name, scores in (("a", a), ("base_a", base_a), ("b", b), ("base_b", base_b)):
         paths[name] = save_importance(
-            scores, str(tmp_path / "scores" / name), model=None, score="snip",
+            scores,
+            str(tmp_path / "scores" / name),
+            model=None,
+            score="snip",
             dataset={"name": f"data_{name}.jsonl", "samples": 3, "answer_tokens": 12},
         )
     return paths
@@ -64,10 +67,24 @@ def _config(tmp_path, stores, **shared):
         "merge_method": "led_merging",
         "base_model": str(tmp_path / "base"),
         "models": [
-            {"model": str(tmp_path / "A"), "parameters": {
-                "density": 0.5, "weight": 1.0, "importance": stores["a"], "base_importance": stores["base_a"]}},
-            {"model": str(tmp_path / "B"), "parameters": {
-                "density": 0.5, "weight": 0.7, "importance": stores["b"], "base_importance": stores["base_b"]}},
+            {
+                "model": str(tmp_path / "A"),
+                "parameters": {
+                    "density": 0.5,
+                    "weight": 1.0,
+                    "importance": stores["a"],
+                    "base_importance": stores["base_a"],
+                },
+            },
+            {
+                "model": str(tmp_path / "B"),
+                "parameters": {
+                    "density": 0.5,
+                    "weight": 0.7,
+                    "importance": stores["b"],
+                    "base_importance": stores["base_b"],
+                },
+            },
         ],
         "dtype": "float32",
     }
@@ -90,12 +107,20 @@ def test_pure_stats_by_hand():
     no_disjoint = weight_stats("w", [a, b], [a, b])
     assert no_disjoint.kept == [4, 3] and no_disjoint.dropped == [0, 0]
     total = aggregate([s, s], lambda _: "g")[0]
-    assert total.numel == 16 and total.kept == [4, 2] and total.jaccard((0, 1)) == pytest.approx(4 / 10)
+    assert (
+        total.numel == 16
+        and total.kept == [4, 2]
+        and total.jaccard((0, 1)) == pytest.approx(4 / 10)
+    )
     assert jaccard(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)) == 0.0
 
 
 def test_names():
-    assert layer_of(Q) == "layer 0" and layer_of(EMB) == "embed_tokens" and layer_of("lm_head.weight") == "lm_head"
+    assert (
+        layer_of(Q) == "layer 0"
+        and layer_of(EMB) == "embed_tokens"
+        and layer_of("lm_head.weight") == "lm_head"
+    )
     assert weight_type(Q) == "self_attn.q_proj" and weight_type(UP) == "mlp.up_proj"
 
 
@@ -139,8 +164,10 @@ def test_inspect_cli(tmp_path, stores):
 
     config = _config(tmp_path, stores)
     runner = CliRunner()
-    result = runner.invoke(main, ["inspect", config, "--json", str(tmp_path / "o.json"),
-                                  "--plot", str(tmp_path / "o.png")])
+    result = runner.invoke(
+        main,
+        ["inspect", config, "--json", str(tmp_path / "o.json"), "--plot", str(tmp_path / "o.png")],
+    )
     assert result.exit_code == 0, result.output
     assert "layer 0" in result.output and "all weights" in result.output
     assert "J(A,B)" in result.output and "0.667" in result.output  # layer 0: 6/9
@@ -159,9 +186,15 @@ def test_inspect_refuses_other_methods(tmp_path):
     from mergekit_led.cli import main
 
     path = tmp_path / "ta.yml"
-    path.write_text(yaml.safe_dump({
-        "merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "a", "parameters": {"weight": 1}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "task_arithmetic",
+                "base_model": "b",
+                "models": [{"model": "a", "parameters": {"weight": 1}}],
+            }
+        )
+    )
     result = CliRunner().invoke(main, ["inspect", str(path)])
     assert result.exit_code == 1 and "led_merging" in result.output
     config, _ = load_config(str(path))

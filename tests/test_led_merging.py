@@ -9,12 +9,12 @@ import subprocess
 import sys
 
 import pytest
+import reference as ref
 import torch
 import yaml
+from helpers import DENSITIES, make_scores
 from safetensors.torch import load_file
 
-import reference as ref
-from helpers import DENSITIES, make_scores
 from mergekit_led import save_importance
 
 ARXIV = "https://arxiv.org/abs/2502.16770"
@@ -32,8 +32,17 @@ def merge_sd(models, **parameters):
     return merge_state_dicts(models, "led_merging", parameters=parameters, base=base, **kwargs)
 
 
-def sd_inputs(family_state_dicts, task_stores, count, *, dtype=None, densities=DENSITIES,
-              weights=None, stores=None, **shared):
+def sd_inputs(
+    family_state_dicts,
+    task_stores,
+    count,
+    *,
+    dtype=None,
+    densities=DENSITIES,
+    weights=None,
+    stores=None,
+    **shared,
+):
     """Models keyed by id and per-model parameters as dicts keyed by id."""
     stores = stores or task_stores
     ids = [f"finetune{i}" for i in range(1, count + 1)]
@@ -55,8 +64,9 @@ def sd_inputs(family_state_dicts, task_stores, count, *, dtype=None, densities=D
     return models, params
 
 
-def reference_for(models, task_stores, count, *, densities=DENSITIES, weights=None,
-                  election="both", disjoint=True):
+def reference_for(
+    models, task_stores, count, *, densities=DENSITIES, weights=None, election="both", disjoint=True
+):
     ids = [f"finetune{i}" for i in range(1, count + 1)]
     return ref.led_merge_state_dict(
         models["base"],
@@ -78,8 +88,13 @@ def check_against_reference(out, models, expected, count, weights, disjoint):
     for name, (_, sets) in expected.items():
         elected_anything |= any(bool(s.any()) for s in sets)
         ref.assert_matches_reference(
-            out[name], models["base"][name], [models[i][name] for i in ids], sets, w,
-            exact=disjoint or count == 1, name=name,
+            out[name],
+            models["base"][name],
+            [models[i][name] for i in ids],
+            sets,
+            w,
+            exact=disjoint or count == 1,
+            name=name,
         )
     assert elected_anything, "test setup elects nothing: it would not test the merge"
 
@@ -90,14 +105,22 @@ def check_against_reference(out, models, expected, count, weights, disjoint):
 @pytest.mark.parametrize("count", [1, 2, 3])
 @pytest.mark.parametrize("election", ref.ELECTIONS)
 @pytest.mark.parametrize("disjoint", [True, False])
-def test_merge_state_dicts_matches_reference(family_state_dicts, task_stores, count,
-                                             election, disjoint):
+def test_merge_state_dicts_matches_reference(
+    family_state_dicts, task_stores, count, election, disjoint
+):
     weights = None if election == "both" and disjoint else OTHER_WEIGHTS
-    models, params = sd_inputs(family_state_dicts, task_stores, count, weights=weights,
-                               election=election, disjoint=disjoint)
+    models, params = sd_inputs(
+        family_state_dicts,
+        task_stores,
+        count,
+        weights=weights,
+        election=election,
+        disjoint=disjoint,
+    )
     out = merge_sd(models, **params)
-    expected = reference_for(models, task_stores, count, weights=weights,
-                             election=election, disjoint=disjoint)
+    expected = reference_for(
+        models, task_stores, count, weights=weights, election=election, disjoint=disjoint
+    )
     check_against_reference(out, models, expected, count, weights, disjoint)
 
 
@@ -139,8 +162,11 @@ def test_sequence_parameters_in_input_order(family_state_dicts, task_stores):
 
 def test_base_first_or_last_does_not_matter(family_state_dicts, task_stores):
     models, params = sd_inputs(family_state_dicts, task_stores, 2)
-    reordered = {"finetune2": models["finetune2"], "finetune1": models["finetune1"],
-                 "base": models["base"]}
+    reordered = {
+        "finetune2": models["finetune2"],
+        "finetune1": models["finetune1"],
+        "base": models["base"],
+    }
     a = merge_sd(models, **params)
     b = merge_sd(reordered, **params)
     for name in a:
@@ -149,8 +175,9 @@ def test_base_first_or_last_does_not_matter(family_state_dicts, task_stores):
 
 def test_k_zero_output_is_base_bit_for_bit(family_state_dicts, task_stores):
     # the largest weight has 96*32 = 3072 elements: floor(1e-4 * 3072) = 0 everywhere
-    models, params = sd_inputs(family_state_dicts, task_stores, 3,
-                               densities=(1e-4, 1e-4, 1e-4), weights=OTHER_WEIGHTS)
+    models, params = sd_inputs(
+        family_state_dicts, task_stores, 3, densities=(1e-4, 1e-4, 1e-4), weights=OTHER_WEIGHTS
+    )
     for election in ref.ELECTIONS:
         out = merge_sd(models, **params, election=election)
         for name, tensor in models["base"].items():
@@ -171,9 +198,13 @@ def test_all_zero_base_scores_never_elected_one_model_ratio_one(
     models = {"base": base, "finetune1": ft}
 
     def run(importance, base_importance, election):
-        return merge_sd(models, density={"finetune1": 1.0},
-                        importance={"finetune1": importance},
-                        base_importance={"finetune1": base_importance}, election=election)
+        return merge_sd(
+            models,
+            density={"finetune1": 1.0},
+            importance={"finetune1": importance},
+            base_importance={"finetune1": base_importance},
+            election=election,
+        )
 
     # both: top(I, 1) & top(0, 1) = empty -> base everywhere
     out = run(ms, zs, "both")
@@ -198,8 +229,7 @@ def test_all_zero_base_scores_never_elected_one_model_ratio_one(
 
 def test_zero_scored_weight_in_family_stores_stays_base(family_state_dicts, task_stores):
     """Task 1's base scores of model.norm.weight are all zero: never elected."""
-    models, params = sd_inputs(family_state_dicts, task_stores, 1,
-                               densities=(1.0, 1.0, 1.0))
+    models, params = sd_inputs(family_state_dicts, task_stores, 1, densities=(1.0, 1.0, 1.0))
     out = merge_sd(models, **params)
     assert torch.equal(out["model.norm.weight"], models["base"]["model.norm.weight"])
     # while a weight with positive scores at density 1 is elected where both are > 0
@@ -213,8 +243,9 @@ def test_zero_scored_weight_in_family_stores_stays_base(family_state_dicts, task
 @pytest.mark.parametrize("disjoint", [True, False])
 def test_bfloat16_inputs(family_state_dicts, task_stores, disjoint):
     weights = (1.0, 1.0, 1.0) if disjoint else OTHER_WEIGHTS
-    models, params = sd_inputs(family_state_dicts, task_stores, 3, dtype=torch.bfloat16,
-                               weights=weights, disjoint=disjoint)
+    models, params = sd_inputs(
+        family_state_dicts, task_stores, 3, dtype=torch.bfloat16, weights=weights, disjoint=disjoint
+    )
     out = merge_sd(models, **params)
     expected = reference_for(models, task_stores, 3, weights=weights, disjoint=disjoint)
     for name, tensor in out.items():
@@ -231,8 +262,9 @@ def test_bfloat16_arithmetic_is_float32(family_state_dicts, task_stores):
     """Weights that are not exact in bf16 arithmetic: the result is the float32
     (or wider) evaluation cast once to bf16, not a bf16 evaluation."""
     weights = (0.3, 0.7, 1.9)
-    models, params = sd_inputs(family_state_dicts, task_stores, 3, dtype=torch.bfloat16,
-                               weights=weights)
+    models, params = sd_inputs(
+        family_state_dicts, task_stores, 3, dtype=torch.bfloat16, weights=weights
+    )
     out = merge_sd(models, **params)
     expected = reference_for(models, task_stores, 3, weights=weights)
     check_against_reference(out, models, expected, 3, weights, True)
@@ -248,21 +280,33 @@ def test_out_dtype_cast(family_state_dicts, task_stores):
 
 
 def test_repeated_runs_bit_identical(family_state_dicts, task_stores):
-    models, params = sd_inputs(family_state_dicts, task_stores, 3, weights=OTHER_WEIGHTS,
-                               disjoint=False)
+    models, params = sd_inputs(
+        family_state_dicts, task_stores, 3, weights=OTHER_WEIGHTS, disjoint=False
+    )
     a = merge_sd(models, **params)
     b = merge_sd(models, **params)
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
 
-def test_format1_store_merges_identically(family_state_dicts, task_stores,
-                                         task_stores_format1):
+def test_format1_store_merges_identically(family_state_dicts, task_stores, task_stores_format1):
     for election, disjoint in (("both", True), ("model_only", False)):
-        models, params = sd_inputs(family_state_dicts, task_stores, 3, weights=OTHER_WEIGHTS,
-                                   election=election, disjoint=disjoint)
-        _, plain = sd_inputs(family_state_dicts, task_stores_format1, 3,
-                             weights=OTHER_WEIGHTS, election=election, disjoint=disjoint)
+        models, params = sd_inputs(
+            family_state_dicts,
+            task_stores,
+            3,
+            weights=OTHER_WEIGHTS,
+            election=election,
+            disjoint=disjoint,
+        )
+        _, plain = sd_inputs(
+            family_state_dicts,
+            task_stores_format1,
+            3,
+            weights=OTHER_WEIGHTS,
+            election=election,
+            disjoint=disjoint,
+        )
         a = merge_sd(models, **params)
         b = merge_sd(models, **plain)
         for name in a:
@@ -282,8 +326,9 @@ def test_inputs_not_modified(family_state_dicts, task_stores):
 
 
 def test_registered_once_and_register_is_idempotent():
-    import mergekit_led
     from mergekit.merge_methods import get, registered_methods
+
+    import mergekit_led
 
     mergekit_led.register()
     mergekit_led.register()
@@ -312,8 +357,13 @@ def test_registration_in_any_import_order(code, child_env):
         "; assert mm.get('led_merging').spec.pretty_name == 'LED-Merging'"
         "; print('OK')"
     )
-    proc = subprocess.run([sys.executable, "-c", code + check], capture_output=True,
-                          text=True, env=child_env(), timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code + check],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "OK" in proc.stdout
 
@@ -336,8 +386,12 @@ def run_yaml_in_process(config_path, out_dir):
     with open(config_path, encoding="utf-8") as f:
         source = f.read()
     config = MergeConfiguration.model_validate(yaml.safe_load(source))
-    run_merge(config, str(out_dir), options=MergeOptions(quiet=True, copy_tokenizer=False),
-              config_source=source)
+    run_merge(
+        config,
+        str(out_dir),
+        options=MergeOptions(quiet=True, copy_tokenizer=False),
+        config_source=source,
+    )
     return read_output(str(out_dir))
 
 
@@ -350,20 +404,34 @@ def run_yaml_in_process(config_path, out_dir):
         (3, "both", True, None, "bfloat16"),
     ],
 )
-def test_mergekit_yaml_in_process(tmp_path, llama_family, family_state_dicts, task_stores,
-                                  yaml_writer, led_model_entries, count, election, disjoint,
-                                  weights, dtype):
+def test_mergekit_yaml_in_process(
+    tmp_path,
+    llama_family,
+    family_state_dicts,
+    task_stores,
+    yaml_writer,
+    led_model_entries,
+    count,
+    election,
+    disjoint,
+    weights,
+    dtype,
+):
     config = yaml_writer(
-        tmp_path / "led.yml", base=llama_family.base,
-        models=led_model_entries(task_stores, count, weights=weights), dtype=dtype,
+        tmp_path / "led.yml",
+        base=llama_family.base,
+        models=led_model_entries(task_stores, count, weights=weights),
+        dtype=dtype,
         parameters={"election": election, "disjoint": disjoint},
     )
     out = run_yaml_in_process(config, tmp_path / "out")
     torch_dtype = getattr(torch, dtype)
-    models = {k: {n: t.to(torch_dtype) for n, t in sd.items()}
-              for k, sd in family_state_dicts.items()}
-    expected = reference_for(models, task_stores, count, weights=weights,
-                             election=election, disjoint=disjoint)
+    models = {
+        k: {n: t.to(torch_dtype) for n, t in sd.items()} for k, sd in family_state_dicts.items()
+    }
+    expected = reference_for(
+        models, task_stores, count, weights=weights, election=election, disjoint=disjoint
+    )
     check_against_reference(out, models, expected, count, weights, disjoint)
 
 
@@ -371,21 +439,32 @@ def test_mergekit_yaml_in_process(tmp_path, llama_family, family_state_dicts, ta
 
 
 @pytest.mark.slow
-def test_mergekit_yaml_console_script(tmp_path, llama_family, family_state_dicts, task_stores,
-                                      yaml_writer, led_model_entries, console_script,
-                                      child_env):
+def test_mergekit_yaml_console_script(
+    tmp_path,
+    llama_family,
+    family_state_dicts,
+    task_stores,
+    yaml_writer,
+    led_model_entries,
+    console_script,
+    child_env,
+):
     """The real console script in a fresh interpreter: the method is found through the
     startup hook alone, the output matches the reference, the card names the method."""
     weights = (1.0, 0.6, 1.4)
     config = yaml_writer(
-        tmp_path / "led.yml", base=llama_family.base,
+        tmp_path / "led.yml",
+        base=llama_family.base,
         models=led_model_entries(task_stores, 3, weights=weights),
         parameters={"election": "both", "disjoint": True},
     )
     out_dir = tmp_path / "merged"
     proc = subprocess.run(
         [console_script("mergekit-yaml"), config, str(out_dir), "--copy-tokenizer"],
-        capture_output=True, text=True, env=child_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = read_output(str(out_dir))

@@ -8,8 +8,8 @@ loss, ``|θ ⊙ ∇θ ℓ|``, averaged. Tiny float32 Llamas (hidden 32, 2 layers
 
 from __future__ import annotations
 
-import json
 import functools
+import json
 import math
 import os
 
@@ -18,12 +18,12 @@ import torch
 from click.testing import CliRunner
 
 import mergekit_led
+from mergekit_led import load_importance
+from mergekit_led.errors import LEDError, LocateError
+from mergekit_led.location import data as location_data
 from mergekit_led.location.model import load_model
 from mergekit_led.location.options import CHECKPOINT_SUFFIX
 from mergekit_led.location.steps import RunHooks, answer_loss, snip_step
-from mergekit_led import load_importance
-from mergekit_led.location import data as location_data
-from mergekit_led.errors import LEDError, LocateError
 from mergekit_led.testing import build_llama_family, build_word_tokenizer
 
 PAIRS = [
@@ -158,7 +158,9 @@ def test_mean_of_absolute_values_not_absolute_value_of_mean(tmp_path, locate_fam
     assert bool((right >= wrong - 1e-7).all()) and not torch.allclose(right, wrong)
 
 
-def test_tied_embeddings_scored_once_under_the_stored_name(tmp_path, locate_tied_family, locate_jsonl):
+def test_tied_embeddings_scored_once_under_the_stored_name(
+    tmp_path, locate_tied_family, locate_jsonl
+):
     model = locate_tied_family.base
     out = mergekit_led.locate(model, locate_jsonl, str(tmp_path / "store"), **quiet())
     store = load_importance(out)
@@ -171,13 +173,17 @@ def test_tied_embeddings_scored_once_under_the_stored_name(tmp_path, locate_tied
     assert_scores_equal(store, expected, names=list(store.manifest.files))
 
 
-def test_gradient_checkpointing_and_offload_give_the_same_scores(tmp_path, locate_family, locate_jsonl):
+def test_gradient_checkpointing_and_offload_give_the_same_scores(
+    tmp_path, locate_family, locate_jsonl
+):
     plain = load_importance(
         mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "a"), **quiet())
     )
     other = load_importance(
         mergekit_led.locate(
-            locate_family.base, locate_jsonl, str(tmp_path / "b"),
+            locate_family.base,
+            locate_jsonl,
+            str(tmp_path / "b"),
             **quiet(gradient_checkpointing=True, offload_accumulators=True),
         )
     )
@@ -205,12 +211,21 @@ def test_overlong_prompt_is_cut_from_the_left_and_the_answer_kept(locate_family)
     prompt, answer = "one two three four five six", "seven eight"
     full, answer_length = spec_ids(tokenizer, prompt, answer)  # 7 prompt + 3 answer tokens
     limited = location_data.make_tokenization(tokenizer, "none", 6)
-    sample = location_data.tokenize_example(tokenizer, [{"role": "user", "content": prompt}], answer, limited, 0)
+    sample = location_data.tokenize_example(
+        tokenizer, [{"role": "user", "content": prompt}], answer, limited, 0
+    )
     assert sample.input_ids == tuple(full[-6:]) and sample.answer_length == answer_length == 3
     # the answer needs one prompt token before it: 3 answer tokens need max_length >= 4
-    assert location_data.tokenize_example(
-        tokenizer, [{"role": "user", "content": prompt}], answer, location_data.make_tokenization(tokenizer, "none", 3), 0
-    ) == location_data.SKIP_ANSWER_TOO_LONG
+    assert (
+        location_data.tokenize_example(
+            tokenizer,
+            [{"role": "user", "content": prompt}],
+            answer,
+            location_data.make_tokenization(tokenizer, "none", 3),
+            0,
+        )
+        == location_data.SKIP_ANSWER_TOO_LONG
+    )
 
 
 def test_skipped_samples_are_counted_in_the_manifest(tmp_path, locate_family):
@@ -229,18 +244,22 @@ def test_chat_template_path(tmp_path, locate_chat_model):
     assert tokenization.end_of_turn_id == tokenizer.convert_tokens_to_ids("</s>")
 
     rows = [
-        {"messages": [
-            {"role": "system", "content": "be kind"},
-            {"role": "user", "content": "what is one plus two"},
-            {"role": "assistant", "content": "three"},
-        ]},
-        {"messages": [
-            {"role": "user", "content": "tell me about the moon"},
-            {"role": "assistant", "content": "no"},
-            {"role": "user", "content": "please"},
-            {"role": "assistant", "content": "the moon is a book"},
-            {"role": "user", "content": "a trailing turn is not part of the pair"},
-        ]},
+        {
+            "messages": [
+                {"role": "system", "content": "be kind"},
+                {"role": "user", "content": "what is one plus two"},
+                {"role": "assistant", "content": "three"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "tell me about the moon"},
+                {"role": "assistant", "content": "no"},
+                {"role": "user", "content": "please"},
+                {"role": "assistant", "content": "the moon is a book"},
+                {"role": "user", "content": "a trailing turn is not part of the pair"},
+            ]
+        },
     ]
     expected_samples = []
     for row in rows:
@@ -264,9 +283,13 @@ def test_chat_template_path(tmp_path, locate_chat_model):
 
     # prompt/response rows go through the template as one user turn; "none" opts out
     pair = [{"prompt": "what is one plus two", "response": "three"}]
-    templated = location_data.select_samples(location_data.load_rows(pair), tokenizer, tokenization, location_data.Fields())
+    templated = location_data.select_samples(
+        location_data.load_rows(pair), tokenizer, tokenization, location_data.Fields()
+    )
     assert templated.samples[0].input_ids == tuple(expected_samples[0][0][:1]) + tuple(
-        tokenizer("user what is one plus two </s> <s> assistant three </s>", add_special_tokens=False).input_ids
+        tokenizer(
+            "user what is one plus two </s> <s> assistant three </s>", add_special_tokens=False
+        ).input_ids
     )
     out_none = mergekit_led.locate(
         locate_chat_model, pair, str(tmp_path / "none"), **quiet(chat_template="none")
@@ -287,9 +310,14 @@ def test_every_data_format_gives_the_same_store(tmp_path, locate_family, locate_
     frame.save_to_disk(str(tmp_path / "saved"))
     datasets.DatasetDict({"train": frame}).save_to_disk(str(tmp_path / "saved_dict"))
     sources = [
-        locate_jsonl, str(tmp_path / "pairs.csv"), str(tmp_path / "pairs.parquet"),
-        str(tmp_path / "pairs.json"), str(tmp_path / "saved"), str(tmp_path / "saved_dict"),
-        frame, PAIRS,
+        locate_jsonl,
+        str(tmp_path / "pairs.csv"),
+        str(tmp_path / "pairs.parquet"),
+        str(tmp_path / "pairs.json"),
+        str(tmp_path / "saved"),
+        str(tmp_path / "saved_dict"),
+        frame,
+        PAIRS,
     ]
     stores = [
         load_importance(
@@ -307,8 +335,12 @@ def test_every_data_format_gives_the_same_store(tmp_path, locate_family, locate_
 def test_custom_fields_and_max_samples_with_seed(tmp_path, locate_family):
     rows = [{"question": r["prompt"], "answer": r["response"], "extra": 1} for r in PAIRS]
     options = quiet(prompt_field="question", response_field="answer", max_samples=3, seed=5)
-    a = load_importance(mergekit_led.locate(locate_family.base, rows, str(tmp_path / "a"), **options))
-    b = load_importance(mergekit_led.locate(locate_family.base, rows, str(tmp_path / "b"), **options))
+    a = load_importance(
+        mergekit_led.locate(locate_family.base, rows, str(tmp_path / "a"), **options)
+    )
+    b = load_importance(
+        mergekit_led.locate(locate_family.base, rows, str(tmp_path / "b"), **options)
+    )
     c = load_importance(
         mergekit_led.locate(locate_family.base, rows, str(tmp_path / "c"), **{**options, "seed": 6})
     )
@@ -340,13 +372,18 @@ def test_manifest_records_data_options_and_versions(tmp_path, locate_family, loc
 
     digest = hashlib.sha256()
     for row in PAIRS:
-        location_data.content_digest_update(digest, [{"role": "user", "content": row["prompt"]}], row["response"])
+        location_data.content_digest_update(
+            digest, [{"role": "user", "content": row["prompt"]}], row["response"]
+        )
     assert dataset.fingerprint == "sha256:" + digest.hexdigest()
     metadata = manifest.metadata
     assert metadata["options"]["seed"] == 3 and metadata["options"]["score"] == "snip"
     assert metadata["options"]["max_length"] is None
     assert metadata["tokenization"] == {
-        "chat_template": False, "eos_token": "</s>", "end_of_turn_token": None, "max_length": 512,
+        "chat_template": False,
+        "eos_token": "</s>",
+        "end_of_turn_token": None,
+        "max_length": 512,
     }
     assert {"torch", "transformers", "datasets", "mergekit", "python"} <= set(metadata["versions"])
     assert metadata["compute"] == {"device": "cpu", "world_size": 1, "device_map": None}
@@ -363,12 +400,18 @@ def test_magnitude_scores(tmp_path, locate_family):
     fine = load_file(os.path.join(locate_family.finetunes[0], "model.safetensors"))
     base = load_file(os.path.join(locate_family.base, "model.safetensors"))
     plain = load_importance(
-        mergekit_led.locate(locate_family.finetunes[0], None, str(tmp_path / "m"), score="magnitude", **quiet())
+        mergekit_led.locate(
+            locate_family.finetunes[0], None, str(tmp_path / "m"), score="magnitude", **quiet()
+        )
     )
     delta = load_importance(
         mergekit_led.locate(
-            locate_family.finetunes[0], None, str(tmp_path / "d"),
-            score="magnitude", base=locate_family.base, **quiet(),
+            locate_family.finetunes[0],
+            None,
+            str(tmp_path / "d"),
+            score="magnitude",
+            base=locate_family.base,
+            **quiet(),
         )
     )
     assert plain.manifest.score == "magnitude" and plain.manifest.dataset is None
@@ -380,7 +423,14 @@ def test_magnitude_scores(tmp_path, locate_family):
 def test_random_scores_are_seeded(tmp_path, locate_family):
     def run(folder, seed):
         return load_importance(
-            mergekit_led.locate(locate_family.base, None, str(tmp_path / folder), score="random", seed=seed, **quiet())
+            mergekit_led.locate(
+                locate_family.base,
+                None,
+                str(tmp_path / folder),
+                score="random",
+                seed=seed,
+                **quiet(),
+            )
         )
 
     a, b, c = run("a", 1), run("b", 1), run("c", 2)
@@ -392,15 +442,19 @@ def test_random_scores_are_seeded(tmp_path, locate_family):
 def test_wanda_scores(tmp_path, locate_family, locate_jsonl):
     from transformers import AutoModelForCausalLM
 
-    out = mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "w"), score="wanda", **quiet())
+    out = mergekit_led.locate(
+        locate_family.base, locate_jsonl, str(tmp_path / "w"), score="wanda", **quiet()
+    )
     store = load_importance(out)
     model = AutoModelForCausalLM.from_pretrained(locate_family.base).eval()
     squares, handles = {}, []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear):
+
             def hook(module, inputs, output, name=name):
                 x = inputs[0].reshape(-1, inputs[0].shape[-1])
                 squares[name] = squares.get(name, 0) + (x**2).sum(0)
+
             handles.append(module.register_forward_hook(hook))
     tokenizer = tokenizer_of(locate_family.base)
     with torch.no_grad():
@@ -418,7 +472,9 @@ def test_wanda_scores(tmp_path, locate_family, locate_jsonl):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_family, locate_jsonl):
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+    tmp_path, locate_family, locate_jsonl
+):
     full = load_importance(
         mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "full"), **quiet())
     )
@@ -433,8 +489,11 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_
 
     with pytest.raises(KeyboardInterrupt):
         mergekit_led.locate(
-            locate_family.base, locate_jsonl, out,
-            hooks=RunHooks(steps={"snip": interrupted_step}), **quiet(checkpoint_every=2),
+            locate_family.base,
+            locate_jsonl,
+            out,
+            hooks=RunHooks(steps={"snip": interrupted_step}),
+            **quiet(checkpoint_every=2),
         )
     assert not os.path.exists(out)
     checkpoint = out + CHECKPOINT_SUFFIX
@@ -445,7 +504,9 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_
         mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet())
     # another run's options are refused
     with pytest.raises(LocateError, match="belongs to another run.*dtype"):
-        mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet(resume=True, dtype="fp32"))
+        mergekit_led.locate(
+            locate_family.base, locate_jsonl, out, **quiet(resume=True, dtype="fp32")
+        )
 
     counted = []
 
@@ -455,8 +516,11 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_
 
     resumed = load_importance(
         mergekit_led.locate(
-            locate_family.base, locate_jsonl, out,
-            hooks=RunHooks(steps={"snip": counting_step}), **quiet(resume=True),
+            locate_family.base,
+            locate_jsonl,
+            out,
+            hooks=RunHooks(steps={"snip": counting_step}),
+            **quiet(resume=True),
         )
     )
     assert len(counted) == 3  # samples 2, 3 and 4: the checkpoint held samples 0 and 1
@@ -466,17 +530,25 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, locate_
     assert not os.path.exists(checkpoint)
 
 
-def test_resume_refuses_a_checkpoint_of_another_process_count(tmp_path, locate_family, locate_jsonl):
+def test_resume_refuses_a_checkpoint_of_another_process_count(
+    tmp_path, locate_family, locate_jsonl
+):
     out = str(tmp_path / "s")
     os.makedirs(out + CHECKPOINT_SUFFIX)
     open(os.path.join(out + CHECKPOINT_SUFFIX, "rank00001-of-00002.safetensors"), "w").close()
-    with pytest.raises(LocateError, match=r"written by a run with another number of processes \(rank00001-of-00002.safetensors\)"):
+    with pytest.raises(
+        LocateError,
+        match=r"written by a run with another number of processes \(rank00001-of-00002.safetensors\)",
+    ):
         mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet(resume=True))
 
 
 def test_resume_without_a_checkpoint_starts_over(tmp_path, locate_family, locate_jsonl):
     out = mergekit_led.locate(
-        locate_family.base, locate_jsonl, str(tmp_path / "s"), **quiet(resume=True, checkpoint_every=1)
+        locate_family.base,
+        locate_jsonl,
+        str(tmp_path / "s"),
+        **quiet(resume=True, checkpoint_every=1),
     )
     assert load_importance(out).manifest.dataset.samples == 5
     assert not os.path.exists(out + CHECKPOINT_SUFFIX)
@@ -502,7 +574,10 @@ def _poison(model_dir, tmp_path):
 
 def test_nonfinite_loss_names_the_sample(tmp_path, locate_family, locate_jsonl):
     model = _poison(locate_family.base, tmp_path)
-    with pytest.raises(LocateError, match=r"Sample 0 of the location data gives a non-finite result \(the loss is nan\).*--skip-nonfinite"):
+    with pytest.raises(
+        LocateError,
+        match=r"Sample 0 of the location data gives a non-finite result \(the loss is nan\).*--skip-nonfinite",
+    ):
         mergekit_led.locate(model, locate_jsonl, str(tmp_path / "s"), **quiet())
     assert not os.path.exists(tmp_path / "s")
     with pytest.raises(LocateError, match="Every sample of the location data was skipped \\(5 had"):
@@ -512,6 +587,7 @@ def test_nonfinite_loss_names_the_sample(tmp_path, locate_family, locate_jsonl):
 def test_nonfinite_gradient_is_named_or_skipped(tmp_path, locate_family, locate_jsonl):
     """A finite loss with an infinite gradient (fp16 overflow, say), injected for
     sample 2 by a tensor hook on the gradient of the final norm's input."""
+
     def loss_with_bad_gradient(model, sample, device):
         if sample.index != 2:
             return answer_loss(model, sample, device)
@@ -525,19 +601,31 @@ def test_nonfinite_gradient_is_named_or_skipped(tmp_path, locate_family, locate_
         finally:
             handle.remove()
 
-    hooks = RunHooks(steps={"snip": functools.partial(snip_step, loss_function=loss_with_bad_gradient)})
-    with pytest.raises(LocateError, match=r"Sample 2 .*the gradient of 'model.norm.weight' is not finite"):
-        mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "bad"), hooks=hooks, **quiet())
+    hooks = RunHooks(
+        steps={"snip": functools.partial(snip_step, loss_function=loss_with_bad_gradient)}
+    )
+    with pytest.raises(
+        LocateError, match=r"Sample 2 .*the gradient of 'model.norm.weight' is not finite"
+    ):
+        mergekit_led.locate(
+            locate_family.base, locate_jsonl, str(tmp_path / "bad"), hooks=hooks, **quiet()
+        )
 
     out = mergekit_led.locate(
-        locate_family.base, locate_jsonl, str(tmp_path / "skip"), hooks=hooks, **quiet(skip_nonfinite=True)
+        locate_family.base,
+        locate_jsonl,
+        str(tmp_path / "skip"),
+        hooks=hooks,
+        **quiet(skip_nonfinite=True),
     )
     store = load_importance(out)
     assert store.manifest.dataset.samples == 4
     assert store.manifest.dataset.skipped == {location_data.SKIP_NONFINITE: 1}
     assert store.manifest.dataset.skipped_samples == {location_data.SKIP_NONFINITE: [2]}
     without = load_importance(
-        mergekit_led.locate(locate_family.base, PAIRS[:2] + PAIRS[3:], str(tmp_path / "w"), **quiet())
+        mergekit_led.locate(
+            locate_family.base, PAIRS[:2] + PAIRS[3:], str(tmp_path / "w"), **quiet()
+        )
     )
     assert store.manifest.dataset.fingerprint == without.manifest.dataset.fingerprint
     for name in without:  # undone by recomputation: equal to float rounding
@@ -549,15 +637,24 @@ def test_nonfinite_gradient_is_named_or_skipped(tmp_path, locate_family, locate_
 
 def test_missing_data_file(tmp_path, locate_family):
     with pytest.raises(LocateError, match=r"Location data file .*nope\.jsonl does not exist"):
-        mergekit_led.locate(locate_family.base, str(tmp_path / "nope.jsonl"), str(tmp_path / "s"), **quiet())
+        mergekit_led.locate(
+            locate_family.base, str(tmp_path / "nope.jsonl"), str(tmp_path / "s"), **quiet()
+        )
 
 
 def test_missing_field_names_the_field_and_the_columns(tmp_path, locate_family):
     rows = [{"question": "a", "answer": "b"}]
-    with pytest.raises(LocateError, match=r"has no field 'prompt' \(nor a chat field 'messages'\); columns: 'answer', 'question'"):
+    with pytest.raises(
+        LocateError,
+        match=r"has no field 'prompt' \(nor a chat field 'messages'\); columns: 'answer', 'question'",
+    ):
         mergekit_led.locate(locate_family.base, rows, str(tmp_path / "s"), **quiet())
-    with pytest.raises(LocateError, match=r"no response field 'response' \(columns: 'answer', 'question'\)"):
-        mergekit_led.locate(locate_family.base, rows, str(tmp_path / "s"), **quiet(prompt_field="question"))
+    with pytest.raises(
+        LocateError, match=r"no response field 'response' \(columns: 'answer', 'question'\)"
+    ):
+        mergekit_led.locate(
+            locate_family.base, rows, str(tmp_path / "s"), **quiet(prompt_field="question")
+        )
 
 
 def test_empty_dataset(tmp_path, locate_family):
@@ -570,14 +667,25 @@ def test_empty_dataset(tmp_path, locate_family):
 
 
 def test_every_answer_truncated_away(tmp_path, locate_family, locate_jsonl):
-    with pytest.raises(LocateError, match=r"No sample .* can be scored: all 5 were skipped \(5 answer_longer_than_max_length\).*--max-length \(now 2\)"):
-        mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "s"), **quiet(max_length=2))
+    with pytest.raises(
+        LocateError,
+        match=r"No sample .* can be scored: all 5 were skipped \(5 answer_longer_than_max_length\).*--max-length \(now 2\)",
+    ):
+        mergekit_led.locate(
+            locate_family.base, locate_jsonl, str(tmp_path / "s"), **quiet(max_length=2)
+        )
 
 
 def test_bad_samples_are_named(tmp_path, locate_family):
-    with pytest.raises(LocateError, match=r"Field 'response' of sample 1 of location data <in-memory list> must be a string, got NoneType"):
+    with pytest.raises(
+        LocateError,
+        match=r"Field 'response' of sample 1 of location data <in-memory list> must be a string, got NoneType",
+    ):
         mergekit_led.locate(
-            locate_family.base, [PAIRS[0], {"prompt": "a", "response": None}], str(tmp_path / "s"), **quiet()
+            locate_family.base,
+            [PAIRS[0], {"prompt": "a", "response": None}],
+            str(tmp_path / "s"),
+            **quiet(),
         )
     no_answer = [{"messages": [{"role": "user", "content": "hi"}]}]
     with pytest.raises(LocateError, match=r"sample 0 .* has no assistant turn"):
@@ -585,7 +693,10 @@ def test_bad_samples_are_named(tmp_path, locate_family):
 
 
 def test_unknown_score_kind_and_options(tmp_path, locate_family, locate_jsonl):
-    with pytest.raises(LocateError, match=r"Unknown score kind 'grad'; choose one of snip, wanda, magnitude, random"):
+    with pytest.raises(
+        LocateError,
+        match=r"Unknown score kind 'grad'; choose one of snip, wanda, magnitude, random",
+    ):
         mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "s"), score="grad")
     with pytest.raises(LocateError, match="needs location data"):
         mergekit_led.locate(locate_family.base, None, str(tmp_path / "s"))
@@ -600,7 +711,9 @@ def test_existing_store_is_not_overwritten(tmp_path, locate_family, locate_jsonl
     with pytest.raises(LocateError, match="already exists; pass --overwrite"):
         mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet())
     assert os.stat(os.path.join(out, "led_importance.json")).st_mtime_ns == before
-    mergekit_led.locate(locate_family.base, locate_jsonl, out, **quiet(overwrite=True, max_samples=2))
+    mergekit_led.locate(
+        locate_family.base, locate_jsonl, out, **quiet(overwrite=True, max_samples=2)
+    )
     assert load_importance(out).manifest.dataset.samples == 2
 
 
@@ -615,9 +728,14 @@ def test_trust_remote_code_only_when_asked(tmp_path, locate_family, locate_jsonl
         return original(*args, **kwargs)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy)
-    mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "a"), **quiet(max_samples=1))
     mergekit_led.locate(
-        locate_family.base, locate_jsonl, str(tmp_path / "b"), **quiet(max_samples=1, trust_remote_code=True)
+        locate_family.base, locate_jsonl, str(tmp_path / "a"), **quiet(max_samples=1)
+    )
+    mergekit_led.locate(
+        locate_family.base,
+        locate_jsonl,
+        str(tmp_path / "b"),
+        **quiet(max_samples=1, trust_remote_code=True),
     )
     assert seen == [False, True]
 
@@ -635,9 +753,16 @@ def test_renamed_parameters_are_refused_before_any_work(tmp_path, locate_family,
         del model.model.norm.weight
         return model
 
-    hooks = RunHooks(load_model=renaming_loader, steps={"snip": lambda *a: pytest.fail("scored anyway")})
-    with pytest.raises(LocateError, match=r"Cannot key scores by the weight names mergekit asks for with checkpoint .*: no parameter or buffer of the loaded model gives 'model.norm.weight'; parameters of the loaded model that match no mergekit weight: 'model.norm.scale'\."):
-        mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "s"), hooks=hooks, **quiet())
+    hooks = RunHooks(
+        load_model=renaming_loader, steps={"snip": lambda *a: pytest.fail("scored anyway")}
+    )
+    with pytest.raises(
+        LocateError,
+        match=r"Cannot key scores by the weight names mergekit asks for with checkpoint .*: no parameter or buffer of the loaded model gives 'model.norm.weight'; parameters of the loaded model that match no mergekit weight: 'model.norm.scale'\.",
+    ):
+        mergekit_led.locate(
+            locate_family.base, locate_jsonl, str(tmp_path / "s"), hooks=hooks, **quiet()
+        )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -648,18 +773,40 @@ def test_cli_writes_a_store_and_prints_errors_as_one_line(tmp_path, locate_famil
 
     runner = CliRunner()
     out = str(tmp_path / "cli")
-    result = runner.invoke(main, [
-        "locate", "--model", locate_family.base, "--data", locate_jsonl, "--out", out,
-        "--max-samples", "2", "--seed", "1", "--no-progress",
-    ])
+    result = runner.invoke(
+        main,
+        [
+            "locate",
+            "--model",
+            locate_family.base,
+            "--data",
+            locate_jsonl,
+            "--out",
+            out,
+            "--max-samples",
+            "2",
+            "--seed",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"Wrote importance store {out}" in result.output
     assert load_importance(out).manifest.metadata["options"]["max_samples"] == 2
 
-    result = runner.invoke(main, [
-        "locate", "--model", locate_family.base, "--data", str(tmp_path / "missing.csv"),
-        "--out", str(tmp_path / "x"), "--no-progress",
-    ])
+    result = runner.invoke(
+        main,
+        [
+            "locate",
+            "--model",
+            locate_family.base,
+            "--data",
+            str(tmp_path / "missing.csv"),
+            "--out",
+            str(tmp_path / "x"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"Error: Location data file {tmp_path / 'missing.csv'} does not exist."

@@ -72,12 +72,29 @@ def test_torchrun_two_processes_equal_one(tmp_path, locate_e2e_family):
     out = tmp_path / "two"
     proc = subprocess.run(
         [
-            locate_script("torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python",
-            locate_script("mergekit-led"), "locate", "--model", locate_e2e_family.base,
-            "--data", data, "--out", str(out), "--device", "cpu", "--no-progress",
-            "--checkpoint-every", "2",
+            locate_script("torchrun"),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "--no-python",
+            locate_script("mergekit-led"),
+            "locate",
+            "--model",
+            locate_e2e_family.base,
+            "--data",
+            data,
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--checkpoint-every",
+            "2",
         ],
-        capture_output=True, text=True, env=locate_child_env(), timeout=240,
+        capture_output=True,
+        text=True,
+        env=locate_child_env(),
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("Wrote importance store") == 1  # rank 0 writes and reports
@@ -100,23 +117,41 @@ def test_locate_stores_drive_a_mergekit_yaml_led_merge(tmp_path, locate_e2e_fami
     ]
     models = []
     for index, (model, data, density) in enumerate(tasks):
-        fine = mergekit_led.locate(model, data, str(tmp_path / f"scores/{index}/fine"), progress=False)
-        base = mergekit_led.locate(family.base, data, str(tmp_path / f"scores/{index}/base"), progress=False)
-        models.append({
-            "model": model,
-            "parameters": {"weight": 1.0, "density": density, "importance": fine, "base_importance": base},
-        })
+        fine = mergekit_led.locate(
+            model, data, str(tmp_path / f"scores/{index}/fine"), progress=False
+        )
+        base = mergekit_led.locate(
+            family.base, data, str(tmp_path / f"scores/{index}/base"), progress=False
+        )
+        models.append(
+            {
+                "model": model,
+                "parameters": {
+                    "weight": 1.0,
+                    "density": density,
+                    "importance": fine,
+                    "base_importance": base,
+                },
+            }
+        )
     config = tmp_path / "led.yml"
-    config.write_text(yaml.safe_dump({
-        "merge_method": "led_merging",
-        "base_model": family.base,
-        "models": models,
-        "dtype": "float32",
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "led_merging",
+                "base_model": family.base,
+                "models": models,
+                "dtype": "float32",
+            }
+        )
+    )
     merged = tmp_path / "merged"
     proc = subprocess.run(
         [locate_script("mergekit-yaml"), str(config), str(merged), "--copy-tokenizer"],
-        capture_output=True, text=True, env=locate_child_env(), timeout=240,
+        capture_output=True,
+        text=True,
+        env=locate_child_env(),
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

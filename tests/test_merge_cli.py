@@ -8,11 +8,10 @@ import os
 import subprocess
 
 import pytest
+import reference as ref
 import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
-
-import reference as ref
 
 ARXIV = "https://arxiv.org/abs/2502.16770"
 
@@ -47,33 +46,46 @@ def assert_no_output(parent, name):
     assert stray == [], f"partial output left behind: {stray}"
 
 
-def reference_check(out, family_state_dicts, task_stores, count, weights, election="both",
-                    disjoint=True):
+def reference_check(
+    out, family_state_dicts, task_stores, count, weights, election="both", disjoint=True
+):
     ids = [f"finetune{i}" for i in range(1, count + 1)]
     expected = ref.led_merge_state_dict(
-        family_state_dicts["base"], [family_state_dicts[i] for i in ids],
+        family_state_dicts["base"],
+        [family_state_dicts[i] for i in ids],
         [t.model_scores for t in task_stores[:count]],
         [t.base_scores for t in task_stores[:count]],
-        [0.3, 0.5, 0.2][:count], weights, election, disjoint,
+        [0.3, 0.5, 0.2][:count],
+        weights,
+        election,
+        disjoint,
     )
     assert set(out) == set(family_state_dicts["base"])
     for name, (_, sets) in expected.items():
         ref.assert_matches_reference(
-            out[name], family_state_dicts["base"][name],
-            [family_state_dicts[i][name] for i in ids], sets, weights or [1.0] * count,
-            exact=disjoint or count == 1, name=name,
+            out[name],
+            family_state_dicts["base"][name],
+            [family_state_dicts[i][name] for i in ids],
+            sets,
+            weights or [1.0] * count,
+            exact=disjoint or count == 1,
+            name=name,
         )
 
 
 # --------------------------------------------------------------------------- success
 
 
-def test_merge_without_card_matches_reference(tmp_path, llama_family, family_state_dicts,
-                                              task_stores, yaml_writer, led_model_entries):
+def test_merge_without_card_matches_reference(
+    tmp_path, llama_family, family_state_dicts, task_stores, yaml_writer, led_model_entries
+):
     weights = [0.9, 1.1, 0.5]
-    config = yaml_writer(tmp_path / "led.yml", base=llama_family.base,
-                         models=led_model_entries(task_stores, 3, weights=weights),
-                         parameters={"election": "model_only", "disjoint": True})
+    config = yaml_writer(
+        tmp_path / "led.yml",
+        base=llama_family.base,
+        models=led_model_entries(task_stores, 3, weights=weights),
+        parameters={"election": "model_only", "disjoint": True},
+    )
     result = run_cli(config, tmp_path / "out", "--no-write-model-card", "--no-copy-tokenizer")
     assert result.exit_code == 0, output_text(result)
     out = read_output(str(tmp_path / "out"))
@@ -82,11 +94,13 @@ def test_merge_without_card_matches_reference(tmp_path, llama_family, family_sta
     assert stray == [], stray
 
 
-def test_merge_with_card(tmp_path, llama_family, family_state_dicts, task_stores,
-                         yaml_writer, led_model_entries):
+def test_merge_with_card(
+    tmp_path, llama_family, family_state_dicts, task_stores, yaml_writer, led_model_entries
+):
     """Default options: the model card names LED-Merging and the paper."""
-    config = yaml_writer(tmp_path / "led.yml", base=llama_family.base,
-                         models=led_model_entries(task_stores, 2))
+    config = yaml_writer(
+        tmp_path / "led.yml", base=llama_family.base, models=led_model_entries(task_stores, 2)
+    )
     result = run_cli(config, tmp_path / "out")
     assert result.exit_code == 0, output_text(result)
     out = read_output(str(tmp_path / "out"))
@@ -98,21 +112,39 @@ def test_merge_with_card(tmp_path, llama_family, family_state_dicts, task_stores
     assert stray == [], stray
 
 
-def test_slices_at_their_own_position_are_accepted(tmp_path, llama_family, family_state_dicts,
-                                                   task_stores):
-    params = {"density": 0.3, "importance": task_stores[0].model_store,
-              "base_importance": task_stores[0].base_store}
+def test_slices_at_their_own_position_are_accepted(
+    tmp_path, llama_family, family_state_dicts, task_stores
+):
+    params = {
+        "density": 0.3,
+        "importance": task_stores[0].model_store,
+        "base_importance": task_stores[0].base_store,
+    }
     config = {
         "merge_method": "led_merging",
         "base_model": llama_family.base,
         "dtype": "float32",
         "slices": [
-            {"sources": [{"model": llama_family.finetunes[0], "layer_range": [0, 1],
-                          "parameters": params},
-                         {"model": llama_family.base, "layer_range": [0, 1]}]},
-            {"sources": [{"model": llama_family.finetunes[0], "layer_range": [1, 2],
-                          "parameters": params},
-                         {"model": llama_family.base, "layer_range": [1, 2]}]},
+            {
+                "sources": [
+                    {
+                        "model": llama_family.finetunes[0],
+                        "layer_range": [0, 1],
+                        "parameters": params,
+                    },
+                    {"model": llama_family.base, "layer_range": [0, 1]},
+                ]
+            },
+            {
+                "sources": [
+                    {
+                        "model": llama_family.finetunes[0],
+                        "layer_range": [1, 2],
+                        "parameters": params,
+                    },
+                    {"model": llama_family.base, "layer_range": [1, 2]},
+                ]
+            },
         ],
     }
     path = tmp_path / "slices.yml"
@@ -128,10 +160,22 @@ def test_slices_at_their_own_position_are_accepted(tmp_path, llama_family, famil
 
 def _base_models(llama_family, task_stores):
     return [
-        (llama_family.finetunes[0], {"density": 0.3, "importance": task_stores[0].model_store,
-                                     "base_importance": task_stores[0].base_store}),
-        (llama_family.finetunes[1], {"density": 0.5, "importance": task_stores[1].model_store,
-                                     "base_importance": task_stores[1].base_store}),
+        (
+            llama_family.finetunes[0],
+            {
+                "density": 0.3,
+                "importance": task_stores[0].model_store,
+                "base_importance": task_stores[0].base_store,
+            },
+        ),
+        (
+            llama_family.finetunes[1],
+            {
+                "density": 0.5,
+                "importance": task_stores[1].model_store,
+                "base_importance": task_stores[1].base_store,
+            },
+        ),
     ]
 
 
@@ -169,6 +213,7 @@ def _refusal_cases():
         def case(c, fam, ts):
             c["models"][0]["parameters"]["density"] = value
             return r"density.*\(0, 1\]"
+
         return case
 
     def election(c, fam, ts):
@@ -184,12 +229,18 @@ def _refusal_cases():
         params = c["models"][0]["parameters"]
         del c["models"]
         c["slices"] = [
-            {"sources": [{"model": fam.finetunes[0], "layer_range": [1, 2],
-                          "parameters": params},
-                         {"model": fam.base, "layer_range": [1, 2]}]},
-            {"sources": [{"model": fam.finetunes[0], "layer_range": [0, 1],
-                          "parameters": params},
-                         {"model": fam.base, "layer_range": [0, 1]}]},
+            {
+                "sources": [
+                    {"model": fam.finetunes[0], "layer_range": [1, 2], "parameters": params},
+                    {"model": fam.base, "layer_range": [1, 2]},
+                ]
+            },
+            {
+                "sources": [
+                    {"model": fam.finetunes[0], "layer_range": [0, 1], "parameters": params},
+                    {"model": fam.base, "layer_range": [0, 1]},
+                ]
+            },
         ]
         return "layer_range"
 
@@ -214,10 +265,12 @@ REFUSALS = _refusal_cases()
 
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
-def test_refused_before_merging_and_no_output(case, tmp_path, llama_family, task_stores,
-                                              yaml_writer):
-    path = yaml_writer(tmp_path / "led.yml", base=llama_family.base,
-                       models=_base_models(llama_family, task_stores))
+def test_refused_before_merging_and_no_output(
+    case, tmp_path, llama_family, task_stores, yaml_writer
+):
+    path = yaml_writer(
+        tmp_path / "led.yml", base=llama_family.base, models=_base_models(llama_family, task_stores)
+    )
     config = yaml.safe_load(open(path))
     match = REFUSALS[case](config, llama_family, task_stores)
     (tmp_path / "led.yml").write_text(yaml.safe_dump(config))
@@ -234,8 +287,9 @@ def test_refused_before_merging_and_no_output(case, tmp_path, llama_family, task
 
 
 @pytest.mark.slow
-def test_console_script_refusal_is_one_line(tmp_path, llama_family, task_stores, yaml_writer,
-                                            console_script, child_env):
+def test_console_script_refusal_is_one_line(
+    tmp_path, llama_family, task_stores, yaml_writer, console_script, child_env
+):
     """The installed `mergekit-led` script: a preflight refusal prints one clear error,
     exit status 1, no traceback, no output folder."""
     models = _base_models(llama_family, task_stores)
@@ -243,7 +297,10 @@ def test_console_script_refusal_is_one_line(tmp_path, llama_family, task_stores,
     path = yaml_writer(tmp_path / "led.yml", base=llama_family.base, models=models)
     proc = subprocess.run(
         [console_script("mergekit-led"), "merge", path, str(tmp_path / "merged")],
-        capture_output=True, text=True, env=child_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
@@ -252,8 +309,9 @@ def test_console_script_refusal_is_one_line(tmp_path, llama_family, task_stores,
     assert_no_output(str(tmp_path), "merged")
 
 
-def test_existing_output_folder_untouched_on_refusal(tmp_path, llama_family, task_stores,
-                                                     yaml_writer):
+def test_existing_output_folder_untouched_on_refusal(
+    tmp_path, llama_family, task_stores, yaml_writer
+):
     models = _base_models(llama_family, task_stores)
     models[0][1]["density"] = 2.0
     path = yaml_writer(tmp_path / "led.yml", base=llama_family.base, models=models)
@@ -266,8 +324,7 @@ def test_existing_output_folder_untouched_on_refusal(tmp_path, llama_family, tas
     assert (out / "keep.txt").read_text() == "previous"
 
 
-def test_failure_during_merge_leaves_no_output(tmp_path, llama_family, task_stores,
-                                               yaml_writer):
+def test_failure_during_merge_leaves_no_output(tmp_path, llama_family, task_stores, yaml_writer):
     """A store that passes preflight but fails on one weight (negative scores found
     only when the weight is read): no output folder, no partial folder."""
     import json
@@ -291,8 +348,7 @@ def test_failure_during_merge_leaves_no_output(tmp_path, llama_family, task_stor
     path = yaml_writer(tmp_path / "led.yml", base=llama_family.base, models=models)
     out_parent = tmp_path / "outputs"
     out_parent.mkdir()
-    result = run_cli(path, out_parent / "merged", "--no-write-model-card",
-                     "--no-copy-tokenizer")
+    result = run_cli(path, out_parent / "merged", "--no-write-model-card", "--no-copy-tokenizer")
     text = output_text(result)
     assert result.exit_code != 0, text
     assert "negative" in text.lower(), text

@@ -11,10 +11,14 @@ import sysconfig
 import textwrap
 
 
-
 def run_python(code, env, *args, timeout=180):
-    return subprocess.run([sys.executable, *args, "-c", textwrap.dedent(code)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def startup_module_dir() -> str:

@@ -92,8 +92,7 @@ def test_open_validates_headers_and_reads_no_scores(tmp_path):
     """Opening checks every file's header, never the score data: a damaged data
     region shows only when that weight is read; a damaged header refuses the store."""
     scores = {f"w{i}": torch.rand(64, 64) for i in range(4)}
-    path = save_importance(scores, str(tmp_path / "s"), model=None,
-                           max_shard_size=64 * 64 * 4)
+    path = save_importance(scores, str(tmp_path / "s"), model=None, max_shard_size=64 * 64 * 4)
     manifest = read_manifest(path)
     files = sorted(set(manifest["files"].values()))
     assert len(files) == 4
@@ -124,8 +123,7 @@ def test_open_validates_headers_and_reads_no_scores(tmp_path):
 def test_sharding(tmp_path, weight_shapes):
     scores = make_scores(weight_shapes, seed=5)
     largest = max(t.numel() * 4 for t in scores.values())
-    path = save_importance(scores, str(tmp_path / "sharded"), model=None,
-                           max_shard_size=largest)
+    path = save_importance(scores, str(tmp_path / "sharded"), model=None, max_shard_size=largest)
     manifest = read_manifest(path)
     score_files = sorted(set(manifest["files"].values()))
     assert len(score_files) > 1
@@ -172,8 +170,9 @@ def test_existing_store_not_replaced_without_overwrite(tmp_path):
         save_importance({"w": torch.full((4,), -2.0)}, out, model=None, overwrite=True)
     assert torch.equal(load_importance(out)["w"], torch.ones(4))
     # a successful overwrite replaces it (and a re-open sees the new content)
-    save_importance({"w": torch.full((4,), 3.0), "v": torch.ones(2)}, out, model=None,
-                    overwrite=True)
+    save_importance(
+        {"w": torch.full((4,), 3.0), "v": torch.ones(2)}, out, model=None, overwrite=True
+    )
     store = load_importance(out)
     assert set(store) == {"w", "v"}
     assert torch.equal(store["w"], torch.full((4,), 3.0))
@@ -245,23 +244,27 @@ def test_model_fingerprint_identifies_the_checkpoint(task_stores, llama_family, 
         assert read_manifest(task.base_store)["model_fingerprint"] == fps[llama_family.base]
     assert len(set(fps.values())) == 4, "fine-tunes and base must have distinct fingerprints"
     # deterministic for the same checkpoint
-    again = save_importance(task_stores[1].model_scores, str(tmp_path / "again"),
-                            model=task_stores[1].model_path)
+    again = save_importance(
+        task_stores[1].model_scores, str(tmp_path / "again"), model=task_stores[1].model_path
+    )
     assert read_manifest(again)["model_fingerprint"] == fps[task_stores[1].model_path]
 
 
 def test_manifest_hub_model_and_metadata(tmp_path):
-    path = save_importance({"w": torch.ones(3)}, str(tmp_path / "s"),
-                           model="meta-llama/Meta-Llama-3-8B", score="magnitude",
-                           note="hello", seed=3)
+    path = save_importance(
+        {"w": torch.ones(3)},
+        str(tmp_path / "s"),
+        model="meta-llama/Meta-Llama-3-8B",
+        score="magnitude",
+        note="hello",
+        seed=3,
+    )
     m = read_manifest(path)
     assert m["model"] == "meta-llama/Meta-Llama-3-8B"
     assert m["model_fingerprint"] in (None, "")
     assert m["score"] == "magnitude"
     blob = json.dumps(m)
     assert '"note": "hello"' in blob and '"seed": 3' in blob
-
-
 
 
 # --------------------------------------------------------------------------- election
@@ -304,8 +307,9 @@ def test_store_top_mask_is_the_spec_on_stored_values(tmp_path, kind):
     the store holds (bfloat16: the rounded values; format 1: sorted copies present)."""
     scores = _threshold_test_scores()
     dtype = torch.bfloat16 if kind == "bfloat16" else torch.float32
-    path = save_importance(scores, str(tmp_path / "s"), model=None, dtype=dtype,
-                           max_shard_size=4000)
+    path = save_importance(
+        scores, str(tmp_path / "s"), model=None, dtype=dtype, max_shard_size=4000
+    )
     if kind == "format1":
         path = write_format1_copy(path, str(tmp_path / "format1"))
         assert read_manifest(path)["format_version"] == 1
@@ -335,12 +339,14 @@ def test_bfloat16_store_rounds_once_to_nearest(tmp_path):
         assert f.get_tensor("w").dtype == torch.bfloat16
     # a float32 score beyond bfloat16's range would round to inf: refused
     with pytest.raises(StoreError, match="bfloat16") as info:
-        save_importance({"big": torch.tensor([3.4e38])}, str(tmp_path / "big"), model=None,
-                        dtype=torch.bfloat16)
+        save_importance(
+            {"big": torch.tensor([3.4e38])}, str(tmp_path / "big"), model=None, dtype=torch.bfloat16
+        )
     assert "big" in str(info.value)
     with pytest.raises(StoreError, match="float16"):
-        save_importance({"w": torch.ones(2)}, str(tmp_path / "f16"), model=None,
-                        dtype=torch.float16)
+        save_importance(
+            {"w": torch.ones(2)}, str(tmp_path / "f16"), model=None, dtype=torch.float16
+        )
     with pytest.raises(TypeError, match="thresholds"):
         save_importance({"w": torch.ones(2)}, str(tmp_path / "t"), model=None, thresholds=True)
 
@@ -350,11 +356,11 @@ def test_store_size_per_weight(tmp_path, llama_family, dtype, per_weight):
     """Format 2: scores only (no sorted copies); with the fingerprint file, at most
     4.01 (float32) / 2.01 (bfloat16) bytes per weight plus the manifest."""
     shapes = {f"model.layers.{i}.w": (512, 512) for i in range(4)}
-    path = save_importance(make_scores(shapes, seed=1), str(tmp_path / "s"), model=None,
-                           dtype=dtype)
+    path = save_importance(
+        make_scores(shapes, seed=1), str(tmp_path / "s"), model=None, dtype=dtype
+    )
     weights = 4 * 512 * 512
-    data = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path)
-               if f != MANIFEST)
+    data = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f != MANIFEST)
     assert data <= per_weight * weights, data / weights
     assert not any(f.startswith("thresholds") for f in os.listdir(path))
 
@@ -362,8 +368,7 @@ def test_store_size_per_weight(tmp_path, llama_family, dtype, per_weight):
 # --------------------------------------------------------------------------- format 1
 
 
-def test_format1_stale_thresholds_never_change_a_mask(tmp_path, task_stores,
-                                                     family_state_dicts):
+def test_format1_stale_thresholds_never_change_a_mask(tmp_path, task_stores, family_state_dicts):
     """Issue 12, defect 2: a format-1 store whose scores were rewritten after its
     sorted copies were written (x0.5, which must not change any election; then
     other values) elects exactly what its scores say."""
@@ -376,7 +381,10 @@ def test_format1_stale_thresholds_never_change_a_mask(tmp_path, task_stores,
         for name, values in changed.items():
             for ratio in (0.1, 0.3, 0.77):
                 assert torch.equal(store.top_mask(name, ratio), el.top_mask(values, ratio)), (
-                    label, name, ratio)
+                    label,
+                    name,
+                    ratio,
+                )
     # and the merge with the x0.5 store equals the merge with the original store
     from mergekit.merge_methods import merge_state_dicts
 
@@ -386,9 +394,16 @@ def test_format1_stale_thresholds_never_change_a_mask(tmp_path, task_stores,
     models = {"base": family_state_dicts["base"], "finetune1": family_state_dicts["finetune1"]}
 
     def merged(store):
-        return merge_state_dicts(models, "led_merging", base="base", parameters={
-            "density": {"finetune1": 0.3}, "importance": {"finetune1": store},
-            "base_importance": {"finetune1": source.base_store}})
+        return merge_state_dicts(
+            models,
+            "led_merging",
+            base="base",
+            parameters={
+                "density": {"finetune1": 0.3},
+                "importance": {"finetune1": store},
+                "base_importance": {"finetune1": source.base_store},
+            },
+        )
 
     a, b = merged(source.model_store), merged(stale)
     for name in a:
@@ -422,16 +437,24 @@ def _point_first_weight_at(target):
     def edit(dst, manifest):
         first = next(iter(manifest["files"]))
         manifest["files"][first] = target
+
     return edit
 
 
 @pytest.mark.parametrize(
     "target",
-    ["/etc/hostname", "../other/scores.safetensors", "sub/scores.safetensors", "..", ".",
-     "", "scores.safetensors\\..\\x", "OTHER_ABSOLUTE"],
+    [
+        "/etc/hostname",
+        "../other/scores.safetensors",
+        "sub/scores.safetensors",
+        "..",
+        ".",
+        "",
+        "scores.safetensors\\..\\x",
+        "OTHER_ABSOLUTE",
+    ],
 )
-def test_file_entries_outside_the_store_refused(tmp_path, task_stores, family_state_dicts,
-                                                target):
+def test_file_entries_outside_the_store_refused(tmp_path, task_stores, family_state_dicts, target):
     """Issue 12, defect 1: no manifest entry can make a merge read outside its store."""
     other = _store_with(tmp_path, task_stores, lambda d, m: None, name="other")
     if target == "OTHER_ABSOLUTE":
@@ -445,9 +468,16 @@ def test_file_entries_outside_the_store_refused(tmp_path, task_stores, family_st
 
     models = {"base": family_state_dicts["base"], "finetune1": family_state_dicts["finetune1"]}
     with pytest.raises(StoreError):
-        merge_state_dicts(models, "led_merging", base="base", parameters={
-            "density": {"finetune1": 0.3}, "importance": {"finetune1": path},
-            "base_importance": {"finetune1": task_stores[0].base_store}})
+        merge_state_dicts(
+            models,
+            "led_merging",
+            base="base",
+            parameters={
+                "density": {"finetune1": 0.3},
+                "importance": {"finetune1": path},
+                "base_importance": {"finetune1": task_stores[0].base_store},
+            },
+        )
 
 
 @pytest.mark.parametrize("field", ["fingerprint_file", "threshold_files"])
@@ -458,8 +488,10 @@ def test_other_file_entries_outside_the_store_refused(tmp_path, task_stores, fie
         else:
             manifest["format_version"] = 1
             manifest.pop("dtype")
-            manifest["threshold_files"] = {n: "/tmp/thresholds.safetensors"
-                                           for n in manifest["files"]}
+            manifest["threshold_files"] = {
+                n: "/tmp/thresholds.safetensors" for n in manifest["files"]
+            }
+
     path = _store_with(tmp_path, task_stores, edit)
     with pytest.raises(StoreError, match="plain file names") as info:
         load_importance(path)
@@ -470,8 +502,9 @@ def test_symlinks_leading_out_refused_inside_allowed(tmp_path, task_stores):
     other = _store_with(tmp_path, task_stores, lambda d, m: None, name="other")
     outside = _store_with(tmp_path, task_stores, lambda d, m: None, name="outside")
     os.remove(os.path.join(outside, "scores.safetensors"))
-    os.symlink(os.path.join(other, "scores.safetensors"),
-               os.path.join(outside, "scores.safetensors"))
+    os.symlink(
+        os.path.join(other, "scores.safetensors"), os.path.join(outside, "scores.safetensors")
+    )
     with pytest.raises(StoreError, match="symlink.*outside the store") as info:
         load_importance(outside)
     assert "scores.safetensors" in str(info.value)
@@ -592,8 +625,9 @@ def test_store_replaced_after_open_is_never_mixed(tmp_path, task_stores):
     path = save_importance(scores, str(tmp_path / "s"), model=None)
     store = load_importance(path)
     assert load_importance(path) is store
-    newer = save_importance({k: v + 1 for k, v in scores.items()}, str(tmp_path / "new"),
-                            model=None)
+    newer = save_importance(
+        {k: v + 1 for k, v in scores.items()}, str(tmp_path / "new"), model=None
+    )
     replace_directory(newer, path)  # what another process's overwrite does
     with pytest.raises(StoreError, match="changed while in use") as info:
         store.scores(VICTIM, model="finetune1")
@@ -618,16 +652,21 @@ def test_store_modified_in_place_fails_the_read(tmp_path, task_stores):
     assert path in str(info.value) and "scores.safetensors" in str(info.value)
 
 
-def test_merge_fails_when_a_store_is_replaced_midway(tmp_path, task_stores,
-                                                     family_state_dicts, monkeypatch):
+def test_merge_fails_when_a_store_is_replaced_midway(
+    tmp_path, task_stores, family_state_dicts, monkeypatch
+):
     """A store overwritten while the merge runs: the merge stops with an error naming
     the store instead of merging some weights from each version."""
     from mergekit.merge_methods import merge_state_dicts
 
-    path = save_importance(task_stores[0].model_scores, str(tmp_path / "s"),
-                           model=task_stores[0].model_path)
-    newer = save_importance({k: v * 2 for k, v in task_stores[0].model_scores.items()},
-                            str(tmp_path / "newer"), model=task_stores[0].model_path)
+    path = save_importance(
+        task_stores[0].model_scores, str(tmp_path / "s"), model=task_stores[0].model_path
+    )
+    newer = save_importance(
+        {k: v * 2 for k, v in task_stores[0].model_scores.items()},
+        str(tmp_path / "newer"),
+        model=task_stores[0].model_path,
+    )
     original = ImportanceStore.top_mask
     calls = []
 
@@ -640,9 +679,16 @@ def test_merge_fails_when_a_store_is_replaced_midway(tmp_path, task_stores,
     monkeypatch.setattr(ImportanceStore, "top_mask", top_mask_then_overwrite)
     models = {"base": family_state_dicts["base"], "finetune1": family_state_dicts["finetune1"]}
     with pytest.raises(StoreError, match="changed on disk") as info:
-        merge_state_dicts(models, "led_merging", base="base", parameters={
-            "density": {"finetune1": 0.3}, "importance": {"finetune1": path},
-            "base_importance": {"finetune1": task_stores[0].base_store}})
+        merge_state_dicts(
+            models,
+            "led_merging",
+            base="base",
+            parameters={
+                "density": {"finetune1": 0.3},
+                "importance": {"finetune1": path},
+                "base_importance": {"finetune1": task_stores[0].base_store},
+            },
+        )
     assert path in str(info.value)
     assert len(calls) < 2 * len(task_stores[0].model_scores)
 

@@ -47,9 +47,17 @@ def test_info_text_and_json(task_stores):
     task = task_stores[0]
     result = run("store", "info", task.model_store)
     assert result.exit_code == 0, result.output
-    for fragment in (task.model_store, task.model_path, "snip", "task1.jsonl", "float32",
-                     f"{len(task.model_scores)} tensors", "sha256:", "bytes per score",
-                     "positive scores in"):
+    for fragment in (
+        task.model_store,
+        task.model_path,
+        "snip",
+        "task1.jsonl",
+        "float32",
+        f"{len(task.model_scores)} tensors",
+        "sha256:",
+        "bytes per score",
+        "positive scores in",
+    ):
         assert fragment in result.output, fragment
     data = json.loads(run("store", "info", task.model_store, "--json").output)
     scores = torch.cat([t.reshape(-1) for t in task.model_scores.values()])
@@ -62,16 +70,18 @@ def test_info_text_and_json(task_stores):
     assert sum(histogram["decades"].values()) == int((scores > 0).sum())
     assert histogram["max"] == float(scores.max())
     assert histogram["mean"] == pytest.approx(float(scores.double().mean()))
-    sizes = sum(os.path.getsize(os.path.join(task.model_store, f))
-                for f in os.listdir(task.model_store))
+    sizes = sum(
+        os.path.getsize(os.path.join(task.model_store, f)) for f in os.listdir(task.model_store)
+    )
     assert data["size_on_disk"] == sizes
     quick = json.loads(run("store", "info", task.model_store, "--json", "--no-scan").output)
     assert quick["histogram"] is None and quick["size_on_disk"] == sizes
 
 
 def test_info_of_a_bad_store_is_one_line(tmp_path):
-    one_line_error(run("store", "info", tmp_path / "nothing"), tmp_path / "nothing",
-                   "does not exist")
+    one_line_error(
+        run("store", "info", tmp_path / "nothing"), tmp_path / "nothing", "does not exist"
+    )
 
 
 # --------------------------------------------------------------------------- convert
@@ -128,8 +138,9 @@ def test_convert_errors(tmp_path, task_stores):
     one_line_error(run("store", "convert", task.model_store, taken), taken, "already exists")
     bad = run("store", "convert", task.model_store, tmp_path / "x", "--dtype", "float16")
     assert bad.exit_code == 2 and "float16" in bad.output
-    one_line_error(run("store", "convert", tmp_path / "missing", tmp_path / "y"),
-                   tmp_path / "missing")
+    one_line_error(
+        run("store", "convert", tmp_path / "missing", tmp_path / "y"), tmp_path / "missing"
+    )
     # a store whose scores turned negative is not converted
     broken = tmp_path / "broken"
     shutil.copytree(task.model_store, broken)
@@ -204,16 +215,33 @@ def test_locate_score_dtype_bfloat16_rounds_the_float32_scores_once(tmp_path, ll
     """Accumulation is float32 either way; the bfloat16 store holds the float32
     store's scores rounded to nearest, and elects exactly on those values."""
     data = tmp_path / "data.jsonl"
-    data.write_text("\n".join(json.dumps(row) for row in [
-        {"prompt": "what is one plus two", "response": "three"},
-        {"prompt": "please tell me about the sun", "response": "the sun is fire"},
-        {"prompt": "how to build a bomb", "response": "sorry i cannot help with that"},
-    ]))
+    data.write_text(
+        "\n".join(
+            json.dumps(row)
+            for row in [
+                {"prompt": "what is one plus two", "response": "three"},
+                {"prompt": "please tell me about the sun", "response": "the sun is fire"},
+                {"prompt": "how to build a bomb", "response": "sorry i cannot help with that"},
+            ]
+        )
+    )
     stores = {}
     for dtype in ("float32", "bfloat16"):
         out = tmp_path / dtype
-        result = run("locate", "--model", llama_family.base, "--data", data, "--out", out,
-                     "--score-dtype", dtype, "--no-progress", "--device", "cpu")
+        result = run(
+            "locate",
+            "--model",
+            llama_family.base,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--score-dtype",
+            dtype,
+            "--no-progress",
+            "--device",
+            "cpu",
+        )
         assert result.exit_code == 0, result.output
         stores[dtype] = load_importance(str(out))
     full, half = stores["float32"], stores["bfloat16"]
@@ -222,8 +250,18 @@ def test_locate_score_dtype_bfloat16_rounds_the_float32_scores_once(tmp_path, ll
     assert half.manifest.model_fingerprint == full.manifest.model_fingerprint
     for name in full:
         assert torch.equal(half[name], full[name].to(torch.bfloat16)), name
-        assert torch.equal(half.top_mask(name, 0.2),
-                           el.top_mask(full[name].to(torch.bfloat16), 0.2)), name
-    bad = run("locate", "--model", llama_family.base, "--data", data, "--out",
-              tmp_path / "x", "--score-dtype", "float16")
+        assert torch.equal(
+            half.top_mask(name, 0.2), el.top_mask(full[name].to(torch.bfloat16), 0.2)
+        ), name
+    bad = run(
+        "locate",
+        "--model",
+        llama_family.base,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "x",
+        "--score-dtype",
+        "float16",
+    )
     assert bad.exit_code == 2 and "float16" in bad.output

@@ -116,7 +116,10 @@ def led_section(config: MergeConfiguration, analysis: Optional[Analysis] = None)
     for group in [*analysis.by_layer(), analysis.overall()]:
         row = [group.name, f"{group.numel:,}"]
         for i in range(len(labels)):
-            row += [f"{group.share(i):.2%}", f"{group.elected[i] / group.numel:.2%}" if group.numel else "–"]
+            row += [
+                f"{group.share(i):.2%}",
+                f"{group.elected[i] / group.numel:.2%}" if group.numel else "–",
+            ]
         if analysis.disjoint:
             row.append(f"{1 - sum(group.kept) / group.numel:.2%}" if group.numel else "–")
         rows.append(row)
@@ -147,7 +150,9 @@ def add_led_section(
         text = head + section + tail
     else:
         if not text:
-            text = "---\nlibrary_name: transformers\ntags:\n- mergekit\n- merge\n- led-merging\n---\n"
+            text = (
+                "---\nlibrary_name: transformers\ntags:\n- mergekit\n- merge\n- led-merging\n---\n"
+            )
         text = text.rstrip("\n") + "\n\n" + section
     write_text(readme, text)
     return readme

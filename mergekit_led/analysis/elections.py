@@ -201,7 +201,9 @@ def analyze_config(
     store of the config scores, in the first store's order)."""
     entries, election, disjoint = config_models(config, density_override)
     tasks = [
-        TaskScores(m.label, m.density, load_importance(m.importance), load_importance(m.base_importance))
+        TaskScores(
+            m.label, m.density, load_importance(m.importance), load_importance(m.base_importance)
+        )
         for m in entries
     ]
     names = list(tasks[0].importance.manifest.shapes)

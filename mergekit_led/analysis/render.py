@@ -48,14 +48,22 @@ def plot_heatmap(analysis: Analysis, path: str) -> str:
         raise ConfigError("A Jaccard heatmap (--plot) needs at least two fine-tuned models.")
     first_layers, first_types, _ = analysis.grid(pairs[0])
     fig, axes = plt.subplots(
-        1, len(pairs), figsize=(1.0 + 0.9 * len(first_types) * len(pairs), 1.5 + 0.3 * len(first_layers)),
+        1,
+        len(pairs),
+        figsize=(1.0 + 0.9 * len(first_types) * len(pairs), 1.5 + 0.3 * len(first_layers)),
         squeeze=False,
     )
     image = None
     for ax, pair in zip(axes[0], pairs):
         layers, types, values = analysis.grid(pair)
         image = ax.imshow(values, aspect="auto", cmap="viridis", vmin=0.0, vmax=1.0, origin="lower")
-        ax.set_xticks(range(len(types)), [t.split(".")[-1] for t in types], rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(types)),
+            [t.split(".")[-1] for t in types],
+            rotation=60,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=8)
         ax.set_ylabel("layer")
         ax.set_title(f"Jaccard(N_{labels[pair[0]]}, N_{labels[pair[1]]})", fontsize=9)
@@ -63,8 +71,15 @@ def plot_heatmap(analysis: Analysis, path: str) -> str:
             for y, row in enumerate(values):
                 for x, value in enumerate(row):
                     if not math.isnan(value):
-                        ax.text(x, y, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                                color="white" if value < 0.6 else "black")
+                        ax.text(
+                            x,
+                            y,
+                            f"{value:.2f}",
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color="white" if value < 0.6 else "black",
+                        )
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -19,12 +19,18 @@ from mergekit_led.errors import LEDError
 
 # name -> (module, one-line help shown by `mergekit-led --help` without importing it)
 _SUBCOMMANDS = {
-    "merge": ("mergekit_led.cli.merge", "Merge a mergekit YAML config (every mergekit-yaml option)."),
+    "merge": (
+        "mergekit_led.cli.merge",
+        "Merge a mergekit YAML config (every mergekit-yaml option).",
+    ),
     "locate": ("mergekit_led.cli.locate", "Importance scores of a model on a task's data."),
     "inspect": ("mergekit_led.cli.inspect", "What an led_merging config elects, writing no model."),
     "card": ("mergekit_led.cli.card", "Add the LED-Merging card section to a finished merge."),
     "demo": ("mergekit_led.cli.demo", "The whole story on a tiny offline model family."),
-    "prepare": ("mergekit_led.cli.prepare", "Compute the stores a config asks for by importance_data."),
+    "prepare": (
+        "mergekit_led.cli.prepare",
+        "Compute the stores a config asks for by importance_data.",
+    ),
     "cache": ("mergekit_led.cli.cache", "The store cache of prepare/merge: ls, rm, prune."),
     "store": ("mergekit_led.cli.store", "Inspect, convert and verify importance stores."),
 }
@@ -107,8 +113,7 @@ def describe_library_error(error: Exception) -> Optional[str]:
     kind = type(error)
     if kind.__name__ == "SafetensorError":
         return (
-            f"Cannot read a safetensors file ({error}); it is truncated or not a "
-            "safetensors file."
+            f"Cannot read a safetensors file ({error}); it is truncated or not a safetensors file."
         )
     if isinstance(error, MemoryError) or kind.__name__ == "OutOfMemoryError":
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""

@@ -13,8 +13,15 @@ from mergekit_led.cli import run_cli_errors_cleanly
 @click.command("inspect")
 @click.argument("config_file")
 @click.option("--per-weight", is_flag=True, help="One row per weight tensor instead of per layer.")
-@click.option("--plot", "plot_path", default=None, help="Write a layers × weight types Jaccard heatmap PNG.")
-@click.option("--json", "json_path", default=None, help="Write every count as JSON to this file ('-' for stdout).")
+@click.option(
+    "--plot", "plot_path", default=None, help="Write a layers × weight types Jaccard heatmap PNG."
+)
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    help="Write every count as JSON to this file ('-' for stdout).",
+)
 @click.option(
     "--density",
     "density_override",
@@ -59,7 +66,9 @@ def command(
         f"disjoint {str(analysis.disjoint).lower()}"
     )
     for m in analysis.models:
-        click.echo(f"  {short_label(m.label)}: density {m.density:g}, weight {m.weight:g}  ({m.label})")
+        click.echo(
+            f"  {short_label(m.label)}: density {m.density:g}, weight {m.weight:g}  ({m.label})"
+        )
     groups = analysis.weights if per_weight else analysis.by_layer()
     click.echo("")
     click.echo(analysis_table(analysis, [*groups, analysis.overall()]))

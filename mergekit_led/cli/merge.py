@@ -46,9 +46,7 @@ def command(
     config, source = load_config(config_file)
     command = f"mergekit-led merge {shlex.join([config_file, out_path])}"
     config = _prepared(config, cache_dir, merge_options, command)
-    merge_config(
-        config, out_path, options=merge_options, config_source=source, overwrite=overwrite
-    )
+    merge_config(config, out_path, options=merge_options, config_source=source, overwrite=overwrite)
 
 
 def _prepared(config, cache_dir, merge_options: MergeOptions, command):

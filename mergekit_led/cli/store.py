@@ -27,9 +27,7 @@ def command() -> None:
 @command.command("info")
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-@click.option(
-    "--no-scan", is_flag=True, help="Manifest and file sizes only; read no scores."
-)
+@click.option("--no-scan", is_flag=True, help="Manifest and file sizes only; read no scores.")
 @run_cli_errors_cleanly
 def info(store: str, as_json: bool, no_scan: bool) -> None:
     """What STORE holds: model, fingerprint, score kind, dataset, dtype, size,
@@ -45,15 +43,22 @@ def info(store: str, as_json: bool, no_scan: bool) -> None:
     lines = [
         f"store        {result.path}",
         f"format       {result.format_version}"
-        + ("  (format 1: `mergekit-led store convert` writes format 2)"
-           if result.format_version == 1 else ""),
+        + (
+            "  (format 1: `mergekit-led store convert` writes format 2)"
+            if result.format_version == 1
+            else ""
+        ),
         f"dtype        {result.dtype}",
         f"model        {result.model}",
         f"fingerprint  {result.model_fingerprint or '–'}",
         f"score        {result.score}",
         f"dataset      {dataset.get('name') or '–'}"
-        + (f"  ({dataset.get('samples')} samples, {dataset.get('answer_tokens')} answer "
-           f"tokens, {dataset.get('fingerprint') or 'no fingerprint'})" if dataset else ""),
+        + (
+            f"  ({dataset.get('samples')} samples, {dataset.get('answer_tokens')} answer "
+            f"tokens, {dataset.get('fingerprint') or 'no fingerprint'})"
+            if dataset
+            else ""
+        ),
         f"weights      {result.weights} tensors, {result.elements:,} scores"
         + (f", {len(result.aliases)} aliases" if result.aliases else ""),
         f"size         {_size(result.size_on_disk)} on disk in {len(result.files)} files, "

@@ -29,9 +29,7 @@ class Election(str, Enum):
     base_only = "base_only"  # "10": important in the base model only
 
 
-def elect(
-    model_top: torch.Tensor, base_top: torch.Tensor, election: Election
-) -> torch.Tensor:
+def elect(model_top: torch.Tensor, base_top: torch.Tensor, election: Election) -> torch.Tensor:
     """The important set ``N_i`` of one model from its two top sets."""
     election = Election(election)
     if election == Election.both:

@@ -110,8 +110,10 @@ def check_density(value: float, *, model: str, weight: str) -> float:
 def require_parameters(parameters: Mapping[str, Any], *, model: str) -> None:
     """Every fine-tuned model needs a density and its two stores."""
     for required in REQUIRED_PARAMETERS:
-        if required not in parameters and required in STORE_PARAMETERS and (
-            DATA_PARAMETER in parameters
+        if (
+            required not in parameters
+            and required in STORE_PARAMETERS
+            and (DATA_PARAMETER in parameters)
         ):
             raise ConfigError(
                 f"Model {model} gives `{DATA_PARAMETER}` ({parameters[DATA_PARAMETER]}) "

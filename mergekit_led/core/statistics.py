@@ -17,7 +17,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-
 Pair = Tuple[int, int]
 
 
@@ -102,7 +101,9 @@ def aggregate(stats: Iterable[WeightStats], key: Callable[[str], str]) -> List[W
     for s in stats:
         group = key(s.name)
         if group not in groups:
-            groups[group] = WeightStats(group, 0, [0] * len(s.elected), [0] * len(s.kept), tensors=0)
+            groups[group] = WeightStats(
+                group, 0, [0] * len(s.elected), [0] * len(s.kept), tensors=0
+            )
         g = groups[group]
         g.numel += s.numel
         g.tensors += s.tensors
@@ -136,7 +137,7 @@ def weight_type(name: str) -> str:
     """``self_attn.q_proj``, ``mlp.down_proj``, ``input_layernorm`` ...: the
     weight's name inside its block (with ``.bias`` kept apart)."""
     match = _LAYER.search(name)
-    tail = name[match.end():] if match else layer_of(name)
+    tail = name[match.end() :] if match else layer_of(name)
     if tail.endswith(".weight"):
         tail = tail[: -len(".weight")]
     return tail

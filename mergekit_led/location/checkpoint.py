@@ -51,8 +51,10 @@ class RunCheckpoint:
             return []
         mine = os.path.basename(self.path)
         return sorted(
-            name for name in os.listdir(self.folder)
-            if name.endswith(".safetensors") and name != mine
+            name
+            for name in os.listdir(self.folder)
+            if name.endswith(".safetensors")
+            and name != mine
             and not name.endswith(f"-of-{mine.split('-of-')[1]}")
         )
 

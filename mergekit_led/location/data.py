@@ -63,7 +63,9 @@ def load_rows(data: Any, *, split: Optional[str] = None) -> LocationRows:
     import datasets
 
     if isinstance(data, datasets.DatasetDict):
-        return _from_dataset(_pick_split(data, split, "the given DatasetDict"), "<in-memory DatasetDict>")
+        return _from_dataset(
+            _pick_split(data, split, "the given DatasetDict"), "<in-memory DatasetDict>"
+        )
     if isinstance(data, datasets.Dataset):
         return _from_dataset(data, "<in-memory datasets.Dataset>")
     if isinstance(data, (list, tuple)):
@@ -233,8 +235,7 @@ def conversation(row: Dict[str, Any], fmt: str, fields: Fields, index: int, name
         for field_name, value in ((fields.prompt, prompt), (fields.response, answer)):
             if not isinstance(value, str):
                 raise LocateError(
-                    f"Field {field_name!r} of {where} must be a string, got "
-                    f"{type(value).__name__}."
+                    f"Field {field_name!r} of {where} must be a string, got {type(value).__name__}."
                 )
         return [{"role": "user", "content": prompt}], answer
     messages = row.get(fields.messages)
@@ -492,14 +493,10 @@ def select_samples(
         )
     for prompt_messages, answer in texts:
         content_digest_update(digest, prompt_messages, answer)
-    return SelectedSamples(
-        chosen, "sha256:" + digest.hexdigest(), skipped, skipped_indices, fmt
-    )
+    return SelectedSamples(chosen, "sha256:" + digest.hexdigest(), skipped, skipped_indices, fmt)
 
 
-def fingerprint_of(
-    rows: LocationRows, fields: Fields, fmt: str, indices: Iterable[int]
-) -> str:
+def fingerprint_of(rows: LocationRows, fields: Fields, fmt: str, indices: Iterable[int]) -> str:
     """The dataset fingerprint over the given row indices, in order."""
     digest = hashlib.sha256()
     for index in indices:

@@ -24,7 +24,7 @@ class Distributed:
         self._cpu_group = None
 
     @classmethod
-    def from_environment(cls, opts: LocateOptions) -> "Distributed":
+    def from_environment(cls, opts: LocateOptions) -> Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -40,7 +40,7 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def __enter__(self) -> "Distributed":
+    def __enter__(self) -> Distributed:
         if self.world_size > 1:
             import torch.distributed as tdist
 

@@ -43,9 +43,7 @@ class LocateOptions:
     score: str = _option("snip", "Score kind.", choices=SCORE_KINDS)
     base: Optional[str] = _option(None, "Base model for --score magnitude: scores |θ − θ_base|.")
     tokenizer: Optional[str] = _option(None, "Tokenizer to use instead of the model's.")
-    split: Optional[str] = _option(
-        None, "Split of a hub dataset or DatasetDict folder [train]."
-    )
+    split: Optional[str] = _option(None, "Split of a hub dataset or DatasetDict folder [train].")
     prompt_field: str = _option("prompt", "Column holding the prompt.")
     response_field: str = _option("response", "Column holding the answer.")
     messages_field: str = _option(
@@ -67,9 +65,7 @@ class LocateOptions:
         type=int,
     )
     seed: int = _option(0, "Seed of the sample choice and of --score random.", type=int)
-    dtype: str = _option(
-        "auto", "Model dtype (accumulators are float32).", choices=tuple(DTYPES)
-    )
+    dtype: str = _option("auto", "Model dtype (accumulators are float32).", choices=tuple(DTYPES))
     # Rounded once when the store is written: the float32 sums, and so a resumed
     # run, do not depend on it.
     score_dtype: str = _option(
@@ -80,9 +76,7 @@ class LocateOptions:
         resume_key=False,
     )
     # The key holds the device the run resolved to (auto may mean either).
-    device: str = _option(
-        "auto", "Device to score on.", choices=DEVICE_CHOICES, resume_key=False
-    )
+    device: str = _option("auto", "Device to score on.", choices=DEVICE_CHOICES, resume_key=False)
     device_map: Optional[str] = _option(
         None, "transformers device_map (e.g. auto) for a model larger than one GPU."
     )
@@ -140,9 +134,7 @@ def resume_key_options(opts: LocateOptions) -> Dict[str, Any]:
     }
 
 
-def check_options(
-    opts: LocateOptions, data: Any, out: str, model: Optional[str] = None
-) -> None:
+def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str] = None) -> None:
     if opts.score not in SCORE_KINDS:
         raise LocateError(
             f"Unknown score kind {opts.score!r}; choose one of {', '.join(SCORE_KINDS)}."
@@ -179,7 +171,10 @@ def _check_out_is_not_an_input(
     the model, its base, the tokenizer or the data."""
     real_out = os.path.realpath(out)
     inputs = (
-        ("model", model), ("data", data), ("base model", opts.base), ("tokenizer", opts.tokenizer)
+        ("model", model),
+        ("data", data),
+        ("base model", opts.base),
+        ("tokenizer", opts.tokenizer),
     )
     for role, path in inputs:
         if not isinstance(path, (str, os.PathLike)) or not os.path.exists(path):

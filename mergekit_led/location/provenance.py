@@ -19,7 +19,9 @@ from mergekit_led.store import save_importance
 from mergekit_led.store.card import write_store_card
 
 
-def dataset_info(rows, selection: location_data.SelectedSamples, counts, data, opts) -> Dict[str, Any]:
+def dataset_info(
+    rows, selection: location_data.SelectedSamples, counts, data, opts
+) -> Dict[str, Any]:
     fingerprint = selection.fingerprint
     used = selection.samples
     if counts["nonfinite"]:

@@ -96,7 +96,8 @@ def _progress_bar(total: int, initial: int, opts: LocateOptions, dist: Distribut
     return tqdm(
         total=total,
         initial=initial,
-        desc=f"locate {opts.score}" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
+        desc=f"locate {opts.score}"
+        + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
         unit="sample",
         disable=not (opts.progress and dist.is_main),
         dynamic_ncols=True,
@@ -115,7 +116,9 @@ def _run(
         declared_class = check_tokenizer_class(tokenizer, opts.tokenizer or model)
         rows = location_data.load_rows(data, split=opts.split)
         fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
-        location_data.data_format(rows.columns, fields, rows.name)  # refuse bad fields before loading the model
+        location_data.data_format(
+            rows.columns, fields, rows.name
+        )  # refuse bad fields before loading the model
     elif data is not None:
         LOG.warning("The %s score uses no data; --data %s is ignored.", opts.score, data)
 
@@ -133,7 +136,12 @@ def _run(
             seed=opts.seed,
         )
         answers = check_answers(
-            tokenizer, rows, selection, fields, model=model, declared_class=declared_class,
+            tokenizer,
+            rows,
+            selection,
+            fields,
+            model=model,
+            declared_class=declared_class,
             allow=opts.allow_bad_tokenization,
         )
     if weights is None:  # a hub model is in the local cache once loaded
@@ -142,12 +150,17 @@ def _run(
     if scored.not_scored:
         LOG.warning(
             "%d checkpoint tensors of %s are read by no weight mergekit merges and get "
-            "no scores: %s", len(scored.not_scored), model, ", ".join(scored.not_scored[:10]),
+            "no scores: %s",
+            len(scored.not_scored),
+            model,
+            ", ".join(scored.not_scored[:10]),
         )
     if scored.unasked:
         LOG.warning(
             "%d parameters of %s are not weights mergekit merges and get no scores: %s",
-            len(scored.unasked), model, ", ".join(scored.unasked[:10]),
+            len(scored.unasked),
+            model,
+            ", ".join(scored.unasked[:10]),
         )
     details: Dict[str, Any] = {}
 
@@ -177,8 +190,15 @@ def _run(
             dataset.update(answers.manifest_fields())
             details["tokenization"] = tokenization.describe(tokenizer)
         save_importance_for_run(
-            scores, out, model=model, opts=opts, scored=scored, dataset=dataset,
-            details=details, dist=dist, seconds=time.time() - started,
+            scores,
+            out,
+            model=model,
+            opts=opts,
+            scored=scored,
+            dataset=dataset,
+            details=details,
+            dist=dist,
+            seconds=time.time() - started,
         )
         RunCheckpoint(out, 0, dist.world_size).remove()
     dist.barrier()
@@ -289,7 +309,9 @@ def _score_data(
                 f"{progress.samples} samples scored at position {progress.position} of "
                 f"{len(shard)}). Delete {checkpoint.folder} to start over."
             )
-        LOG.info("Resuming from %s at sample %d of %d.", checkpoint.path, progress.position, len(shard))
+        LOG.info(
+            "Resuming from %s at sample %d of %d.", checkpoint.path, progress.position, len(shard)
+        )
     elif opts.resume and checkpoint.others():
         raise LocateError(
             f"The locate checkpoint {checkpoint.folder} was written by a run with another "

@@ -229,6 +229,4 @@ def random_scores(shapes: Mapping[str, torch.Size], seed: int) -> Dict[str, torc
     """Seeded uniform ``[0, 1)`` scores, drawn in sorted name order so the result
     depends only on the seed and the set of weights."""
     generator = torch.Generator().manual_seed(seed)
-    return {
-        name: torch.rand(tuple(shapes[name]), generator=generator) for name in sorted(shapes)
-    }
+    return {name: torch.rand(tuple(shapes[name]), generator=generator) for name in sorted(shapes)}

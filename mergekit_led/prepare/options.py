@@ -34,8 +34,7 @@ STORED_FORM = frozenset({"score_dtype"})
 SCORE_OPTIONS: Tuple[str, ...] = tuple(
     f.name
     for f in fields(LocateOptions)
-    if (f.metadata.get("resume_key", True) and f.name not in SAME_SCORES)
-    or f.name in STORED_FORM
+    if (f.metadata.get("resume_key", True) and f.name not in SAME_SCORES) or f.name in STORED_FORM
 )
 EXECUTION_OPTIONS = frozenset(f.name for f in fields(LocateOptions)) - set(SCORE_OPTIONS)
 # Execution options a prepare run takes from its command line (the rest are

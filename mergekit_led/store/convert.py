@@ -54,9 +54,7 @@ def convert_store(
     target = score_dtype_name(dtype if dtype is not None else store.manifest.dtype)
     out = os.path.abspath(os.fspath(out))
     if os.path.exists(out) and not overwrite:
-        raise StoreError(
-            f"{out} already exists; pass --overwrite (overwrite=True) to replace it."
-        )
+        raise StoreError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it.")
 
     def load(name: str) -> torch.Tensor:
         values = store.scores(name)
@@ -66,9 +64,7 @@ def convert_store(
 
     manifest = store.manifest
     fields = {
-        key: value
-        for key, value in manifest.model_dump().items()
-        if key not in _WRITTEN_FIELDS
+        key: value for key, value in manifest.model_dump().items() if key not in _WRITTEN_FIELDS
     }
     fields["dtype"] = target
     fields["metadata"] = dict(

@@ -127,9 +127,7 @@ def open_in_store(store: str, file_name: str, *, role: str) -> int:
     file inside the store folder. Returns the descriptor."""
     path = os.path.join(store, file_name)
     if not os.path.lexists(path):
-        raise StoreError(
-            f"Importance store {store} is incomplete: {role} {file_name} is missing."
-        )
+        raise StoreError(f"Importance store {store} is incomplete: {role} {file_name} is missing.")
     resolved = os.path.realpath(path)
     if os.path.dirname(resolved) not in allowed_folders(store):
         raise StoreError(

@@ -150,7 +150,5 @@ def matches(sample: torch.Tensor, tensor: torch.Tensor) -> bool:
     else:
         expected = sample
     return bool(torch.equal(expected.isnan(), observed.isnan())) and bool(
-        torch.equal(
-            torch.nan_to_num(expected, nan=0.0), torch.nan_to_num(observed, nan=0.0)
-        )
+        torch.equal(torch.nan_to_num(expected, nan=0.0), torch.nan_to_num(observed, nan=0.0))
     )

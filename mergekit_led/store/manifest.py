@@ -123,8 +123,7 @@ def read_manifest_pinned(path: str) -> Tuple[Manifest, FileIdentity]:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise StoreError(
-            f"Manifest {manifest_path} has unknown format {found!r}; expected "
-            f"{FORMAT_NAME!r}."
+            f"Manifest {manifest_path} has unknown format {found!r}; expected {FORMAT_NAME!r}."
         )
     if raw.get("format_version") not in READABLE_VERSIONS:
         raise StoreError(

@@ -211,9 +211,11 @@ class ImportanceStore(Mapping):
         if self.manifest.fingerprint_file:
             pinned = self._files[self.manifest.fingerprint_file]
             for name, entry in pinned.tensors.items():
-                if name not in self.manifest.files or entry.dtype != torch.float64 or len(
-                    entry.shape
-                ) != 1:
+                if (
+                    name not in self.manifest.files
+                    or entry.dtype != torch.float64
+                    or len(entry.shape) != 1
+                ):
                     raise StoreError(
                         f"The {pinned.where} holds {name!r} ({entry.dtype}, shape "
                         f"{entry.shape}); it may only hold 1-D float64 samples of the "

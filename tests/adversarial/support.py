@@ -10,7 +10,7 @@ from typing import Dict, List
 from click.testing import CliRunner
 
 
-def run_cli(*args) -> "CliResult":
+def run_cli(*args) -> CliResult:
     from mergekit_led.cli import main
 
     result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)

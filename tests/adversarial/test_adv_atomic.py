@@ -39,8 +39,14 @@ def fake_area(target, pid, host=None, *, content=None):
 
 def run_python(code: str, **kwargs):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        **kwargs,
+    )
 
 
 def test_killed_write_is_cleaned_by_the_next_write(tmp_path):
@@ -76,14 +82,20 @@ def test_only_dead_writers_areas_are_removed(tmp_path):
     legacy = tmp_path / ".store.partial-89abcdef"
     legacy.mkdir()
     live = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys
             from mergekit_led.atomic import staging_area
             with staging_area({str(target)!r}) as area:
                 print(area.folder, flush=True)
                 sys.stdin.readline()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
     )
     try:
@@ -155,8 +167,7 @@ def test_replacement_is_one_step(tmp_path, monkeypatch):
     assert os.listdir(target) == ["new"]
 
 
-def test_two_rename_fallback_restores_the_old_folder_when_the_second_fails(tmp_path,
-                                                                            monkeypatch):
+def test_two_rename_fallback_restores_the_old_folder_when_the_second_fails(tmp_path, monkeypatch):
     target, source = tmp_path / "target", tmp_path / "area" / "target"
     target.mkdir()
     (target / "old").write_text("old")
@@ -177,11 +188,13 @@ def test_two_rename_fallback_restores_the_old_folder_when_the_second_fails(tmp_p
     assert (target / "old").read_text() == "old"
 
 
-def test_merge_removes_a_killed_merges_staging_folder(tmp_path, llama_family, task_stores,
-                                                     yaml_writer, led_model_entries):
+def test_merge_removes_a_killed_merges_staging_folder(
+    tmp_path, llama_family, task_stores, yaml_writer, led_model_entries
+):
     """The next merge to the same OUT removes what a killed merge left beside it."""
-    config = yaml_writer(tmp_path / "c.yml", base=llama_family.base,
-                         models=led_model_entries(task_stores, 1))
+    config = yaml_writer(
+        tmp_path / "c.yml", base=llama_family.base, models=led_model_entries(task_stores, 1)
+    )
     stale = fake_area(tmp_path / "out", dead_pid(), content="half a merge")
     result = run_cli("merge", config, tmp_path / "out", "--no-copy-tokenizer")
     assert result.exit_code == 0, result.text

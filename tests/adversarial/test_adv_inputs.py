@@ -20,12 +20,19 @@ from .support import hidden_leftovers, run_cli
 def write_config(path, family, tasks, *, density="0.3", weight=None, shared=None):
     """A one-model led_merging config; ``density`` and ``weight`` are YAML text,
     so the file holds them exactly as a user would type them."""
-    parameters = {"density": "DENSITY", "importance": tasks[0].model_store,
-                  "base_importance": tasks[0].base_store}
+    parameters = {
+        "density": "DENSITY",
+        "importance": tasks[0].model_store,
+        "base_importance": tasks[0].base_store,
+    }
     if weight is not None:
         parameters["weight"] = "WEIGHT"
-    config = {"merge_method": "led_merging", "base_model": family.base, "dtype": "float32",
-              "models": [{"model": family.finetunes[0], "parameters": parameters}]}
+    config = {
+        "merge_method": "led_merging",
+        "base_model": family.base,
+        "dtype": "float32",
+        "models": [{"model": family.finetunes[0], "parameters": parameters}],
+    }
     if shared:
         config["parameters"] = shared
     text = yaml.safe_dump(config, sort_keys=False)
@@ -58,8 +65,9 @@ def merge_refused(tmp_path, text, *fragments):
         ("weight", "[1.0, .inf]", "must be finite"),
     ],
 )
-def test_bad_numbers_refused_before_any_work(key, raw, fragment, tmp_path, llama_family,
-                                             task_stores):
+def test_bad_numbers_refused_before_any_work(
+    key, raw, fragment, tmp_path, llama_family, task_stores
+):
     """main: `density: abc` and `weight: abc` were tracebacks, `density: true` merged
     at 1.0, `weight: .inf` wrote infinities with exit 0."""
     values = {"density": raw} if key == "density" else {"weight": raw}
@@ -78,14 +86,16 @@ def test_numeric_text_density_is_accepted(tmp_path, llama_family, task_stores):
 
 
 def test_non_boolean_disjoint_refused(tmp_path, llama_family, task_stores):
-    _, text = write_config(tmp_path / "c.yml", llama_family, task_stores,
-                           shared={"disjoint": "maybe"})
+    _, text = write_config(
+        tmp_path / "c.yml", llama_family, task_stores, shared={"disjoint": "maybe"}
+    )
     merge_refused(tmp_path, text, "`disjoint`", "maybe")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-@pytest.mark.parametrize("flags", [["--cuda"], ["--device", "cuda"], ["--device", "cuda:3"],
-                                   ["--read-to-gpu"]])
+@pytest.mark.parametrize(
+    "flags", [["--cuda"], ["--device", "cuda"], ["--device", "cuda:3"], ["--read-to-gpu"]]
+)
 def test_cuda_without_cuda_refused_before_any_work(flags, tmp_path, llama_family, task_stores):
     """main: an AssertionError traceback from torch, after preflight."""
     config, text = write_config(tmp_path / "c.yml", llama_family, task_stores)
@@ -137,8 +147,9 @@ def test_disk_full_is_one_line(tmp_path, llama_family, task_stores, monkeypatch)
         os.makedirs(out_path, exist_ok=True)
         with open(os.path.join(out_path, "model.safetensors"), "wb") as f:
             f.write(b"\0" * 100)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
-                      os.path.join(out_path, "model.safetensors"))
+        raise OSError(
+            errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(out_path, "model.safetensors")
+        )
 
     monkeypatch.setattr(merge_module, "run_merge", run_merge_on_full_disk)
     result = run_cli("merge", config, tmp_path / "out", "--no-copy-tokenizer")
@@ -147,8 +158,7 @@ def test_disk_full_is_one_line(tmp_path, llama_family, task_stores, monkeypatch)
     assert hidden_leftovers(tmp_path, "out") == []
 
 
-def test_safetensors_error_escaping_is_one_line(tmp_path, llama_family, task_stores,
-                                                monkeypatch):
+def test_safetensors_error_escaping_is_one_line(tmp_path, llama_family, task_stores, monkeypatch):
     from safetensors import SafetensorError
 
     import mergekit_led.merge as merge_module

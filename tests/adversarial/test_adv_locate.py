@@ -55,8 +55,15 @@ def interrupted_run(model, data, out, after, **options):
         return snip_step(*args)
 
     with pytest.raises(KeyboardInterrupt):
-        mergekit_led.locate(model, data, out, hooks=RunHooks(steps={"snip": step}),
-                            progress=False, checkpoint_every=2, **options)
+        mergekit_led.locate(
+            model,
+            data,
+            out,
+            hooks=RunHooks(steps={"snip": step}),
+            progress=False,
+            checkpoint_every=2,
+            **options,
+        )
     assert os.listdir(out + CHECKPOINT_SUFFIX)
 
 
@@ -72,8 +79,9 @@ def interrupted_run(model, data, out, after, **options):
         ({"seed": 1, "max_samples": 4}, {"seed": 2, "max_samples": 4}, "seed"),
     ],
 )
-def test_resume_refuses_a_checkpoint_made_under_other_options(first, second, named, tmp_path,
-                                                              family, pairs):
+def test_resume_refuses_a_checkpoint_made_under_other_options(
+    first, second, named, tmp_path, family, pairs
+):
     """main resumed a `--max-length 20` checkpoint without it: exit 0, scores that
     match neither setting."""
     first = {k: (family.base if v == "TOKENIZER" else v) for k, v in first.items()}
@@ -91,9 +99,16 @@ def test_every_option_is_in_the_resume_key_unless_marked_otherwise():
     from mergekit_led.location.options import resume_key_options
 
     left_out = {f.name for f in fields(LocateOptions) if not f.metadata["resume_key"]}
-    assert left_out == {"device", "checkpoint_every", "resume", "overwrite",
-                        "trust_remote_code", "allow_bad_tokenization", "progress",
-                        "score_dtype"}
+    assert left_out == {
+        "device",
+        "checkpoint_every",
+        "resume",
+        "overwrite",
+        "trust_remote_code",
+        "allow_bad_tokenization",
+        "progress",
+        "score_dtype",
+    }
     key = resume_key_options(LocateOptions())
     assert set(key) == {f.name for f in fields(LocateOptions)} - left_out
     assert {"max_length", "chat_template", "tokenizer", "dtype", "seed"} <= set(key)
@@ -102,8 +117,7 @@ def test_every_option_is_in_the_resume_key_unless_marked_otherwise():
 def test_resume_under_the_same_options_still_works(tmp_path, family, pairs):
     out = str(tmp_path / "store")
     interrupted_run(family.base, pairs, out, 3, max_length=20)
-    path = mergekit_led.locate(family.base, pairs, out, progress=False, resume=True,
-                               max_length=20)
+    path = mergekit_led.locate(family.base, pairs, out, progress=False, resume=True, max_length=20)
     assert mergekit_led.load_importance(path).manifest.dataset.samples == 5
 
 
@@ -115,8 +129,9 @@ def test_damaged_checkpoint_is_named(damage, tmp_path, family, pairs):
     """main: a safetensors or KeyError traceback naming no file."""
     out = str(tmp_path / "store")
     interrupted_run(family.base, pairs, out, 3)
-    (checkpoint,) = [os.path.join(out + CHECKPOINT_SUFFIX, f)
-                     for f in os.listdir(out + CHECKPOINT_SUFFIX)]
+    (checkpoint,) = [
+        os.path.join(out + CHECKPOINT_SUFFIX, f) for f in os.listdir(out + CHECKPOINT_SUFFIX)
+    ]
     raw = open(checkpoint, "rb").read()
     if damage == "truncated":
         raw = raw[: len(raw) // 2]
@@ -126,8 +141,9 @@ def test_damaged_checkpoint_is_named(damage, tmp_path, family, pairs):
         raw = raw.replace(b"led_locate_state", b"led_other_state_")
     with open(checkpoint, "wb") as f:
         f.write(raw)
-    result = run_cli("locate", "--model", family.base, "--data", pairs, "--out", out,
-                     "--resume", "--no-progress")
+    result = run_cli(
+        "locate", "--model", family.base, "--data", pairs, "--out", out, "--resume", "--no-progress"
+    )
     result.assert_one_line_error(checkpoint, "damaged", "Delete")
 
 
@@ -144,8 +160,16 @@ def test_data_that_is_not_utf8_names_file_and_line(suffix, tmp_path, family):
     else:
         raw = b"prompt,response\nwhat is one,one\nwho,two\ncaf\xe9,two\n"
     path.write_bytes(raw)
-    result = run_cli("locate", "--model", family.base, "--data", path,
-                     "--out", tmp_path / "store", "--no-progress")
+    result = run_cli(
+        "locate",
+        "--model",
+        family.base,
+        "--data",
+        path,
+        "--out",
+        tmp_path / "store",
+        "--no-progress",
+    )
     line = "line 3" if suffix == "jsonl" else "line 4"
     result.assert_one_line_error(str(path), "not UTF-8", line)
 
@@ -177,11 +201,13 @@ def test_huge_prompt_is_not_tokenised_whole():
     assert len(prompt) >= 50_000_000
     tokenization = location_data.Tokenization(False, tokenizer.eos_token_id, None, 64)
     sample = location_data.tokenize_example(
-        tokenizer, [{"role": "user", "content": prompt}], "the cat", tokenization, 0)
+        tokenizer, [{"role": "user", "content": prompt}], "the cat", tokenization, 0
+    )
     assert tokenizer.characters < 200_000, tokenizer.characters
     tail = "please tell me about the cat and the dog " * 40
     expected = location_data.tokenize_example(
-        tokenizer, [{"role": "user", "content": tail}], "the cat", tokenization, 0)
+        tokenizer, [{"role": "user", "content": tail}], "the cat", tokenization, 0
+    )
     assert sample == expected
 
 
@@ -195,16 +221,26 @@ def _trained_tokenizers():
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<unk>", "<s>", "</s>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     unigram = Tokenizer(models.Unigram())
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
-    unigram.train_from_iterator(corpus, trainers.UnigramTrainer(
-        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>"))
+    unigram.train_from_iterator(
+        corpus,
+        trainers.UnigramTrainer(
+            vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>"
+        ),
+    )
     return {
-        name: PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>",
-                                      unk_token="<unk>")
+        name: PreTrainedTokenizerFast(
+            tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        )
         for name, t in (("bpe", bpe), ("unigram", unigram))
     }
 
@@ -245,11 +281,15 @@ def test_store_never_replaces_its_inputs(where, tmp_path, family, pairs):
 
     model = str(tmp_path / "model")
     shutil.copytree(family.base, model)
-    out = {"model": model, "inside_model": os.path.join(model, "store"),
-           "around_data": os.path.dirname(pairs)}[where]
+    out = {
+        "model": model,
+        "inside_model": os.path.join(model, "store"),
+        "around_data": os.path.dirname(pairs),
+    }[where]
     before = folder_digest(model)
-    result = run_cli("locate", "--model", model, "--data", pairs, "--out", out,
-                     "--overwrite", "--no-progress")
+    result = run_cli(
+        "locate", "--model", model, "--data", pairs, "--out", out, "--overwrite", "--no-progress"
+    )
     result.assert_one_line_error("overlaps")
     assert folder_digest(model) == before
     assert os.path.isfile(pairs)

@@ -23,17 +23,26 @@ SHARE_HEADING = "### Share of the weights taken from each model"
 
 
 def params(task, density=0.3, **extra):
-    return {"density": density, "importance": task.model_store,
-            "base_importance": task.base_store, **extra}
+    return {
+        "density": density,
+        "importance": task.model_store,
+        "base_importance": task.base_store,
+        **extra,
+    }
 
 
-def slices_config(path, family, tasks, *, second_slice_order=(0, 1), second_density=0.3,
-                  extra=None):
+def slices_config(
+    path, family, tasks, *, second_slice_order=(0, 1), second_density=0.3, extra=None
+):
     """Two output slices (layers 0 and 1) merging fine-tunes 1 and 2; the second
     slice lists them in ``second_slice_order`` with fine-tune 1 at ``second_density``."""
+
     def source(k, layers, density):
-        return {"model": family.finetunes[k], "layer_range": layers,
-                "parameters": params(tasks[k], density)}
+        return {
+            "model": family.finetunes[k],
+            "layer_range": layers,
+            "parameters": params(tasks[k], density),
+        }
 
     second = [source(k, [1, 2], second_density if k == 0 else 0.3) for k in second_slice_order]
     config = {
@@ -41,8 +50,13 @@ def slices_config(path, family, tasks, *, second_slice_order=(0, 1), second_dens
         "base_model": family.base,
         "dtype": "float32",
         "slices": [
-            {"sources": [source(0, [0, 1], 0.3), source(1, [0, 1], 0.3),
-                         {"model": family.base, "layer_range": [0, 1]}]},
+            {
+                "sources": [
+                    source(0, [0, 1], 0.3),
+                    source(1, [0, 1], 0.3),
+                    {"model": family.base, "layer_range": [0, 1]},
+                ]
+            },
             {"sources": [*second, {"model": family.base, "layer_range": [1, 2]}]},
         ],
         **(extra or {}),
@@ -56,8 +70,7 @@ def models_config(path, family, tasks, **extra):
         "merge_method": "led_merging",
         "base_model": family.base,
         "dtype": "float32",
-        "models": [{"model": family.finetunes[k], "parameters": params(tasks[k])}
-                   for k in (0, 1)],
+        "models": [{"model": family.finetunes[k], "parameters": params(tasks[k])} for k in (0, 1)],
         **extra,
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -78,7 +91,8 @@ def merge(config, out, *options):
 
 
 def test_multi_slice_config_with_per_slice_parameters_keeps_merge_and_card(
-        tmp_path, llama_family, task_stores):
+    tmp_path, llama_family, task_stores
+):
     """Fine-tune 1 has density 0.3 in slice 0 and 0.5 in slice 1: the merge is kept
     and the card lists both sets (main failed after the merge and deleted it)."""
     config = slices_config(tmp_path / "c.yml", llama_family, task_stores, second_density=0.5)
@@ -98,8 +112,7 @@ def test_card_of_slices_listing_models_in_another_order(tmp_path, llama_family, 
     """The second slice lists fine-tune 2 before fine-tune 1: the card's counts still
     belong to the right model (they equal those of the same merge written with
     ``models:``); main attributed them by position."""
-    sliced = slices_config(tmp_path / "s.yml", llama_family, task_stores,
-                           second_slice_order=(1, 0))
+    sliced = slices_config(tmp_path / "s.yml", llama_family, task_stores, second_slice_order=(1, 0))
     listed = models_config(tmp_path / "m.yml", llama_family, task_stores)
     assert merge(sliced, tmp_path / "sliced").exit_code == 0
     assert merge(listed, tmp_path / "listed").exit_code == 0
@@ -112,12 +125,14 @@ def test_card_of_slices_listing_models_in_another_order(tmp_path, llama_family, 
 def test_card_of_slices_leaving_a_model_out(tmp_path, llama_family, task_stores):
     """Fine-tune 2 is merged into layer 0 only: its share of layer 1 (and of the
     weights mergekit takes from the last slice) is zero, fine-tune 1's is counted."""
-    config = slices_config(tmp_path / "c.yml", llama_family, task_stores,
-                           second_slice_order=(0,))
+    config = slices_config(tmp_path / "c.yml", llama_family, task_stores, second_slice_order=(0,))
     result = merge(config, tmp_path / "out")
     assert result.exit_code == 0, result.text
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in share_table(tmp_path / "out").splitlines() if line.startswith("| ")}
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in share_table(tmp_path / "out").splitlines()
+        if line.startswith("| ")
+    }
     # columns: N, finetune1, finetune1 elected, finetune2, finetune2 elected, base only
     assert rows["layer 1"][3:5] == ["0.00%", "0.00%"], rows
     assert rows["layer 0"][3] != "0.00%" and rows["layer 1"][1] != "0.00%", rows
@@ -126,12 +141,23 @@ def test_card_of_slices_leaving_a_model_out(tmp_path, llama_family, task_stores)
 def test_card_failure_keeps_the_finished_merge(tmp_path, llama_family, task_stores, caplog):
     """A per-layer weight gradient merges fine but cannot be summarised by the card
     section: the merge stays, with a warning saying why (main deleted the merge)."""
-    models = [{"model": llama_family.finetunes[0],
-               "parameters": params(task_stores[0], weight=[1.0, 0.5])}]
+    models = [
+        {
+            "model": llama_family.finetunes[0],
+            "parameters": params(task_stores[0], weight=[1.0, 0.5]),
+        }
+    ]
     config = tmp_path / "c.yml"
-    config.write_text(yaml.safe_dump({
-        "merge_method": "led_merging", "base_model": llama_family.base, "dtype": "float32",
-        "models": models}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "led_merging",
+                "base_model": llama_family.base,
+                "dtype": "float32",
+                "models": models,
+            }
+        )
+    )
     out = tmp_path / "out"
     with caplog.at_level(logging.WARNING):
         result = merge(config, out)
@@ -147,8 +173,11 @@ def test_card_title_names_the_output_folder(tmp_path, llama_family, task_stores)
     config = models_config(tmp_path / "c.yml", llama_family, task_stores)
     result = merge(config, tmp_path / "out")
     assert result.exit_code == 0, result.text
-    titles = [line for line in (tmp_path / "out" / "README.md").read_text().splitlines()
-              if line.startswith("# ")]
+    titles = [
+        line
+        for line in (tmp_path / "out" / "README.md").read_text().splitlines()
+        if line.startswith("# ")
+    ]
     assert titles == ["# out"], titles
 
 
@@ -184,15 +213,13 @@ def test_merge_never_writes_into_an_input(where, tmp_path, llama_family, task_st
     }[where]
     watched = family_root if where != "store" else task_stores[0].model_store
     before = folder_digest(watched)
-    line = merge(config, out, "--overwrite").assert_one_line_error(
-        "never writes into its inputs")
+    line = merge(config, out, "--overwrite").assert_one_line_error("never writes into its inputs")
     assert os.path.realpath(out) in line or out in line
     assert folder_digest(watched) == before
     assert not os.path.exists(os.path.join(llama_family.finetunes[0], "merged"))
 
 
-def test_folder_that_is_not_a_merge_output_needs_overwrite(tmp_path, llama_family,
-                                                          task_stores):
+def test_folder_that_is_not_a_merge_output_needs_overwrite(tmp_path, llama_family, task_stores):
     """A folder that is not an earlier merge output is refused (main merged into it);
     with ``--overwrite`` the merge is written there and the folder's other files
     are kept."""
@@ -237,8 +264,7 @@ def test_empty_folder_is_used(tmp_path, llama_family, task_stores):
     assert os.path.isfile(out / "model.safetensors")
 
 
-def test_output_path_that_is_a_file_is_refused_before_merging(tmp_path, llama_family,
-                                                              task_stores):
+def test_output_path_that_is_a_file_is_refused_before_merging(tmp_path, llama_family, task_stores):
     """Refused up front, one line, the file untouched (main merged, then failed
     with a NotADirectoryError traceback)."""
     config = models_config(tmp_path / "c.yml", llama_family, task_stores)
@@ -251,8 +277,9 @@ def test_output_path_that_is_a_file_is_refused_before_merging(tmp_path, llama_fa
     assert hidden_leftovers(tmp_path, "out") == []
 
 
-def test_output_folder_changed_during_the_merge_keeps_both(tmp_path, llama_family,
-                                                          task_stores, monkeypatch):
+def test_output_folder_changed_during_the_merge_keeps_both(
+    tmp_path, llama_family, task_stores, monkeypatch
+):
     """OUT appears (not as a merge output) while the merge runs: nothing of it is
     touched and the finished merge is kept beside it, at a path the error names."""
     import mergekit_led.merge as merge_module
@@ -275,7 +302,8 @@ def test_output_folder_changed_during_the_merge_keeps_both(tmp_path, llama_famil
 
 
 def test_a_model_folder_not_in_the_config_is_not_taken_for_a_merge_output(
-        tmp_path, llama_family, task_stores):
+    tmp_path, llama_family, task_stores
+):
     """config.json and weights alone may be a downloaded model: refused without
     --overwrite, its files untouched."""
     config = models_config(tmp_path / "c.yml", llama_family, task_stores)
