@@ -68,8 +68,8 @@ def main() -> None:
     workdir = Path(args.workdir + ("-quick" if args.quick else "")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
-    paths = build(workdir, QUICK if args.quick else FULL, rebuild=False)
-    config = write_config(workdir, "led_merging", paths)
+    paths = build(workdir, QUICK if args.quick else FULL, rebuild=False)["float32"]
+    config = write_config(workdir, "float32", "led_merging/float32", paths)
     results = {name: {"seconds": [], "rss": []} for name in COMMANDS}
     names = list(COMMANDS)
     for round_index in range(rounds):
