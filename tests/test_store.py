@@ -552,6 +552,7 @@ def _rewrite_scores(dst, tensors, **kwargs):
         ("extra_tensor", "holds tensor 'stowaway'"),
         ("truncated", "truncated"),
         ("garbage", "not a valid safetensors file|corrupt"),
+        ("hostile_header", "holds tensor .* in dtype \\['F32'\\]"),
         ("manifest_shape", r"says \(32, 33\)"),
         ("bad_dtype_name", "score dtype 'int8'"),
         ("shapes_vs_files", "'shapes' and 'files' list different weights"),
@@ -581,6 +582,10 @@ def test_headers_and_manifest_must_agree(tmp_path, task_stores, case, match):
             os.truncate(file, os.path.getsize(file) - 7)
         elif case == "garbage":
             (dst / "scores.safetensors").write_bytes(b"\xff" * 8 + b"{}")
+        elif case == "hostile_header":
+            header = json.dumps({VICTIM: {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}})
+            blob = len(header).to_bytes(8, "little") + header.encode() + b"\0" * 4
+            (dst / "scores.safetensors").write_bytes(blob)
         elif case == "manifest_shape":
             manifest["shapes"][VICTIM] = [32, 33]
         elif case == "bad_dtype_name":

@@ -227,7 +227,8 @@ class PinnedFile:
         bad = f"The {self.where} has a corrupt header entry for tensor {name!r}"
         if not isinstance(spec, dict):
             raise StoreError(f"{bad}.")
-        dtype = SAFETENSORS_DTYPES.get(spec.get("dtype"))
+        name_of_dtype = spec.get("dtype")
+        dtype = SAFETENSORS_DTYPES.get(name_of_dtype) if isinstance(name_of_dtype, str) else None
         if dtype is None:
             raise StoreError(
                 f"The {self.where} holds tensor {name!r} in dtype {spec.get('dtype')!r}; "
