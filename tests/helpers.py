@@ -113,3 +113,19 @@ def write_format1_copy(store: str, dst: str) -> str:
     with open(manifest_path, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2)
     return dst
+
+
+def killed_after(samples: int):
+    """A locate RunHooks step map whose SNIP step scores ``samples`` samples, then
+    raises KeyboardInterrupt (what a kill does mid-run)."""
+    from mergekit_led.location.steps import snip_step
+
+    scored = []
+
+    def step(*args, **kwargs):
+        if len(scored) == samples:
+            raise KeyboardInterrupt
+        scored.append(1)
+        return snip_step(*args, **kwargs)
+
+    return {"snip": step}

@@ -16,6 +16,7 @@ import os
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import killed_after
 
 import mergekit_led
 from mergekit_led import load_importance
@@ -479,20 +480,12 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
         mergekit_led.locate(locate_family.base, locate_jsonl, str(tmp_path / "full"), **quiet())
     )
     out = str(tmp_path / "resumed")
-    calls = []
-
-    def interrupted_step(*args):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return snip_step(*args)
-
     with pytest.raises(KeyboardInterrupt):
         mergekit_led.locate(
             locate_family.base,
             locate_jsonl,
             out,
-            hooks=RunHooks(steps={"snip": interrupted_step}),
+            hooks=RunHooks(steps=killed_after(3)),
             **quiet(checkpoint_every=2),
         )
     assert not os.path.exists(out)

@@ -22,6 +22,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import killed_after
 from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
@@ -500,20 +501,12 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(llama_family, task_d
     params = {"density": 0.3, "importance_data": task_data["safety"]}
     config = parsed(write_config(tmp_path / "c.yml", llama_family, [(2, params)]))
     cache = StoreCache(str(tmp_path / "cache"))
-    calls = []
-
-    def killed_on_the_second_sample(*args):
-        if len(calls) == 1:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return snip_step(*args)
-
     with pytest.raises(KeyboardInterrupt):
         prepare_config(
             config,
             cache=cache,
             progress=False,
-            hooks=RunHooks(steps={"snip": killed_on_the_second_sample}),
+            hooks=RunHooks(steps=killed_after(1)),
             run={"checkpoint_every": 1},
         )
     assert cache.entries() == []
@@ -540,21 +533,13 @@ def test_interrupted_run_resumes_from_its_checkpoint(llama_family, task_data, tm
     params = {"density": 0.3, "importance_data": task_data["safety"]}
     config = parsed(write_config(tmp_path / "c.yml", llama_family, [(2, params)]))
     cache = StoreCache(str(tmp_path / "cache"))
-    calls = []
-
-    def killed_on_the_third_sample(*args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return snip_step(*args)
-
     with pytest.raises(KeyboardInterrupt):
         prepare_config(
             config,
             cache=cache,
             progress=False,
             run={"checkpoint_every": 1},
-            hooks=RunHooks(steps={"snip": killed_on_the_third_sample}),
+            hooks=RunHooks(steps=killed_after(2)),
         )
     scored = []
 

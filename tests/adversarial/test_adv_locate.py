@@ -12,12 +12,13 @@ import os
 from dataclasses import fields
 
 import pytest
+from helpers import killed_after
 
 import mergekit_led
 from mergekit_led.errors import LocateError
 from mergekit_led.location import data as location_data
 from mergekit_led.location.options import CHECKPOINT_SUFFIX, LocateOptions
-from mergekit_led.location.steps import RunHooks, snip_step
+from mergekit_led.location.steps import RunHooks
 from mergekit_led.testing import build_llama_family, build_word_tokenizer
 
 from .support import folder_digest, run_cli
@@ -46,20 +47,12 @@ def pairs(tmp_path):
 def interrupted_run(model, data, out, after, **options):
     """A locate run that stops (like a kill) after ``after`` samples, having
     checkpointed every 2."""
-    calls = []
-
-    def step(*args):
-        if len(calls) == after:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return snip_step(*args)
-
     with pytest.raises(KeyboardInterrupt):
         mergekit_led.locate(
             model,
             data,
             out,
-            hooks=RunHooks(steps={"snip": step}),
+            hooks=RunHooks(steps=killed_after(after)),
             progress=False,
             checkpoint_every=2,
             **options,
