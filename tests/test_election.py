@@ -10,6 +10,7 @@ import reference as ref
 import torch
 
 from mergekit_led.core import election as el
+from mergekit_led.core.statistics import weight_stats
 
 
 def tied_scores(shape, seed, levels=6, zero_share=None):
@@ -294,3 +295,79 @@ def test_merge_masked_disjoint_fast_path_same_result(dtype):
         fast = el.merge_masked(base, fts, masks, weights, masks_disjoint=True)
         assert torch.equal(slow, fast)
         ref.assert_matches_reference(fast, base, fts, masks, weights, exact=True)
+
+
+# --------------------------------------------------------------------------- fused, chunked
+
+
+def _composed(base, fts, tops, weights, election, disjoint):
+    """Sections 2-4 step by step on whole tensors: what ``elect_and_merge`` must equal."""
+    elected = [el.elect(m, b, election) for m, b in tops]
+    kept = el.disjoint(elected) if disjoint else elected
+    merged = el.merge_masked(base, fts, kept, weights, masks_disjoint=disjoint or len(elected) == 1)
+    return merged, elected, kept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("count", [1, 2, 3])
+@pytest.mark.parametrize("chunk", [64, 1000, None])
+def test_elect_and_merge_is_the_composition_bit_for_bit(monkeypatch, dtype, count, chunk):
+    """Chunk seams anywhere (64, an odd 1000, or whole) give the same bits and counts."""
+    if chunk is not None:
+        monkeypatch.setattr(el, "merge_chunk_size", lambda: chunk)
+    shape = (37, 53)  # not a multiple of any chunk
+    base, fts = _family(shape, count, dtype, seed=count)
+    base.view(-1)[:3] = torch.tensor([-0.0, 0.0, -1e-30]).to(dtype)  # signed zeros survive
+    g = torch.Generator().manual_seed(count)
+    tops = [
+        (torch.rand(shape, generator=g) < 0.5, torch.rand(shape, generator=g) < 0.5)
+        for _ in range(count)
+    ]
+    for election, disjoint, weights in itertools.product(
+        ref.ELECTIONS, (True, False), ([1.0] * count, [0.7, -1.3, 2.5][:count])
+    ):
+        expected, elected, kept = _composed(base, fts, tops, weights, election, disjoint)
+        merged, stats = el.elect_and_merge(
+            base, fts, tops, weights, election, disjoint_step=disjoint, statistics_name="w"
+        )
+        assert merged.dtype == dtype and merged.shape == shape
+        assert torch.equal(merged.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8))
+        assert stats == weight_stats("w", elected, kept)
+        unrecorded, none = el.elect_and_merge(
+            base, fts, tops, weights, election, disjoint_step=disjoint
+        )
+        assert none is None and torch.equal(unrecorded, merged)
+
+
+def test_elect_and_merge_takes_strided_inputs(monkeypatch):
+    monkeypatch.setattr(el, "merge_chunk_size", lambda: 100)
+    base, fts = _family((40, 30), 2, torch.float32, seed=4)
+    base_t, fts_t = base.t(), [t.t() for t in fts]  # non-contiguous views
+    g = torch.Generator().manual_seed(4)
+    tops = [(torch.rand(30, 40, generator=g) < 0.5, torch.rand(30, 40, generator=g) < 0.5)] * 2
+    expected, _, _ = _composed(base_t, fts_t, tops, [1.0, 0.5], "both", True)
+    merged, _ = el.elect_and_merge(base_t, fts_t, tops, [1.0, 0.5], "both")
+    assert torch.equal(merged, expected)
+    assert torch.equal(base, _family((40, 30), 2, torch.float32, seed=4)[0])  # inputs untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_where_blend_is_torch_where_bit_for_bit(dtype):
+    bits = {torch.float64: torch.int64, torch.float32: torch.int32}.get(dtype, torch.int16)
+    g = torch.Generator().manual_seed(1)
+    # Every bit pattern the integer type can hold: NaN payloads, infinities, signed zeros.
+    info = torch.iinfo(bits)
+    chosen = torch.randint(info.min, info.max, (4096,), generator=g, dtype=torch.int64)
+    other = torch.randint(info.min, info.max, (4096,), generator=g, dtype=torch.int64)
+    chosen, other = chosen.to(bits).view(dtype), other.to(bits).view(dtype)
+    mask = torch.rand(4096, generator=g) < 0.5
+    blended = el._where(mask, chosen, other)
+    assert torch.equal(blended.view(bits), torch.where(mask, chosen, other).view(bits))
+
+
+def test_elect_and_merge_of_a_scalar_weight():
+    base, ft = torch.tensor(1.0), torch.tensor(3.0)
+    tops = [(torch.tensor(True), torch.tensor(True))]
+    merged, stats = el.elect_and_merge(base, [ft], tops, [0.5], "both", statistics_name="s")
+    assert merged.shape == () and float(merged) == 2.0
+    assert stats.elected == [1] and stats.kept == [1]

@@ -21,6 +21,7 @@ from mergekit_led import (
     load_importance,
     save_importance,
 )
+from mergekit_led.core import selection
 
 MANIFEST = "led_importance.json"
 VICTIM = "model.layers.0.self_attn.q_proj.weight"
@@ -237,11 +238,17 @@ def test_store_for_another_model_refused_through_yaml(
 
 @pytest.mark.parametrize("kind", ["negative", "nan", "inf"])
 @pytest.mark.parametrize("thresholds", [False, True])
+@pytest.mark.parametrize("fused", [False, True], ids=["checked-apart", "checked-in-selection"])
 def test_bad_scores_in_hand_written_store(
-    tmp_path, family_state_dicts, task_stores, kind, thresholds
+    tmp_path, monkeypatch, family_state_dicts, task_stores, kind, thresholds, fused
 ):
     """Scores safetensors + a manifest copied from a valid store (with or without
-    the sorted copies, written consistently with the scores)."""
+    the sorted copies, written consistently with the scores). ``fused``: through
+    the selection pass that checks values as it goes (large weights), forced here
+    on the tiny family's weights."""
+    if fused:
+        monkeypatch.setattr(selection, "_DIRECT_MAX_NUMEL", 0)
+        monkeypatch.setattr(selection, "_CHUNK", 7)
     scores = {k: v.clone() for k, v in task_stores[0].model_scores.items()}
     scores[VICTIM][2, 3] = {"negative": -1.0, "nan": float("nan"), "inf": float("inf")}[kind]
     # save_importance itself refuses these scores

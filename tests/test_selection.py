@@ -251,6 +251,46 @@ def test_bracket_is_a_guess_in_range():
             assert lo <= t <= hi, k
 
 
+# --------------------------------------------------------------------------- validation
+
+
+def _poisoned(dtype, value, numel=5000, seed=3):
+    """Valid scores (zeros, ``-0.0`` and ties included) with one ``value`` at a
+    position inside the last chunk of the chunked pass."""
+    scores = make_scores("ties", (numel,), dtype, seed=seed)
+    scores[7] = -0.0
+    if value is not None:
+        scores[numel - 5] = value
+    return scores
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bad", [float("nan"), -float("nan"), float("inf"), -float("inf"), -1e-3])
+def test_validate_refuses_values_outside_the_domain_on_every_path(path, dtype, bad):
+    scores = _poisoned(dtype, bad)
+    for ratio in (0.0, 0.1, 0.5, 1.0):
+        with pytest.raises(sel.ScoreDomainError):
+            sel.top_mask(scores, ratio, validate=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_validate_accepts_negative_zero_and_the_largest_finite_score(path, dtype):
+    scores = _poisoned(dtype, torch.finfo(dtype).max)
+    for ratio in (0.0, 0.1, 0.5, 1.0):
+        mask = sel.top_mask(scores, ratio, validate=True)
+        assert torch.equal(mask, reference_mask(scores, ratio)), ratio
+        assert torch.equal(mask, sel.top_mask(scores, ratio)), ratio
+
+
+def test_validate_reports_the_lowest_negative_score():
+    with pytest.raises(sel.ScoreDomainError) as caught:
+        sel.check_score_domain(torch.tensor([0.5, -2.0, 0.0]))
+    assert caught.value.lowest == -2.0
+    with pytest.raises(sel.ScoreDomainError) as caught:
+        sel.check_score_domain(torch.tensor([0.5, float("nan")]))
+    assert caught.value.lowest is None
+
+
 # --------------------------------------------------------------------------- CUDA
 
 

@@ -7,9 +7,11 @@ importance stores, the tests from plain tensors.
 from __future__ import annotations
 
 from enum import Enum
-from typing import List, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+from mergekit_led.core import chunked
 
 # Section 2's top(S, r), exact and without a sorted copy (re-exported: this module
 # is where the rest of the package and the tests look for the election's math).
@@ -19,6 +21,7 @@ from mergekit_led.core.selection import (  # noqa: F401
     top_mask,
     top_mask_from_threshold,
 )
+from mergekit_led.core.statistics import WeightStats, weight_stats
 
 
 class Election(str, Enum):
@@ -27,6 +30,18 @@ class Election(str, Enum):
     both = "both"  # "11": important in the fine-tuned and in the base model
     model_only = "model_only"  # "01": important in the fine-tuned model only
     base_only = "base_only"  # "10": important in the base model only
+
+
+def merge_chunk_size() -> int:
+    """Elements per chunk of ``elect_and_merge`` on CPU.
+
+    Each operation on a chunk still runs on torch's intra-op threads, so a
+    chunk gives every thread about 64K elements (enough to amortise the
+    hand-over), within 256K-1M (in cache, and few enough Python-level calls).
+    Measured on 2 and 16 cores against whole-tensor operations and against
+    chunks split over a thread pool: ``docs/benchmarks.md``.
+    """
+    return max(1 << 18, min(1 << 20, (1 << 16) * torch.get_num_threads()))
 
 
 def elect(model_top: torch.Tensor, base_top: torch.Tensor, election: Election) -> torch.Tensor:
@@ -45,7 +60,8 @@ def disjoint(masks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         return list(masks)
     if len(masks) == 2:
         first, second = masks
-        return [first & ~second, second & ~first]
+        alone = first ^ second  # elected by exactly one of the two
+        return [first & alone, second & alone]
     votes = torch.zeros(masks[0].shape, dtype=torch.uint8, device=masks[0].device)
     for mask in masks:
         votes += mask
@@ -60,6 +76,7 @@ def merge_masked(
     weights: Sequence[float],
     *,
     masks_disjoint: bool = False,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """``base + sum_i weight_i * (1[T_i] * (theta_i - base))``.
 
@@ -67,6 +84,7 @@ def merge_masked(
     ``base``'s dtype. Outside every mask the result is ``base`` bit for bit.
     ``masks_disjoint=True`` promises that no element is in two masks (what the
     disjoint step guarantees), which allows a cheaper path with the same result.
+    ``out`` (``base``'s shape and dtype) receives the result instead of a new tensor.
     """
     compute = torch.promote_types(base.dtype, torch.float32)
     base_c = base.to(compute)
@@ -74,22 +92,117 @@ def merge_masked(
         # Each element takes at most one task vector: select, don't accumulate.
         merged = base_c
         for tensor, mask, weight in zip(finetuned, masks, weights):
-            candidate = tensor.to(compute) - base_c
+            candidate = _task_vector(tensor, base_c)
             if weight != 1.0:
                 candidate.mul_(weight)
             candidate.add_(base_c)
-            merged = torch.where(mask, candidate, merged)
+            merged = _where(mask, candidate, merged)
             del candidate
+    else:
+        delta = torch.zeros_like(base_c)
+        touched = torch.zeros(base.shape, dtype=torch.bool, device=base.device)
+        for tensor, mask, weight in zip(finetuned, masks, weights):
+            task_vector = torch.where(mask, _task_vector(tensor, base_c), 0.0)
+            if weight != 1.0:
+                task_vector.mul_(weight)
+            delta.add_(task_vector)
+            touched |= mask
+            del task_vector
+        merged = _where(touched, base_c + delta, base_c)
+    if out is None:
         return merged.to(base.dtype)
+    return out.copy_(merged)  # the same rounding to base's dtype as ``.to``
 
-    delta = torch.zeros_like(base_c)
-    touched = torch.zeros(base.shape, dtype=torch.bool, device=base.device)
-    for tensor, mask, weight in zip(finetuned, masks, weights):
-        task_vector = torch.where(mask, tensor.to(compute) - base_c, 0.0)
-        if weight != 1.0:
-            task_vector.mul_(weight)
-        delta.add_(task_vector)
-        touched |= mask
-        del task_vector
-    merged = torch.where(touched, base_c + delta, base_c)
-    return merged.to(base.dtype)
+
+# Float dtype -> the integer dtype of the same width, for ``_where``'s bit blend.
+_BITS_OF = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
+
+
+def _where(mask: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``torch.where(mask, chosen, other)``, bit for bit.
+
+    On CPU as a blend of the bit patterns, ``other ^ ((other ^ chosen) & -mask)``:
+    ``torch.where`` there is scalar code, 2-3x slower than these three
+    vectorised integer operations, and it was the largest cost of a merge.
+    """
+    bits = _BITS_OF.get(chosen.dtype)
+    if chosen.device.type != "cpu" or bits is None or other.dtype != chosen.dtype:
+        return torch.where(mask, chosen, other)
+    other_bits = other.view(bits)
+    blended = torch.bitwise_xor(other_bits, chosen.view(bits))
+    blended &= mask.to(bits).neg_()  # all ones where the mask holds
+    blended ^= other_bits
+    return blended.view(chosen.dtype)
+
+
+def _task_vector(tensor: torch.Tensor, base_c: torch.Tensor) -> torch.Tensor:
+    """``tensor - base_c`` in ``base_c``'s (compute) dtype."""
+    if torch.promote_types(tensor.dtype, base_c.dtype) == base_c.dtype:
+        # Widens ``tensor`` on the fly, exactly as ``tensor.to(dtype)`` would,
+        # without a widened copy of it.
+        return torch.sub(tensor, base_c)
+    return tensor.to(base_c.dtype) - base_c
+
+
+def elect_and_merge(
+    base: torch.Tensor,
+    finetuned: Sequence[torch.Tensor],
+    tops: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    weights: Sequence[float],
+    election: Election,
+    *,
+    disjoint_step: bool = True,
+    statistics_name: Optional[str] = None,
+) -> Tuple[torch.Tensor, Optional[WeightStats]]:
+    """Sections 2-4 for one weight: elect, make disjoint, merge.
+
+    ``tops[i]`` is the pair ``(top(I_i, r_i), top(I_base,i, r_i))`` of model i.
+    The result is exactly ``merge_masked(base, finetuned, disjoint(elected),
+    weights)`` with ``elected[i] = elect(*tops[i], election)``; every step is
+    elementwise, so on CPU it is evaluated chunk by chunk (in cache: a dozen
+    whole-tensor operations would each stream the weight through memory and
+    allocate a result) with the same bits. With ``statistics_name``, the weight's election
+    counts (``weight_stats``) come back too, else ``None``.
+    """
+    masks_disjoint = disjoint_step or len(tops) == 1
+
+    def combine(
+        piece: Optional[slice] = None, into: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[WeightStats]]:
+        def part(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor if piece is None else tensor[piece]  # whole: 0-d tensors too
+
+        elected = [elect(part(model_top), part(base_top), election) for model_top, base_top in tops]
+        kept = disjoint(elected) if disjoint_step else elected
+        merged = merge_masked(
+            part(base),
+            [part(tensor) for tensor in finetuned],
+            kept,
+            weights,
+            masks_disjoint=masks_disjoint,
+            out=into,
+        )
+        stats = weight_stats(statistics_name, elected, kept) if statistics_name else None
+        return merged, stats
+
+    chunk = merge_chunk_size()
+    if base.device.type != "cpu" or base.numel() <= chunk:
+        return combine()
+
+    shape = base.shape
+    base = base.reshape(-1)
+    finetuned = [tensor.reshape(-1) for tensor in finetuned]
+    tops = [(model_top.reshape(-1), base_top.reshape(-1)) for model_top, base_top in tops]
+    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    stats = None
+    for start, stop in chunked.chunks_of((0, base.numel()), chunk):
+        _, part = combine(slice(start, stop), out[start:stop])
+        stats = part if stats is None else stats.plus(part)
+    if stats is not None:
+        stats.tensors = 1  # one weight, counted in chunks
+    return out.view(shape), stats

@@ -31,11 +31,11 @@ selection there that is far faster than ``torch.kthvalue``.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from mergekit_led.core import chunked
 
 # Float dtype -> the signed integer dtype of the same width (the bit-pattern view).
 _BITS_VIEW = {
@@ -51,8 +51,6 @@ _DIRECT_MAX_NUMEL = 1 << 20
 # hand-over costs more than a call on a small chunk: 1M-element chunks scaled
 # best on a 16-core machine (256K: 2x slower at 8-16 threads, ~8% faster at 1-2).
 _CHUNK = 1 << 20
-# Worker threads at most: more only contend for the GIL (slower at 16 than at 8).
-_MAX_WORKERS = 8
 # Below this many elements the pass runs in the calling thread.
 _PARALLEL_MIN_NUMEL = 2 * _CHUNK
 # Sample size (N / 64, within these bounds) and bracket half-width in binomial
@@ -64,6 +62,35 @@ _SAMPLE_MIN = 1 << 12
 _SIGMAS = 5.0
 _SAMPLE_SEED = 0x5E1EC7
 _NO_INDEX = np.empty(0, dtype=np.intp)
+# Float dtype -> (the pattern of -0.0, the largest finite pattern) on its signed view.
+_VALID_BITS = {
+    torch.float64: (-(1 << 63), 0x7FEFFFFFFFFFFFFF),
+    torch.float32: (-(1 << 31), 0x7F7FFFFF),
+    torch.bfloat16: (-(1 << 15), 0x7F7F),
+    torch.float16: (-(1 << 15), 0x7BFF),
+}
+
+
+class ScoreDomainError(ValueError):
+    """Scores that are not all finite and non-negative (what election assumes).
+
+    ``lowest`` is the smallest score when it is known (negative scores), else None.
+    """
+
+    def __init__(self, message: str, lowest: float | None = None):
+        super().__init__(message)
+        self.lowest = lowest
+
+
+def check_score_domain(scores: torch.Tensor) -> None:
+    """Raise ``ScoreDomainError`` unless every score is finite and ``>= 0``."""
+    if not scores.numel():
+        return
+    lo, hi = (float(v) for v in torch.aminmax(scores.detach()))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ScoreDomainError("scores include non-finite values (nan or inf)")
+    if lo < 0:
+        raise ScoreDomainError(f"scores include negative values (min {lo:g})", lowest=lo)
 
 
 def elected_count(numel: int, ratio: float) -> int:
@@ -106,25 +133,36 @@ def top_mask_from_threshold(scores: torch.Tensor, threshold: float | None) -> to
     return scores > 0
 
 
-def top_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+def top_mask(scores: torch.Tensor, ratio: float, *, validate: bool = False) -> torch.Tensor:
     """``top(S, r)``: elements above zero and at least the k-th largest score.
 
     Elements tied at the threshold are all included; ``k = 0`` is the empty set.
-    Same preconditions as :func:`kth_largest`. On CPU the threshold search and
-    the mask share one pass over the scores.
+    Same preconditions as :func:`kth_largest`; ``validate=True`` checks them
+    (raising ``ScoreDomainError``) instead of assuming them. On CPU the
+    threshold search, the mask and that check share one pass over the scores.
     """
     numel = scores.numel()
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"top_mask needs a ratio in [0, 1], got {ratio!r}.")
     k = elected_count(numel, ratio)
+    flat = scores.detach().reshape(-1)
+    fused = (
+        k > 0
+        and flat.device.type == "cpu"
+        and flat.dtype in _BITS_VIEW
+        and numel > _DIRECT_MAX_NUMEL
+    )
+    if validate and not fused:
+        check_score_domain(flat)
     if k == 0:
         return top_mask_from_threshold(scores, None)
-    flat = scores.detach().reshape(-1)
-    if flat.device.type != "cpu" or flat.dtype not in _BITS_VIEW or numel <= _DIRECT_MAX_NUMEL:
+    if not fused:
         return top_mask_from_threshold(scores, kth_largest(scores, k))
     bits = _bits(flat)
     mask = np.empty(numel, dtype=np.bool_)
-    threshold_bits, mask_done = _cpu_select(bits, k, mask_out=mask)
+    threshold_bits, mask_done = _cpu_select(
+        bits, k, mask_out=mask, limits=_VALID_BITS[flat.dtype] if validate else None
+    )
     if not mask_done:  # the exact fallback ran: build the mask from the threshold
         return top_mask_from_threshold(scores, _as_float(threshold_bits, flat.dtype))
     return torch.from_numpy(mask).reshape(scores.shape)
@@ -174,15 +212,26 @@ def _bracket(bits: np.ndarray, k: int) -> tuple[int, int]:
     return lo, max(hi, lo - 1)
 
 
-def _cpu_select(bits: np.ndarray, k: int, mask_out: np.ndarray | None) -> tuple[int, bool]:
+def _cpu_select(
+    bits: np.ndarray,
+    k: int,
+    mask_out: np.ndarray | None,
+    limits: tuple[int, int] | None = None,
+) -> tuple[int, bool]:
     """The k-th largest bit pattern of ``bits``; with ``mask_out``, also its mask.
 
     Returns ``(threshold_bits, mask_done)``. ``mask_done`` says whether
     ``mask_out`` now holds ``top(S, r)``; it is False only after the exact
-    fallback, whose caller builds the mask from the threshold.
+    fallback, whose caller builds the mask from the threshold. With ``limits``
+    (``_VALID_BITS`` of the float dtype), bits that are not finite scores >= 0
+    raise ``ScoreDomainError``.
     """
     lo, hi = _bracket(bits, k)
-    above_lo, in_band, band_positions, band_values = _bracket_pass(bits, lo, hi, mask_out)
+    above_lo, in_band, band_positions, band_values, valid = _bracket_pass(
+        bits, lo, hi, mask_out, limits
+    )
+    if not valid:
+        raise ScoreDomainError("scores include negative, infinite or NaN values")
     above_hi = above_lo - in_band
     if above_hi < k <= above_lo:
         # Proven: rank k lies among the scores in [lo, hi].
@@ -201,35 +250,34 @@ def _cpu_select(bits: np.ndarray, k: int, mask_out: np.ndarray | None) -> tuple[
 
 
 def _bracket_pass(
-    bits: np.ndarray, lo: int, hi: int, mask_out: np.ndarray | None
-) -> tuple[int, int, np.ndarray, np.ndarray]:
+    bits: np.ndarray,
+    lo: int,
+    hi: int,
+    mask_out: np.ndarray | None,
+    limits: tuple[int, int] | None,
+) -> tuple[int, int, np.ndarray, np.ndarray, bool]:
     """One chunked pass over ``bits``.
 
     Counts ``bits >= lo`` (writing that mask to ``mask_out`` when given) and
     ``lo <= bits <= hi``, and collects the positions and values of the latter
-    (not when ``lo >= hi``: a single tied value needs no selection).
+    (not when ``lo >= hi``: a single tied value needs no selection). With
+    ``limits``, also tells whether every value is a finite non-negative score
+    (the last item), while the chunk is in cache: a separate check would be
+    one more pass over the whole tensor.
     """
-    numel = bits.size
-    chunks = -(-numel // _CHUNK)
-    workers = min(torch.get_num_threads(), os.cpu_count() or 1, _MAX_WORKERS, chunks)
-    if numel < _PARALLEL_MIN_NUMEL:
-        workers = 1
-    # One contiguous span of whole chunks per worker, so each worker allocates
-    # its scratch masks once: fresh chunk-sized arrays per chunk go through
-    # mmap/munmap, whose page faults and kernel locking stop the threads scaling.
-    per_worker = -(-chunks // workers) * _CHUNK
-    spans = [(start, min(start + per_worker, numel)) for start in range(0, numel, per_worker)]
 
-    def scan(span: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray]:
+    def scan(span: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray, bool]:
         span_start, span_stop = span
         scratch_size = min(_CHUNK, span_stop - span_start)
         scratch_at_least = np.empty(scratch_size, dtype=np.bool_) if mask_out is None else None
         scratch_band = np.empty(scratch_size, dtype=np.bool_)
         above_lo = in_band = 0
+        valid = True
         positions_found, values_found = [], []
-        for start in range(span_start, span_stop, _CHUNK):
-            stop = min(start + _CHUNK, span_stop)
+        for start, stop in chunked.chunks_of(span, _CHUNK):
             chunk = bits[start:stop]
+            if limits is not None and valid:
+                valid = _chunk_valid(chunk, *limits)
             at_least_lo = np.greater_equal(
                 chunk,
                 lo,
@@ -256,18 +304,34 @@ def _bracket_pass(
             in_band,
             np.concatenate(positions_found) if positions_found else _NO_INDEX,
             np.concatenate(values_found) if values_found else bits[:0],
+            valid,
         )
 
-    if len(spans) > 1:
-        with ThreadPoolExecutor(max_workers=len(spans)) as pool:
-            parts = list(pool.map(scan, spans))
-    else:
-        parts = [scan(span) for span in spans]
+    parts = chunked.map_spans(scan, bits.size, chunk=_CHUNK, parallel_min_numel=_PARALLEL_MIN_NUMEL)
     return (
         sum(part[0] for part in parts),
         sum(part[1] for part in parts),
         np.concatenate([part[2] for part in parts]),
         np.concatenate([part[3] for part in parts]),
+        all(part[4] for part in parts),
+    )
+
+
+def _chunk_valid(chunk: np.ndarray, negative_zero: int, largest_finite: int) -> bool:
+    """Whether every bit pattern of ``chunk`` is a finite score >= 0 (``-0.0`` allowed).
+
+    On the signed view, finite non-negative floats are ``0 .. largest_finite``;
+    ``+inf`` and NaN lie above, every negative float (and negative NaN) below
+    zero, ``-0.0`` at the very bottom.
+    """
+    lowest, highest = int(chunk.min()), int(chunk.max())
+    if highest > largest_finite:
+        return False
+    if lowest >= 0:
+        return True
+    # Something below zero: fine only if every such pattern is -0.0 (rare).
+    return lowest == negative_zero and int(np.count_nonzero(chunk < 0)) == int(
+        np.count_nonzero(chunk == negative_zero)
     )
 
 

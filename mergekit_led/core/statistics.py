@@ -32,6 +32,22 @@ class WeightStats:
     union: Dict[Pair, int] = field(default_factory=dict)  # |N_i ∪ N_j|
     tensors: int = 1
 
+    def plus(self, other: WeightStats) -> WeightStats:
+        """The counts of this group and ``other`` together (same models, in order)."""
+        total = WeightStats(
+            self.name,
+            self.numel + other.numel,
+            [a + b for a, b in zip(self.elected, other.elected)],
+            [a + b for a, b in zip(self.kept, other.kept)],
+            tensors=self.tensors + other.tensors,
+        )
+        for pair in set(self.union) | set(other.union):
+            total.intersection[pair] = self.intersection.get(pair, 0) + other.intersection.get(
+                pair, 0
+            )
+            total.union[pair] = self.union.get(pair, 0) + other.union.get(pair, 0)
+        return total
+
     @property
     def dropped(self) -> List[int]:
         return [e - k for e, k in zip(self.elected, self.kept)]
@@ -104,14 +120,8 @@ def aggregate(stats: Iterable[WeightStats], key: Callable[[str], str]) -> List[W
             groups[group] = WeightStats(
                 group, 0, [0] * len(s.elected), [0] * len(s.kept), tensors=0
             )
-        g = groups[group]
-        g.numel += s.numel
-        g.tensors += s.tensors
-        g.elected = [a + b for a, b in zip(g.elected, s.elected)]
-        g.kept = [a + b for a, b in zip(g.kept, s.kept)]
-        for pair in s.union:
-            g.intersection[pair] = g.intersection.get(pair, 0) + s.intersection[pair]
-            g.union[pair] = g.union.get(pair, 0) + s.union[pair]
+        groups[group] = groups[group].plus(s)
+        groups[group].name = group
     return list(groups.values())
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -27,23 +27,22 @@ class TaskScores:
         return f"{self.base_label} (base, scored on the data of {self.label})"
 
 
-def elect_weight(
+def top_sets(
     name: str,
     tasks: Sequence[TaskScores],
-    election: Election,
     *,
     device: Optional[torch.device] = None,
     finetuned: Optional[Sequence[torch.Tensor]] = None,
     base: Optional[torch.Tensor] = None,
-) -> List[torch.Tensor]:
-    """The elected sets ``N_i`` of weight ``name``, one boolean mask per task.
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(top(I_i, r_i), top(I_base,i, r_i))`` of weight ``name`` for each task.
 
     With the weights themselves (``finetuned``, one per task, and ``base``),
     each store is first checked to have been computed on that weight (shape and
     fingerprint): what the merge does. Without them only the scores are read:
     what inspect and the card do.
     """
-    masks = []
+    tops = []
     for index, task in enumerate(tasks):
         if finetuned is not None:
             task.importance.check_weight(name, finetuned[index], model=task.label)
@@ -53,6 +52,20 @@ def elect_weight(
         base_top = task.base_importance.top_mask(
             name, task.density, model=task.base_role, device=device
         )
-        masks.append(elect(model_top, base_top, election))
-        del model_top, base_top
-    return masks
+        tops.append((model_top, base_top))
+    return tops
+
+
+def elect_weight(
+    name: str,
+    tasks: Sequence[TaskScores],
+    election: Election,
+    *,
+    device: Optional[torch.device] = None,
+) -> List[torch.Tensor]:
+    """The elected sets ``N_i`` of weight ``name``, one boolean mask per task
+    (from the scores alone: what inspect and the card show)."""
+    return [
+        elect(model_top, base_top, election)
+        for model_top, base_top in top_sets(name, tasks, device=device)
+    ]

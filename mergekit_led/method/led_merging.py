@@ -27,8 +27,7 @@ from mergekit.merge_methods.base import (
 )
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_led.core.election import Election, merge_masked
-from mergekit_led.core.election import disjoint as make_disjoint
+from mergekit_led.core.election import Election, elect_and_merge
 from mergekit_led.core.parameters import (
     BASE_REQUIRED,
     DATA_PARAMETER,
@@ -42,10 +41,9 @@ from mergekit_led.core.parameters import (
     check_weight,
     parse_election,
 )
-from mergekit_led.core.statistics import weight_stats
 from mergekit_led.errors import ConfigError
 from mergekit_led.method import recording
-from mergekit_led.method.election import TaskScores, elect_weight
+from mergekit_led.method.election import TaskScores, top_sets
 from mergekit_led.prepare.hub import store_path
 from mergekit_led.store import load_importance
 
@@ -103,19 +101,20 @@ def _led_merging_kernel(
             )
         )
     finetuned = [entry.tensor for entry in entries]
-    elected = elect_weight(
-        name, tasks, election, device=base.device, finetuned=finetuned, base=base
-    )
-    kept = make_disjoint(elected) if disjoint else elected
-    if recording.is_recording():
-        recording.record(weight_stats(name, elected, kept), [task.label for task in tasks])
-    return merge_masked(
+    tops = top_sets(name, tasks, device=base.device, finetuned=finetuned, base=base)
+    recording_now = recording.is_recording()
+    merged, stats = elect_and_merge(
         base,
         finetuned,
-        kept,
+        tops,
         [check_weight(weight[entry.id], model=str(entry.id), weight=name) for entry in entries],
-        masks_disjoint=disjoint or len(kept) == 1,
+        election,
+        disjoint_step=disjoint,
+        statistics_name=name if recording_now else None,
     )
+    if recording_now:
+        recording.record(stats, [task.label for task in tasks])
+    return merged
 
 
 class LEDMergeMethod(FunctionalGroupMergeMethod):

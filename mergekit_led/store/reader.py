@@ -19,12 +19,12 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
-from mergekit_led.core.election import top_mask
+from mergekit_led.core.selection import ScoreDomainError, top_mask
 from mergekit_led.errors import FingerprintMismatch, StoreError
 from mergekit_led.store import fingerprint
 from mergekit_led.store.files import FileIdentity, PinnedFile
 from mergekit_led.store.manifest import MANIFEST_NAME, read_manifest_pinned
-from mergekit_led.store.values import check_score_values
+from mergekit_led.store.values import check_score_values, score_value_error
 
 # Weights with a vocabulary axis, whose rows mergekit may re-order.
 _VOCABULARY_WEIGHTS = ("embed_tokens.weight", "lm_head.weight", "wte.weight", "embed_out.weight")
@@ -109,12 +109,15 @@ class ImportanceStore(Mapping):
         scores = self._read(stored, model=model, transient=True)
         if device is not None:
             scores = scores.to(device)
-        check_score_values(
-            scores, where=f"weight {stored!r} (model {model}, importance store {self.path})"
-        )
         # Always selected from the scores themselves: format 1's sorted copies
-        # are derived data that a rewritten scores file would leave stale.
-        return top_mask(scores, ratio)
+        # are derived data that a rewritten scores file would leave stale. The
+        # value check rides along the selection's pass over the scores.
+        try:
+            return top_mask(scores, ratio, validate=True)
+        except ScoreDomainError as error:
+            where = f"weight {stored!r} (model {model}, importance store {self.path})"
+            check_score_values(scores, where=where)  # the message with the offending value
+            raise score_value_error(error, where=where) from None
 
     def check_weight(self, name: str, weight: torch.Tensor, *, model: str) -> None:
         """Refuse a weight that is not the one these scores were computed on."""

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from mergekit_led.core.selection import ScoreDomainError, check_score_domain
 from mergekit_led.errors import StoreError
 
 
 def check_score_values(scores: torch.Tensor, *, where: str) -> None:
     """Raise ``StoreError`` naming ``where`` unless every value is finite and >= 0."""
-    if not scores.numel():
-        return
-    lo, hi = (float(v) for v in torch.aminmax(scores))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise StoreError(f"Importance scores with non-finite values (nan or inf) in {where}.")
-    if lo < 0:
-        raise StoreError(
-            f"Importance scores with negative values (min {lo:g}) in {where}; "
-            "importance scores must be non-negative."
-        )
+    try:
+        check_score_domain(scores)
+    except ScoreDomainError as error:
+        raise score_value_error(error, where=where) from None
+
+
+def score_value_error(error: ScoreDomainError, *, where: str) -> StoreError:
+    """The ``StoreError`` for scores outside the domain, naming ``where``."""
+    if error.lowest is None:
+        return StoreError(f"Importance scores with non-finite values (nan or inf) in {where}.")
+    return StoreError(
+        f"Importance scores with negative values (min {error.lowest:g}) in {where}; "
+        "importance scores must be non-negative."
+    )

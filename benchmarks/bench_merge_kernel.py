@@ -1,0 +1,136 @@
+"""The merge kernel alone: one weight's Elect + Disjoint + Merge, and its selections.
+
+Times, on one weight (8192 x 1024 by default, two fine-tunes, density 0.4,
+election ``both``), in float32 and bfloat16:
+
+- ``task_arithmetic``: mergekit's own arithmetic for the same weight
+  (``base + sum(theta_i - base)``), the yardstick;
+- ``whole tensors``: the pure functions of ``core.election`` composed on whole
+  tensors (elect, disjoint, ``merge_masked``), what the kernel did before
+  ``elect_and_merge``;
+- ``elect_and_merge`` with the chunk size it picks for this machine, and with
+  each chunk size of ``--chunks`` (the data behind ``merge_chunk_size``);
+- ``top_mask`` (the exact selection, values checked on the way) of one score
+  tensor, and ``torch.aminmax`` (a separate value check) for comparison.
+
+Every timing is the best of ``--repeat`` runs, in milliseconds; every chunked
+result is checked equal, bit for bit, to the whole-tensor composition.
+
+    python benchmarks/bench_merge_kernel.py
+    taskset -c 0,1 python benchmarks/bench_merge_kernel.py   # as on a 2-core machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import Callable, Dict
+
+import torch
+
+from mergekit_led.core import election as el
+from mergekit_led.core.selection import top_mask
+
+
+def best_ms(function: Callable[[], object], repeat: int) -> float:
+    function()  # warm-up: allocator, caches, thread pools
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1e3, 2)
+
+
+def measure(dtype: torch.dtype, shape, chunks, repeat: int) -> Dict[str, float]:
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(shape, generator=generator).to(dtype)
+    finetuned = [
+        (base.float() + 0.01 * torch.randn(shape, generator=generator)).to(dtype) for _ in range(2)
+    ]
+    scores = [torch.rand(shape, generator=generator).to(dtype) for _ in range(4)]
+    tops = [(top_mask(scores[0], 0.4), top_mask(scores[1], 0.4))]
+    tops.append((top_mask(scores[2], 0.4), top_mask(scores[3], 0.4)))
+    weights = [1.0, 1.0]
+
+    def whole_tensors() -> torch.Tensor:
+        elected = [el.elect(m, b, el.Election.both) for m, b in tops]
+        return el.merge_masked(base, finetuned, el.disjoint(elected), weights, masks_disjoint=True)
+
+    reference = whole_tensors()
+    row = {
+        "task_arithmetic": best_ms(
+            lambda: (base + ((finetuned[0] - base) + (finetuned[1] - base))).to(dtype), repeat
+        ),
+        "whole tensors": best_ms(whole_tensors, repeat),
+    }
+    picked = el.merge_chunk_size()
+    original = el.merge_chunk_size
+    try:
+        for chunk in [picked, *chunks]:
+            el.merge_chunk_size = lambda chunk=chunk: chunk
+            merged, _ = el.elect_and_merge(base, finetuned, tops, weights, el.Election.both)
+            if not torch.equal(merged, reference):
+                raise AssertionError(f"chunk {chunk}: the merge differs from the whole-tensor one")
+            label = f"elect_and_merge, chunk {chunk >> 10}K" + (
+                " (picked)" if chunk == picked else ""
+            )
+            row[label] = best_ms(
+                lambda: el.elect_and_merge(base, finetuned, tops, weights, el.Election.both),
+                repeat,
+            )
+    finally:
+        el.merge_chunk_size = original
+    row["top_mask, values checked (one store)"] = best_ms(
+        lambda: top_mask(scores[0], 0.4, validate=True), repeat
+    )
+    row["aminmax (a separate value check)"] = best_ms(lambda: torch.aminmax(scores[0]), repeat)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8192)
+    parser.add_argument("--cols", type=int, default=1024)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--chunks",
+        default="65536,262144,1048576",
+        help="comma-separated chunk sizes to time besides the picked one",
+    )
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    chunks = [int(c) for c in args.chunks.split(",") if c]
+    shape = (args.rows, args.cols)
+    results = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus_usable": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "shape": list(shape),
+        "milliseconds": {},
+    }
+    print(
+        f"one {shape[0]} x {shape[1]} weight, two fine-tunes, density 0.4; "
+        f"{results['machine']['cpus_usable']} usable CPUs, "
+        f"{results['machine']['torch_threads']} torch threads; best of {args.repeat}, ms"
+    )
+    for dtype in (torch.float32, torch.bfloat16):
+        row = measure(dtype, shape, chunks, args.repeat)
+        results["milliseconds"][str(dtype).replace("torch.", "")] = row
+        yardstick = row["task_arithmetic"]
+        print(f"\n{dtype}")
+        for label, ms in row.items():
+            print(f"  {label:45s} {ms:9.2f} ms  {ms / yardstick:6.2f}x task_arithmetic")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
