@@ -1,5 +1,6 @@
-"""``mergekit-led demo``: the world, the selection rule, the multi-seed summary, and
-the whole pipeline at the reduced ``--quick`` size."""
+"""``mergekit-led demo``: the world, the selection rule, the multi-seed summary, the
+LED configs (one YAML, stores from the flow), the float32-vs-bfloat16 election
+overlap, and the whole pipeline at the reduced ``--quick`` size."""
 
 import json
 import math
@@ -7,12 +8,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 from click.testing import CliRunner
 
 from mergekit_led.demo import world as wd
+from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting, merge_config
 from mergekit_led.demo.pipeline import DemoOptionError, parse_seeds
-from mergekit_led.demo.report import COLUMNS, summarize
+from mergekit_led.demo.report import BFLOAT16_ROW, COLUMNS, summarize
+from mergekit_led.demo.score_dtype import Overlap, elected_overlap, rounded_once
 from mergekit_led.demo.selection import Trial, choose
+from mergekit_led.store import save_importance
 
 MODEL_ROWS = ["Base", "Instruct", "Safety (Instruct + alignment)", "Math", "Code"]
 MERGE_ROWS = ["Task Arithmetic", "TIES", "Breadcrumbs", "Model Stock", "LED-Merging"]
@@ -156,6 +162,126 @@ def test_summary_counts_and_findings_follow_the_numbers():
     assert "does not win in this toy against" in text and "TIES" in text
 
 
+def _inputs():
+    return Inputs(
+        "/m/base",
+        {t: f"/m/{t}" for t in TASKS},
+        {t: f"/d/{t}.jsonl" for t in TASKS},
+        "/cache",
+        stores={"random": {t: {"model": f"/s/{t}", "base": f"/s/base-{t}"} for t in TASKS}},
+    )
+
+
+def test_led_configs_name_the_task_data_not_stores():
+    """The one YAML a user writes: importance_data per model, locate options for the
+    whole config; only the data-free random scores are given as store paths."""
+    config = merge_config(
+        MergeSetting("led_merging", safety_density=0.7, utility_density=0.1), _inputs()
+    )
+    assert config["parameters"] == {"election": "both", "disjoint": True, "locate_dtype": "float32"}
+    for task, entry in zip(TASKS, config["models"]):
+        assert entry["model"] == f"/m/{task}"
+        assert entry["parameters"]["importance_data"] == f"/d/{task}.jsonl"
+        assert not {"importance", "base_importance"} & set(entry["parameters"])
+    wanda = merge_config(
+        MergeSetting("led_merging", safety_density=0.5, utility_density=0.1, scores="wanda"),
+        _inputs(),
+    )
+    assert wanda["parameters"]["locate_score"] == "wanda"
+    half = merge_config(
+        MergeSetting(
+            "led_merging", safety_density=0.5, utility_density=0.1, score_dtype="bfloat16"
+        ),
+        _inputs(),
+    )
+    assert half["parameters"]["locate_score_dtype"] == "bfloat16"
+    assert "locate_score" not in half["parameters"]  # snip: locate's default
+    random = merge_config(
+        MergeSetting("led_merging", safety_density=0.5, utility_density=0.1, scores="random"),
+        _inputs(),
+    )
+    assert not any(k.startswith("locate_") for k in random["parameters"])
+    for task, entry in zip(TASKS, random["models"]):
+        assert entry["parameters"]["importance"] == f"/s/{task}"
+        assert entry["parameters"]["base_importance"] == f"/s/base-{task}"
+        assert "importance_data" not in entry["parameters"]
+
+
+def _store(path, scores, dtype=torch.float32):
+    return save_importance(scores, str(path), model=None, score="snip", dtype=dtype)
+
+
+def test_elected_overlap_pools_counts_over_weights(tmp_path):
+    first = {"a": [4.0, 3.0, 2.0, 1.0], "b": [1.0, 2.0, 3.0, 4.0]}
+    second = {"a": [4.0, 2.0, 3.0, 1.0], "b": [1.0, 2.0, 3.0, 4.0]}
+    stores = {}
+    for label, scores in (("first", first), ("second", second)):
+        tensors = {name: torch.tensor(values) for name, values in scores.items()}
+        path = _store(tmp_path / label, tensors)
+        stores[label] = {"task": {"model": path, "base": path}}
+    same = elected_overlap(stores["first"], stores["first"], (0.25, 0.5, 1.0))
+    assert all(o["task"].jaccard == 1.0 for o in same.values())
+    # density 0.5: N = {0, 1} vs {0, 2} on weight a (1 of 3), {2, 3} both on b (2 of 2)
+    moved = elected_overlap(stores["first"], stores["second"], (0.5,))[0.5]["task"]
+    assert (moved.intersection, moved.union, moved.first, moved.second) == (3, 5, 4, 4)
+    assert moved.jaccard == pytest.approx(3 / 5)  # pooled, not the mean of 1/3 and 1
+    assert Overlap().jaccard == 1.0  # two empty sets are the same set
+
+
+def test_rounded_once_compares_with_the_float32_twin(tmp_path):
+    scores = {"w": torch.tensor([0.1234567, 2.0, 3.3333333, 0.0])}
+    full = {"t": {"model": _store(tmp_path / "f", scores), "base": _store(tmp_path / "g", scores)}}
+    half = {
+        "t": {
+            "model": _store(tmp_path / "h", scores, torch.bfloat16),
+            "base": _store(tmp_path / "i", scores, torch.bfloat16),
+        }
+    }
+    assert rounded_once(full, half)
+    other = {"w": torch.tensor([0.2, 2.0, 3.3333333, 0.0])}
+    half["t"]["base"] = _store(tmp_path / "j", other, torch.bfloat16)
+    assert not rounded_once(full, half)
+    assert not rounded_once(full, full)  # float32 is not a bfloat16 store
+
+
+def _agreement(values):
+    """A seed's score_dtype result with the same Jaccard everywhere but ``values``."""
+    densities = ["0.1", "0.2", "0.3", "0.4", "0.5"]
+    jaccard = {d: {t: values.get((d, t), 0.995) for t in TASKS} for d in densities}
+    elected = {d: {t: {"float32": 100, "bfloat16": 101} for t in TASKS} for d in densities}
+    return {
+        "election": "both",
+        "densities": [float(d) for d in densities],
+        "jaccard": jaccard,
+        "elected": elected,
+        "rounded_once": True,
+    }
+
+
+def test_summary_of_the_bfloat16_stores_says_whether_the_goal_held():
+    led = _metrics(0.0, 0.0, 0.5, 0.5)
+    results = [_seed_result(s, led=led, ties=led) for s in (0, 1)]
+    for result, values in zip(results, ({}, {("0.3", "math"): 0.98})):
+        result["rows"].append({**result["rows"][-1], "name": BFLOAT16_ROW})
+        result["score_dtype"] = _agreement(values)
+    timing = {"wall_s": 1, "cpu_s": 1, "jobs": 1}
+    summary = summarize(results, timing=timing, quick=True, device="cpu")
+    agreement = summary["score_dtype"]
+    assert agreement["jaccard"]["0.3"]["math"] == pytest.approx(
+        {"mean": 0.9875, "min": 0.98, "max": 0.995}
+    )
+    assert agreement["below_goal"] == [
+        {"seed": 1, "density": "0.3", "task": "math", "jaccard": 0.98}
+    ]
+    assert agreement["elected_growth"]["0.1"]["mean"] == pytest.approx(0.01)
+    text = " ".join(summary["findings"])
+    assert "was missed 1 times (seed 1, density 0.3, math: 0.9800), so float32 stays" in text
+    assert "its test metrics equal the float32 stores' on 2 of 2 seeds" in text
+    results[1]["score_dtype"] = _agreement({})
+    text = " ".join(summarize(results, timing=timing, quick=True, device="cpu")["findings"])
+    assert "at least 0.99 at every density, held on every seed and density" in text
+
+
 def test_quick_demo(tmp_path):
     from mergekit_led.cli import main
     from mergekit_led.demo.pipeline import QUICK
@@ -183,6 +309,7 @@ def test_quick_demo(tmp_path):
     assert summary["seeds"] == [0, 1] and [s["seed"] for s in report["seeds"]] == [0, 1]
     names = [row["name"] for row in summary["rows"]]
     assert names[: len(MODEL_ROWS) + len(MERGE_ROWS)] == MODEL_ROWS + MERGE_ROWS
+    assert BFLOAT16_ROW in names
     for row in summary["rows"]:
         for key, _ in COLUMNS:
             stat = row["metrics"][key]
@@ -202,6 +329,20 @@ def test_quick_demo(tmp_path):
         for trials in seed["selection"]["trials"].values():
             assert sum(t["selected"] for t in trials) == 1
         assert len(seed["ablations"]) == 8
+        assert seed["timing"]["bfloat16_s"] >= 0
+        # the selected setting's elected sets from float32 vs bfloat16 stores
+        agreement = seed["score_dtype"]
+        assert agreement["densities"] == [0.1, 0.2, 0.3, 0.4, 0.5]
+        assert agreement["rounded_once"] is True  # the same locate sums, rounded once
+        for density, tasks in agreement["jaccard"].items():
+            assert set(tasks) == set(TASKS)
+            for task, value in tasks.items():
+                assert 0.9 < value <= 1.0, (density, task, value)
+                sizes = agreement["elected"][density][task]
+                assert sizes["float32"] > 0 and sizes["bfloat16"] > 0
+    agreement = summary["score_dtype"]
+    assert agreement["seeds"] == 2 and agreement["tasks"] == list(TASKS)
+    assert 0.9 < agreement["lowest"] <= agreement["highest"] <= 1.0
     assert {"norm_alignment", "critical_kept_led", "jaccard20_safety_math"} <= set(
         summary["properties"]
     )
@@ -214,8 +355,11 @@ def test_quick_demo(tmp_path):
         "Ablations",
         "Location",
         "Election",
+        "Jaccard N_safety min / mean",
     ):
         assert title in text and title in result.output
+    assert "## bfloat16 stores: how far the elected sets move" in text
+    assert "the goal, at least 0.99 at every density, " in text
     # the merges went through mergekit YAML configs; the LED merge has its card section
     seed_dir = out / "seed-1"
     led = json.loads((seed_dir / "result.json").read_text())["selection"]["trials"]["led_merging"]
@@ -224,10 +368,30 @@ def test_quick_demo(tmp_path):
     merges = seed_dir / "selection" / "merges"
     kept = [p for p in os.listdir(merges) if p.startswith("led_merging")]
     assert len(kept) == 1 and "## LED-Merging" in (merges / kept[0] / "README.md").read_text()
-    for kind in ("snip", "wanda", "random"):
-        for task in ("safety", "math", "code"):
-            for model in (task, "base"):
-                assert (seed_dir / "scores" / kind / task / model / "led_importance.json").is_file()
+    # every LED config is the one YAML a user writes: task data, no store paths
+    # (but the data-free random scores); their stores are in the seed's store cache
+    configs = [p for p in seed_dir.glob("*/configs/*.yml") if p.name.startswith("led_merging")]
+    assert len(configs) >= 9
+    for path in configs:
+        config = yaml.safe_load(path.read_text())
+        for entry in config["models"]:
+            if "_random_" in path.name:
+                assert Path(entry["parameters"]["importance"]).parent.parent.name == "random"
+            else:
+                assert entry["parameters"]["importance_data"].endswith(".jsonl")
+                assert not {"importance", "base_importance"} & set(entry["parameters"])
+    records = [
+        json.loads(p.read_text())
+        for p in (seed_dir / "store-cache" / "stores").glob("*/led_cache.json")
+    ]
+    kinds = sorted((r["score"], r["options"]["score_dtype"]) for r in records)
+    assert (
+        kinds == [("snip", "bfloat16")] * 6 + [("snip", "float32")] * 6 + [("wanda", "float32")] * 6
+    )
+    for task in ("safety", "math", "code"):
+        for model in (task, "base"):
+            assert (seed_dir / "scores" / "random" / task / model / "led_importance.json").is_file()
+    assert not (seed_dir / "scores" / "snip").exists()
     # a seed's models do not depend on how many seeds ran at once (one process and
     # thread each): seed 1 trained here, alone, gives the same checkpoints
     world = wd.build_world(1, code_items=QUICK.code_items, chat_skills=QUICK.chat_skills)

@@ -37,15 +37,22 @@ from mergekit_led.environment import DEVICE_CHOICES
 @run_cli_errors_cleanly
 def command(out, seeds, jobs, device, ablations, quick, quiet):
     """Build a tiny model family offline per seed (base, instruct, safety, math,
-    code), locate SNIP scores, select each merge method's setting on a validation
-    split, merge through mergekit, and evaluate on a test split. Prints the
-    multi-seed table and findings; writes OUT/report.md, OUT/report.json,
-    OUT/safety_vs_utility.png and OUT/seed-*/."""
+    code), select each merge method's setting on a validation split, merge
+    through mergekit (LED-Merging from one-YAML configs with `importance_data`,
+    its SNIP stores computed by the one-command flow into OUT/seed-N/store-cache),
+    and evaluate on a test split; the selected LED setting is merged again from
+    bfloat16 stores. Prints the multi-seed table and findings; writes
+    OUT/report.md, OUT/report.json, OUT/safety_vs_utility.png and OUT/seed-*/."""
     import logging
     import warnings
 
     from mergekit_led.demo.pipeline import Settings, check_jobs, parse_seeds, run_demo
-    from mergekit_led.demo.report import ablation_table, comparison_table, results_table
+    from mergekit_led.demo.report import (
+        ablation_table,
+        comparison_table,
+        results_table,
+        score_dtype_table,
+    )
 
     logging.getLogger("mergekit").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -71,6 +78,10 @@ def command(out, seeds, jobs, device, ablations, quick, quiet):
     click.echo(results_table(summary, markdown=False))
     click.echo("")
     click.echo(comparison_table(summary, markdown=False))
+    if summary["score_dtype"]:
+        click.echo("")
+        click.echo("Jaccard of N_i, float32 vs bfloat16 stores (min / mean over seeds):")
+        click.echo(score_dtype_table(summary, markdown=False))
     if summary["ablations"]:
         click.echo("")
         click.echo(ablation_table(summary, markdown=False))

@@ -1,19 +1,24 @@
 """The merges of the demo as mergekit YAML configs, and running them.
 
-Every merge of safety + math + code is a mergekit configuration run by
-``mergekit_led.merge.merge_config`` (what ``mergekit-led merge`` and
-``mergekit-yaml`` run). Each method has a small grid of its own published
-hyperparameters; the selection rule (``selection``) picks one setting per
-method on the validation split.
+Every merge of safety + math + code is a mergekit configuration run the way
+``mergekit-led merge CONFIG OUT`` runs it: ``prepare_config`` fills in the
+importance stores an ``led_merging`` config asks for by ``importance_data``
+(from the store cache), then ``mergekit_led.merge.merge_config`` merges. An LED
+config is the one YAML a user writes: each model names its task's location
+data, and the ``locate_*`` options say how the stores are computed. Each method
+has a small grid of its own published hyperparameters; the selection rule
+(``selection``) picks one setting per method on the validation split.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import yaml
+
+from mergekit_led.core.parameters import DATA_PARAMETER, LOCATE_PREFIX
 
 TASKS = ("safety", "math", "code")
 METHODS = ("task_arithmetic", "ties", "breadcrumbs", "model_stock", "led_merging")
@@ -25,6 +30,16 @@ METHOD_NAMES = {
     "led_merging": "LED-Merging",
 }
 BREADCRUMBS_GAMMA = 0.01  # share of the largest entries Breadcrumbs drops (its paper's value)
+# Score kinds the one-command flow computes from a task's data (``locate_score``).
+FLOW_SCORES = ("snip", "wanda")
+# Score kinds that need no data (the ablation's ``random``): the flow refuses them
+# (``locate_score`` takes only data scores), so their stores are computed with
+# ``mergekit_led.locate`` and given by path, as docs/one-command.md says.
+DATA_FREE_SCORES = ("random",)
+# The locate options of every store the demo computes, for the whole config:
+# the models are scored in float32, their own dtype (``auto`` would read it from
+# the checkpoint; naming it keeps the stores independent of how they were saved).
+LOCATE_OPTIONS = {"dtype": "float32"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,7 @@ class MergeSetting:
     election: str = "both"
     disjoint: bool = True
     scores: str = "snip"
+    score_dtype: str = "float32"  # LED: the stores' dtype (``locate_score_dtype``)
 
     @property
     def slug(self) -> str:
@@ -55,6 +71,8 @@ class MergeSetting:
             "snip",
         ):
             parts += [self.scores, self.election, "disjoint" if self.disjoint else "nodisjoint"]
+        if self.score_dtype != "float32":
+            parts.append(self.score_dtype)
         return "_".join(parts)
 
     def describe(self) -> str:
@@ -115,16 +133,45 @@ def grids(quick: bool) -> Dict[str, List[MergeSetting]]:
 
 @dataclass
 class Inputs:
-    """What a merge reads: model folders and, for LED, importance stores
+    """What a merge reads: model folders and, for LED, each task's location data
+    (``importance_data``), the store cache the flow computes their stores into,
+    and the stores of the data-free score kinds, given by path:
     ``stores[kind][task] = {"model": path, "base": path}``."""
 
     base: str
     finetuned: Mapping[str, str]  # task -> checkpoint folder
+    data: Mapping[str, str]  # task -> location data file
+    cache: str  # the store cache folder
     stores: Dict[str, Dict[str, Dict[str, str]]] = field(default_factory=dict)
 
 
+def led_parameters(setting: MergeSetting, inputs: Inputs, task: str) -> Dict[str, object]:
+    """Where a task model's importance comes from: its location data, or (for a
+    data-free score kind) the two stores."""
+    if setting.scores in FLOW_SCORES:
+        return {DATA_PARAMETER: inputs.data[task]}
+    if setting.score_dtype != "float32":
+        raise ValueError(f"{setting.scores} stores are computed in float32 only")
+    stores = inputs.stores[setting.scores][task]
+    return {"importance": stores["model"], "base_importance": stores["base"]}
+
+
+def locate_parameters(setting: MergeSetting) -> Dict[str, object]:
+    """The config-wide ``locate_*`` options of ``setting``'s stores (what is not
+    locate's default)."""
+    if setting.scores not in FLOW_SCORES:
+        return {}
+    options: Dict[str, object] = dict(LOCATE_OPTIONS)
+    if setting.scores != "snip":
+        options["score"] = setting.scores
+    if setting.score_dtype != "float32":
+        options["score_dtype"] = setting.score_dtype
+    return {LOCATE_PREFIX + name: value for name, value in options.items()}
+
+
 def merge_config(setting: MergeSetting, inputs: Inputs) -> dict:
-    """The mergekit configuration (as a dict) of ``setting``."""
+    """The mergekit configuration (as a dict) of ``setting``: for LED the one
+    YAML a user writes (``importance_data`` and ``locate_*`` options)."""
     common = {"merge_method": setting.method, "base_model": inputs.base, "dtype": "float32"}
     models = [inputs.finetuned[t] for t in TASKS]
     if setting.method == "task_arithmetic":
@@ -139,26 +186,69 @@ def merge_config(setting: MergeSetting, inputs: Inputs) -> dict:
     elif setting.method == "model_stock":
         return {**common, "models": [{"model": m} for m in models]}
     elif setting.method == "led_merging":
-        stores = inputs.stores[setting.scores]
         params = [
             {
                 "weight": setting.weight,
                 "density": setting.safety_density if task == "safety" else setting.utility_density,
-                "importance": stores[task]["model"],
-                "base_importance": stores[task]["base"],
+                **led_parameters(setting, inputs, task),
             }
             for task in TASKS
         ]
-        common["parameters"] = {"election": setting.election, "disjoint": setting.disjoint}
+        common["parameters"] = {
+            "election": setting.election,
+            "disjoint": setting.disjoint,
+            **locate_parameters(setting),
+        }
     else:
         raise ValueError(f"unknown merge method {setting.method!r}")
     return {**common, "models": [{"model": m, "parameters": p} for m, p in zip(models, params)]}
 
 
-def run_merge(config: dict, config_path: str, out_path: str, *, device: str, seed: int) -> str:
-    """Write ``config`` as YAML to ``config_path`` and merge it into ``out_path``
-    through the package's mergekit entry point."""
+def prepare_stores(
+    config: dict,
+    *,
+    cache: str,
+    device: str,
+    compute: bool,
+    progress: bool = False,
+    report: Optional[Callable[[str], None]] = None,
+):
+    """``config`` with its ``importance_data`` stores filled in, computed into
+    ``cache`` when ``compute`` (``mergekit-led prepare --cache-dir CACHE
+    --device DEVICE``), else only looked up; a ``PreparedConfig``."""
     from mergekit.config import MergeConfiguration
+
+    from mergekit_led.prepare import StoreCache, prepare_config
+
+    return prepare_config(
+        MergeConfiguration.model_validate(config),
+        cache=StoreCache(cache),
+        run={"device": device},
+        compute=compute,
+        report=report or (lambda line: None),
+        progress=progress,
+    )
+
+
+def store_paths(prepared) -> Dict[str, Dict[str, str]]:
+    """``{task: {"model": store, "base": store}}`` of a prepared LED config."""
+    models = prepared.merge_config.models
+    return {
+        task: {
+            "model": definition.parameters["importance"],
+            "base": definition.parameters["base_importance"],
+        }
+        for task, definition in zip(TASKS, models)
+    }
+
+
+def run_merge(
+    config: dict, config_path: str, out_path: str, *, device: str, seed: int, cache: str
+) -> str:
+    """Write ``config`` as YAML to ``config_path`` and merge it into ``out_path``
+    as ``mergekit-led merge --cache-dir CACHE`` does: its stores are filled in
+    from the cache (the demo computes them all before its merges, so a merge
+    only reads them), then the package's mergekit entry point merges."""
     from mergekit.options import MergeOptions
 
     from mergekit_led.merge import merge_config as run_config
@@ -167,6 +257,7 @@ def run_merge(config: dict, config_path: str, out_path: str, *, device: str, see
     os.makedirs(os.path.dirname(config_path), exist_ok=True)
     with open(config_path, "w", encoding="utf-8") as f:
         f.write(source)
+    prepared = prepare_stores(config, cache=cache, device=device, compute=False)
     options = MergeOptions(
         device=device,
         copy_tokenizer=True,
@@ -175,6 +266,4 @@ def run_merge(config: dict, config_path: str, out_path: str, *, device: str, see
         quiet=True,
         random_seed=seed,
     )
-    return run_config(
-        MergeConfiguration.model_validate(config), out_path, options=options, config_source=source
-    )
+    return run_config(prepared.merge_config, out_path, options=options, config_source=source)

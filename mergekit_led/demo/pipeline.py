@@ -1,14 +1,19 @@
 """The demo end to end, per seed and over seeds.
 
 Per seed: world -> model family -> locate -> select each merge method's
-setting on the validation split -> evaluate on test -> measure the world's
-properties -> (ablations). Over seeds: every seed in its own process (one
-thread each, so a seed's numbers do not depend on how many run at once), then
-``report`` aggregates.
+setting on the validation split -> evaluate on test -> the selected LED
+setting again from bfloat16 stores -> measure the world's properties ->
+(ablations). Over seeds: every seed in its own process (one thread each, so a
+seed's numbers do not depend on how many run at once), then ``report``
+aggregates.
 
-Every step goes through the package's public paths: ``mergekit_led.locate``
-for the importance scores and mergekit YAML configs run by the package's merge
-entry point (what ``mergekit-led merge`` / ``mergekit-yaml`` run) for every merge.
+Every step goes through the package's public paths. Every merge is a mergekit
+YAML config run the way ``mergekit-led merge`` runs it; an LED config gives
+each model's location data (``importance_data``) and its stores are computed by
+the one-command flow (``prepare_config``) into the seed's own store cache
+(``seed-N/store-cache``), all of them in the locate step, so the merges only
+read them. Only the data-free ``random`` scores of the ablations, which the
+flow does not compute, come from ``mergekit_led.locate`` and are given by path.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Callable, Dict, List, Optional, Sequence
 
-from mergekit_led.demo import evaluate, merging, properties, report, selection, train, world
+from mergekit_led.demo import (
+    evaluate,
+    merging,
+    properties,
+    report,
+    score_dtype,
+    selection,
+    train,
+    world,
+)
 from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
 from mergekit_led.environment import resolve_device
 from mergekit_led.errors import LEDError
@@ -60,6 +74,7 @@ MODEL_ROWS = (
     ("Code", "code", ("code",)),
 )
 AUTHORS_ROW = "LED-Merging (authors' ratios, not tuned)"
+STORE_CACHE = "store-cache"  # the flow's store cache, inside each seed's folder
 # The ablations of the paper's Table 4, each one component of the selected LED setting changed.
 ABLATIONS = (
     ("Location", "Random", {"scores": "random"}),
@@ -142,32 +157,52 @@ def check_jobs(jobs: int) -> int:
 
 
 def locate_stores(
-    family: Dict[str, str],
-    location_files: Dict[str, str],
-    kind: str,
+    inputs: Inputs,
+    setting: MergeSetting,
     root: str,
     *,
     seed: int,
     device: str,
     progress: bool,
+    log_line: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Dict[str, str]]:
-    """Importance of each fine-tuned model and of the base on each task's location
-    set: ``{task: {"model": store, "base": store}}`` under ``root/<kind>/<task>/``.
-    ``random`` scores get their own seed per store, so the two sets an election
-    intersects are independent draws."""
+    """The stores of ``setting``'s score kind and dtype: the importance of each
+    fine-tuned model and of the base on each task's location set,
+    ``{task: {"model": store, "base": store}}``.
+
+    Data scores go through the one-command flow: ``setting``'s LED config is
+    prepared (``mergekit-led prepare``), which computes every store it asks for
+    into ``inputs.cache``; the densities change no store, so every later config
+    of that kind and dtype finds them there. ``random`` scores, which need no
+    data and which the flow refuses, are computed by ``locate`` under
+    ``root/random/<task>/``, each store with its own seed, so the two sets an
+    election intersects are independent draws (one ``locate_seed`` per model
+    would give a model's store and its base store the same draw: random scores
+    depend only on the seed and the weights' shapes)."""
+    if setting.scores in merging.FLOW_SCORES:
+        prepared = merging.prepare_stores(
+            merging.merge_config(setting, inputs),
+            cache=inputs.cache,
+            device=device,
+            compute=True,
+            progress=progress,
+            report=log_line,
+        )
+        return merging.store_paths(prepared)
     from mergekit_led import locate
 
+    kind = setting.scores
     stores: Dict[str, Dict[str, str]] = {}
     for index, task in enumerate(TASKS):
         stores[task] = {}
-        for role, model in (("model", family[task]), ("base", family["base"])):
+        for role, model in (("model", inputs.finetuned[task]), ("base", inputs.base)):
             stores[task][role] = locate(
                 model,
-                location_files[task] if kind != "random" else None,
+                None,
                 os.path.join(root, kind, task, "base" if role == "base" else task),
                 score=kind,
                 device=device,
-                dtype="float32",
+                dtype=merging.LOCATE_OPTIONS["dtype"],
                 seed=seed * 100 + 2 * index + (role == "base"),
                 overwrite=True,
                 progress=progress,
@@ -226,21 +261,30 @@ def run_seed(settings: Settings, seed: int) -> dict:
     )
     lap("train")
 
-    log("locating: SNIP of every fine-tuned model and of the base on each task's location set")
+    log(
+        "locating: SNIP of every fine-tuned model and of the base on each task's location "
+        f"set, through the one-command flow (store cache seed-{seed}/{STORE_CACHE})"
+    )
+    inputs = Inputs(
+        family["base"],
+        {t: family[t] for t in TASKS},
+        location_files,
+        os.path.join(seed_dir, STORE_CACHE),
+    )
     kinds = ("snip", "wanda", "random") if settings.ablations else ("snip",)
-    stores = {
-        kind: locate_stores(
-            family,
-            location_files,
-            kind,
+    stores: Dict[str, Dict[str, Dict[str, str]]] = {}
+    for kind in kinds:
+        stores[kind] = locate_stores(
+            inputs,
+            replace(merging.AUTHORS_LED, scores=kind),
             os.path.join(seed_dir, "scores"),
             seed=seed,
             device=device,
             progress=settings.progress,
+            log_line=log if settings.progress else None,
         )
-        for kind in kinds
-    }
-    inputs = Inputs(family["base"], {t: family[t] for t in TASKS}, stores)
+        if kind in merging.DATA_FREE_SCORES:
+            inputs.stores[kind] = stores[kind]
     lap("locate")
 
     log("selecting each method's setting on the validation split")
@@ -305,6 +349,34 @@ def run_seed(settings: Settings, seed: int) -> dict:
     )
     lap("evaluate")
 
+    log(
+        "the selected LED-Merging setting from bfloat16 stores: merged, evaluated, its N_i compared"
+    )
+    half = replace(chosen["led_merging"], score_dtype="bfloat16")
+    half_stores = locate_stores(
+        inputs,
+        half,
+        os.path.join(seed_dir, "scores"),
+        seed=seed,
+        device=device,
+        progress=settings.progress,
+        log_line=log if settings.progress else None,
+    )
+    rows.append(
+        {
+            "name": report.BFLOAT16_ROW,
+            "kind": "merge",
+            "method": "led_merging",
+            "sources": list(TASKS),
+            "setting": half.describe(),
+            "metrics": evaluate.evaluate_checkpoint(
+                _merge(half, inputs, seed_dir, "score-dtype", device, seed), test, device
+            ),
+        }
+    )
+    dtype_agreement = score_dtype.measure(stores["snip"], half_stores)
+    lap("bfloat16")
+
     log("measuring the world's properties")
     world_properties = properties.measure(
         family, stores["snip"], location["safety"], chosen, device=device
@@ -344,6 +416,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
         },
         "properties": world_properties,
         "ablations": ablation_rows,
+        "score_dtype": dtype_agreement,
         "timing": timing,
     }
     with open(os.path.join(seed_dir, "result.json"), "w", encoding="utf-8") as f:
@@ -371,6 +444,7 @@ def _merge(
         os.path.join(root, "merges", setting.slug),
         device=device,
         seed=seed,
+        cache=inputs.cache,
     )
 
 

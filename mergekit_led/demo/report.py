@@ -12,6 +12,7 @@ import os
 from statistics import mean
 from typing import Dict, List, Optional, Sequence
 
+from mergekit_led.demo import score_dtype
 from mergekit_led.demo.evaluate import mean_utility, safety_error
 from mergekit_led.demo.merging import METHOD_NAMES
 from mergekit_led.errors import LEDError
@@ -29,6 +30,7 @@ BASELINES = tuple(
     METHOD_NAMES[m] for m in ("task_arithmetic", "ties", "breadcrumbs", "model_stock")
 )
 UTILITY_SHARE = 0.9  # "at >= 90 % of its utility"
+BFLOAT16_ROW = f"{LED} (bfloat16 stores)"  # the selected LED setting from bfloat16 stores
 
 
 # --------------------------------------------------------------------------- numbers
@@ -71,6 +73,7 @@ def summarize(results: Sequence[dict], *, timing: dict, quick: bool, device: str
             key: spread([r["properties"][key] for r in results]) for key in results[0]["properties"]
         },
         "ablations": _ablations(results),
+        "score_dtype": _score_dtype(results),
         "timing": {**timing, "per_seed": {str(r["seed"]): r["timing"] for r in results}},
     }
     summary["findings"] = findings(summary)
@@ -113,6 +116,57 @@ def _ablations(results: Sequence[dict]) -> List[dict]:
             }
         )
     return out
+
+
+def _score_dtype(results: Sequence[dict]) -> Optional[dict]:
+    """The float32-vs-bfloat16 Jaccard of ``N_i`` over seeds: per density and task
+    the spread over seeds, every value below the goal, and how many seeds' two
+    stores hold one run's scores."""
+    per_seed = [r.get("score_dtype") for r in results]
+    if not per_seed or not all(per_seed):
+        return None
+    first = per_seed[0]
+    densities = [f"{d:g}" for d in first["densities"]]
+    measured = first["jaccard"][densities[0]]
+    # the sources' order (a result read back from result.json has its keys sorted)
+    tasks = [t for t in SOURCES if t in measured] + sorted(set(measured) - set(SOURCES))
+    values = [
+        (r["seed"], d, t, r["score_dtype"]["jaccard"][d][t])
+        for r in results
+        for d in densities
+        for t in tasks
+    ]
+    growth = {
+        d: spread(
+            [
+                sum(m["elected"][d][t]["bfloat16"] for t in tasks)
+                / max(1, sum(m["elected"][d][t]["float32"] for t in tasks))
+                - 1
+                for m in per_seed
+            ]
+        )
+        for d in densities
+    }
+    return {
+        "goal": score_dtype.GOAL,
+        "election": first["election"],
+        "densities": densities,
+        "tasks": tasks,
+        "seeds": len(per_seed),
+        "jaccard": {
+            d: {t: spread([r["score_dtype"]["jaccard"][d][t] for r in results]) for t in tasks}
+            for d in densities
+        },
+        "elected_growth": growth,  # |N| summed over tasks, bfloat16 / float32 - 1
+        "lowest": min(v for *_, v in values),
+        "highest": max(v for *_, v in values),
+        "below_goal": [
+            {"seed": seed, "density": d, "task": t, "jaccard": v}
+            for seed, d, t, v in values
+            if v < score_dtype.GOAL
+        ],
+        "rounded_once": sum(bool(m["rounded_once"]) for m in per_seed),
+    }
 
 
 # --------------------------------------------------------------------------- words
@@ -244,6 +298,7 @@ def findings(summary: dict) -> List[str]:
             f"{_pct(authors['metrics']['mean_utility']['mean'])} % (selected setting: "
             f"{_pct(led['harmful_compliance']['mean'])} %, {_pct(led['mean_utility']['mean'])} %)."
         )
+    out += _score_dtype_findings(summary, by)
     ablation = {(a["part"], a["variant"]): a["metrics"] for a in summary.get("ablations", [])}
     if ablation:
         full = ablation[("Disjoint", "✓")]
@@ -259,6 +314,59 @@ def findings(summary: dict) -> List[str]:
             f"{_pct(_safety_mean(full))} %, utility {_pct(_utility_mean(full))} %): changing one "
             f"component raises the safety error for {_listed(less_safe)} and lowers the utility "
             f"for {_listed(less_useful)}."
+        )
+    return out
+
+
+def _score_dtype_findings(summary: dict, by: Dict[str, dict]) -> List[str]:
+    """What the bfloat16 stores changed: the merge's metrics, and ``N_i``'s Jaccard."""
+    out: List[str] = []
+    n = len(summary["seeds"])
+    led, half = by.get(LED), by.get(BFLOAT16_ROW)
+    if led and half:
+        rows = {row["name"]: row for row in summary["rows"]}
+        same = sum(
+            rows[BFLOAT16_ROW]["per_seed"][s] == rows[LED]["per_seed"][s]
+            for s in map(str, summary["seeds"])
+        )
+        out.append(
+            f"With bfloat16 stores (the selected setting, each score rounded once), {LED} complies "
+            f"with {_range(half['harmful_compliance'])} % of harmful requests, over-refuses "
+            f"{_range(half['over_refusal'])} %, at a mean utility of "
+            f"{_pct(half['mean_utility']['mean'])} % (float32 stores: "
+            f"{_range(led['harmful_compliance'])} %, {_range(led['over_refusal'])} %, "
+            f"{_pct(led['mean_utility']['mean'])} %); its test metrics equal the float32 "
+            f"stores' on {_seeds_text(same, n)}."
+        )
+    agreement = summary.get("score_dtype")
+    if agreement:
+        goal = agreement["goal"]
+        densities = agreement["densities"]
+        where = (
+            f"the elected sets N_i (election {agreement['election']}) of the float32 and the "
+            f"bfloat16 stores overlap with Jaccard {agreement['lowest']:.4f} to "
+            f"{agreement['highest']:.4f} over the {agreement['seeds']} seeds, densities "
+            f"{densities[0]} to {densities[-1]} and the models {', '.join(agreement['tasks'])} "
+            f"(every weight pooled)"
+        )
+        below = agreement["below_goal"]
+        if not below:
+            verdict = (
+                f"the goal, at least {goal:g} at every density, held on every seed and density"
+            )
+        else:
+            misses = "; ".join(
+                f"seed {m['seed']}, density {m['density']}, {m['task']}: {m['jaccard']:.4f}"
+                for m in below
+            )
+            verdict = (
+                f"the goal, at least {goal:g} at every density, was missed {len(below)} times "
+                f"({misses}), so float32 stays the default"
+            )
+        rounded = agreement["rounded_once"]
+        out.append(
+            f"bfloat16 stores: {where}; {verdict}. On {_seeds_text(rounded, agreement['seeds'])} "
+            "every bfloat16 score is exactly its float32 twin rounded once (the same locate sums)."
         )
     return out
 
@@ -297,9 +405,8 @@ def comparison_table(summary: dict, *, markdown: bool) -> str:
 
 
 def selection_table(summary: dict, *, markdown: bool) -> str:
-    merges = [
-        row for row in summary["rows"] if row["kind"] == "merge" and "authors" not in row["name"]
-    ]
+    selected = set(METHOD_NAMES.values())  # the rows of a selected setting, one per method
+    merges = [row for row in summary["rows"] if row["name"] in selected]
     head = ["seed", *(row["name"] for row in merges)]
     body = [[s, *(row["settings"][s] or "" for row in merges)] for s in map(str, summary["seeds"])]
     return _table(head, body, markdown=markdown)
@@ -355,6 +462,25 @@ def properties_table(summary: dict, *, markdown: bool) -> str:
             continue
         fmt = _pct if percent else (lambda v: f"{v:.3f}")
         body.append([label, fmt(stat["mean"]), fmt(stat["min"]), fmt(stat["max"])])
+    return _table(head, body, markdown=markdown)
+
+
+def score_dtype_table(summary: dict, *, markdown: bool) -> str:
+    """Per density: the float32-vs-bfloat16 Jaccard of each task's N_i (min / mean
+    over seeds) and how much larger the bfloat16 sets are."""
+    agreement = summary["score_dtype"]
+    head = [
+        "density",
+        *(f"Jaccard N_{t} min / mean" for t in agreement["tasks"]),
+        "|N| bfloat16 vs float32",
+    ]
+    body = []
+    for d in agreement["densities"]:
+        cells = [
+            f"{agreement['jaccard'][d][t]['min']:.4f} / {agreement['jaccard'][d][t]['mean']:.4f}"
+            for t in agreement["tasks"]
+        ]
+        body.append([d, *cells, f"{100 * agreement['elected_growth'][d]['mean']:+.2f} %"])
     return _table(head, body, markdown=markdown)
 
 
@@ -489,6 +615,23 @@ def markdown_report(summary: dict) -> str:
         properties_table(summary, markdown=True),
         "",
     ]
+    if summary.get("score_dtype"):
+        agreement = summary["score_dtype"]
+        lines += [
+            "## bfloat16 stores: how far the elected sets move",
+            "",
+            "On every seed the selected LED-Merging setting's stores are computed twice by the "
+            "same locate runs, written as float32 and as bfloat16 (`locate_score_dtype: "
+            "bfloat16`). Each task model's elected set N_i (election "
+            f"{agreement['election']}) is elected from each at every density; the table gives "
+            "their Jaccard overlap over all weights (min / mean over the seeds) and how much "
+            "larger the bfloat16 sets are (summed over the tasks, mean over the seeds). Goal: "
+            f"at least {agreement['goal']:g} at every density. The merge's test metrics with "
+            f"bfloat16 stores are the row {BFLOAT16_ROW} above.",
+            "",
+            score_dtype_table(summary, markdown=True),
+            "",
+        ]
     if summary["ablations"]:
         lines += [
             "## Ablations (the paper's Table 4 in miniature; test split, mean [min–max])",

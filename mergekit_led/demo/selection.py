@@ -66,6 +66,7 @@ def select(
             os.path.join(root, "merges", setting.slug),
             device=device,
             seed=seed,
+            cache=inputs.cache,
         )
         trials.append(Trial(setting, evaluate_val(path), os.path.relpath(config_path, seed_dir)))
         paths.append(path)
