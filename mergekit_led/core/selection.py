@@ -30,6 +30,7 @@ selection there that is far faster than ``torch.kthvalue``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -47,12 +48,14 @@ _BITS_VIEW = {
 # Up to this many elements numpy's vectorised introselect over the whole tensor
 # beats sampling plus the chunked pass (measured on 1-16 threads).
 _DIRECT_MAX_NUMEL = 1 << 20
-# Elements per chunk of the pass. Each numpy call releases the GIL, but the
-# hand-over costs more than a call on a small chunk: 1M-element chunks scaled
-# best on a 16-core machine (256K: 2x slower at 8-16 threads, ~8% faster at 1-2).
-_CHUNK = 1 << 20
+# Elements per chunk of the pass (``_chunk_size``; a number here overrides it).
+# Each numpy call releases the GIL, but the hand-over costs more than a call on a
+# small chunk: on a 16-core machine 1M-element chunks scaled best (256K: 2x
+# slower at 8-16 threads), while with 1-4 threads 256K is faster (35% for float32
+# scores on 2 cores: the chunk's repeated passes stay in the core's cache).
+_CHUNK: int | None = None
 # Below this many elements the pass runs in the calling thread.
-_PARALLEL_MIN_NUMEL = 2 * _CHUNK
+_PARALLEL_MIN_NUMEL = 1 << 19
 # Sample size (N / 64, within these bounds) and bracket half-width in binomial
 # standard deviations: at 5 sigma an honest sample misses the bracket with
 # probability about 1e-6 per call, and the bracket holds about
@@ -117,7 +120,7 @@ def kth_largest(scores: torch.Tensor, k: int) -> float:
     if flat.dtype not in _BITS_VIEW:
         return float(torch.kthvalue(flat, numel - k + 1).values)
     bits = _bits(flat)
-    if numel <= _DIRECT_MAX_NUMEL:
+    if _direct(numel, flat.dtype):
         return _as_float(_partition_kth(bits, k), flat.dtype)
     threshold_bits, _ = _cpu_select(bits, k, mask_out=None)
     return _as_float(threshold_bits, flat.dtype)
@@ -150,7 +153,7 @@ def top_mask(scores: torch.Tensor, ratio: float, *, validate: bool = False) -> t
         k > 0
         and flat.device.type == "cpu"
         and flat.dtype in _BITS_VIEW
-        and numel > _DIRECT_MAX_NUMEL
+        and not _direct(numel, flat.dtype)
     )
     if validate and not fused:
         check_score_domain(flat)
@@ -169,6 +172,15 @@ def top_mask(scores: torch.Tensor, ratio: float, *, validate: bool = False) -> t
 
 
 # --------------------------------------------------------------------------- CPU
+
+
+def _direct(numel: int, dtype: torch.dtype) -> bool:
+    """Whether a whole-tensor introselect beats the sampled bracket: up to
+    ``_DIRECT_MAX_NUMEL`` elements, a quarter of that for 16-bit scores (which
+    must be widened first; measured on 2 cores: bfloat16 at 1M, 2.0 ms bracketed
+    against 6.0 ms direct)."""
+    limit = _DIRECT_MAX_NUMEL if dtype.itemsize >= 4 else _DIRECT_MAX_NUMEL >> 2
+    return numel <= limit
 
 
 def _bits(flat: torch.Tensor) -> np.ndarray:
@@ -194,22 +206,35 @@ def _bracket(bits: np.ndarray, k: int) -> tuple[int, int]:
     """Bit patterns ``lo <= hi`` likely to enclose the k-th largest (a guess only)."""
     numel = bits.size
     size = min(_SAMPLE, max(_SAMPLE_MIN, numel >> 6))
-    rng = np.random.default_rng(_SAMPLE_SEED)
-    sample = bits[rng.integers(0, numel, size)].astype(np.int64)
+    sample = bits[_sample_positions(numel, size)]
+    if sample.itemsize < 4:
+        sample = sample.astype(np.int32)  # numpy's fast selection: 32- and 64-bit only
     share = k / numel
     centre = size * (1.0 - share)  # the k-th largest's position in the sorted sample
     half_width = _SIGMAS * math.sqrt(size * share * (1.0 - share)) + 2.0
     low_index = math.floor(centre - half_width)
     high_index = math.ceil(centre + half_width)
-    wanted = [index for index in (low_index, high_index) if 0 <= index < size]
-    if wanted:
-        sample.partition(wanted)  # two order statistics: no need to sort it all
-    lo = int(sample[low_index]) if low_index >= 0 else 1
-    hi = int(sample[high_index]) if high_index < size else int(np.iinfo(bits.dtype).max)
+    # Two order statistics, one selection each: numpy's vectorised selection
+    # takes one index at a time (with two it falls back to a slower one).
+    lo = int(np.partition(sample, low_index)[low_index]) if low_index >= 0 else 1
+    hi = (
+        int(np.partition(sample, high_index)[high_index])
+        if high_index < size
+        else int(np.iinfo(bits.dtype).max)
+    )
     # Only positive scores can be elected: the mask is never below the smallest
     # positive pattern (1), and a bracket that ends up empty is fine (see below).
     lo = max(lo, 1)
     return lo, max(hi, lo - 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _sample_positions(numel: int, size: int) -> np.ndarray:
+    """``size`` positions drawn with a fixed seed (the same for every tensor of
+    ``numel`` elements, so a merge's many same-shaped weights draw them once)."""
+    positions = np.random.default_rng(_SAMPLE_SEED).integers(0, numel, size)
+    positions.flags.writeable = False
+    return positions
 
 
 def _cpu_select(
@@ -266,15 +291,17 @@ def _bracket_pass(
     one more pass over the whole tensor.
     """
 
+    chunk_size = _chunk_size()
+
     def scan(span: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray, bool]:
         span_start, span_stop = span
-        scratch_size = min(_CHUNK, span_stop - span_start)
+        scratch_size = min(chunk_size, span_stop - span_start)
         scratch_at_least = np.empty(scratch_size, dtype=np.bool_) if mask_out is None else None
         scratch_band = np.empty(scratch_size, dtype=np.bool_)
         above_lo = in_band = 0
         valid = True
         positions_found, values_found = [], []
-        for start, stop in chunked.chunks_of(span, _CHUNK):
+        for start, stop in chunked.chunks_of(span, chunk_size):
             chunk = bits[start:stop]
             if limits is not None and valid:
                 valid = _chunk_valid(chunk, *limits)
@@ -307,7 +334,9 @@ def _bracket_pass(
             valid,
         )
 
-    parts = chunked.map_spans(scan, bits.size, chunk=_CHUNK, parallel_min_numel=_PARALLEL_MIN_NUMEL)
+    parts = chunked.map_spans(
+        scan, bits.size, chunk=chunk_size, parallel_min_numel=_PARALLEL_MIN_NUMEL
+    )
     return (
         sum(part[0] for part in parts),
         sum(part[1] for part in parts),
@@ -315,6 +344,12 @@ def _bracket_pass(
         np.concatenate([part[3] for part in parts]),
         all(part[4] for part in parts),
     )
+
+
+def _chunk_size() -> int:
+    if _CHUNK is not None:
+        return _CHUNK
+    return 1 << 18 if torch.get_num_threads() <= 4 else 1 << 20
 
 
 def _chunk_valid(chunk: np.ndarray, negative_zero: int, largest_finite: int) -> bool:
