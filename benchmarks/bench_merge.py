@@ -379,7 +379,7 @@ def main() -> None:
     shutil.rmtree(workdir / "out", ignore_errors=True)
     check = sorted_copy_check_cost(all_paths["float32"]["stores"]["float32"]["ft1"])
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, torch {torch.__version__}"
     summary = {
         "rounds": rounds,
         "machine": machine,

@@ -91,7 +91,7 @@ def main() -> None:
 
     time_ratio = statistics.median(ratios("seconds"))
     rss_ratio = statistics.median(ratios("rss"))
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, torch {torch.__version__}"
     lines = [
         f"LED merge of a {paths['params'] / 1e6:.0f}M-parameter Llama family (base + 2 fine-tunes, "
         f"float32), {rounds} alternating rounds, {machine}.",

@@ -191,7 +191,7 @@ def main() -> None:
             "difference_norm_over_merged_delta_norm": (diff_norm / delta_norm) ** 0.5,
         }
 
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, torch {torch.__version__}"
     goal_met = all(row[t]["jaccard"] >= GOAL for row in table.values() for t in tasks)
     lines = [
         f"SNIP stores from `mergekit_led.locate` on a {weights / 1e6:.1f}M-parameter Llama "

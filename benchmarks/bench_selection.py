@@ -227,7 +227,7 @@ def main() -> None:
     args.slow = {"torch.kthvalue (today, no sorted copy)", "torch.topk"}
 
     print(
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+        f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {np.__version__}; "
         f"median of {args.repeats} runs (slow methods: {max(1, args.repeats // 2)}); "
         "x = ratio to one `scores >= t` pass; '=' = threshold equals a plain sort's."

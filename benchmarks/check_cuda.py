@@ -4,7 +4,11 @@
    the report gives the Jaccard of the sets each elects at densities 0.1-0.5
    (float rounding may flip elements tied within rounding).
 2. `mergekit-led merge --cuda` writes the same merged tensors as the CPU merge, bit for bit.
-3. (optional) `mergekit-led demo --device cuda --quick` runs end to end.
+3. The merge kernel on weights of real size (8192 x 1024, float32 and bfloat16, 1-3
+   models, every election, disjoint on and off, weights 1 and not): the CPU's
+   chunked `elect_and_merge` (bit-blend select) equals the same call on CUDA
+   (whole tensors, `torch.where`), bit for bit, and so do the selected top sets.
+4. (optional) `mergekit-led demo --device cuda --quick` runs end to end.
 
 Run on a machine with a GPU (never in the test suite):
 
@@ -126,6 +130,54 @@ def check_merge(work: Path, family) -> dict:
     return {"tensors": len(cpu), "bit-identical": not differing, "differing": differing[:10]}
 
 
+def check_kernel() -> dict:
+    """``top_mask`` and ``elect_and_merge`` on CPU and on CUDA, on 8M-element weights."""
+    from mergekit_led.core.election import Election, elect_and_merge
+
+    shape = (8192, 1024)
+    cases = differing = 0
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        base = torch.randn(shape, generator=generator).to(dtype)
+        finetuned = [
+            (base.float() + 0.01 * torch.randn(shape, generator=generator)).to(dtype)
+            for _ in range(3)
+        ]
+        scores = [torch.rand(shape, generator=generator).to(dtype) for _ in range(6)]
+        tops = []
+        for index in range(3):
+            pair = []
+            for score in scores[2 * index : 2 * index + 2]:
+                on_cpu, on_cuda = top_mask(score, 0.4), top_mask(score.cuda(), 0.4)
+                cases += 1
+                differing += not torch.equal(on_cpu, on_cuda.cpu())
+                pair.append(on_cpu)
+            tops.append(tuple(pair))
+        for count in (1, 2, 3):
+            for election in Election:
+                for disjoint in (True, False):
+                    for weights in ([1.0] * count, [0.7, -1.3, 2.5][:count]):
+                        cpu, _ = elect_and_merge(
+                            base,
+                            finetuned[:count],
+                            tops[:count],
+                            weights,
+                            election,
+                            disjoint_step=disjoint,
+                        )
+                        gpu, _ = elect_and_merge(
+                            base.cuda(),
+                            [t.cuda() for t in finetuned[:count]],
+                            [(m.cuda(), b.cuda()) for m, b in tops[:count]],
+                            weights,
+                            election,
+                            disjoint_step=disjoint,
+                        )
+                        cases += 1
+                        differing += not torch.equal(cpu, gpu.cpu())
+    return {"cases": cases, "bit-identical": differing == 0, "differing": differing}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="cuda-check")
@@ -149,6 +201,10 @@ def main() -> int:
     merge = check_merge(work, family)
     failed |= not merge["bit-identical"]
     lines += ["", "## merge: `mergekit-led merge --cuda` vs CPU", "", json.dumps(merge), ""]
+    kernel = check_kernel()
+    failed |= not kernel["bit-identical"]
+    lines += ["## merge kernel on 8192 x 1024 weights: CPU (chunked) vs CUDA", ""]
+    lines += [json.dumps(kernel), ""]
     if args.demo:
         start = time.perf_counter()
         demo = subprocess.run(

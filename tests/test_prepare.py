@@ -586,3 +586,47 @@ def test_locate_error_type_is_kept(llama_family, tmp_path):
     config = parsed(write_config(tmp_path / "c.yml", llama_family, [(0, params)]))
     with pytest.raises(LocateError, match="none.jsonl does not exist"):
         prepare_config(config, cache=StoreCache(str(tmp_path / "cache")), progress=False)
+
+
+def test_inspect_and_card_read_the_cached_stores_or_say_what_to_run(one_command, tmp_path):
+    config, cache = one_command["config"], one_command["cache"]
+    result = cli("inspect", config, "--cache-dir", cache, "--json", "-")
+    assert result.exit_code == 0, output_of(result)
+    counts = json.loads(result.stdout)
+    models = counts["models"]
+    assert len(models) == 2 and all(m["density"] in (0.3, 0.5) for m in models)
+    assert counts["overall"]["numel"] > 0
+
+    out = tmp_path / "merged"
+    shutil.copytree(one_command["out"], out)
+    result = cli("card", config, str(out), "--cache-dir", cache)
+    assert result.exit_code == 0, output_of(result)
+    assert "LED-Merging" in (out / "README.md").read_text()
+
+    empty = str(tmp_path / "empty-cache")
+    for args in (("inspect", config), ("card", config, str(out))):
+        error = one_line_error(cli(*args, "--cache-dir", empty))
+        assert "not computed yet" in error
+        assert f"`mergekit-led prepare {config} --cache-dir {empty}`" in error
+
+
+def test_prepare_takes_the_permission_to_write_badly_tokenized_stores(llama_family, tmp_path):
+    garbled = write_jsonl(
+        tmp_path / "garbled.jsonl",
+        [{"prompt": "what is two plus three", "response": "zebra xylophone quark"}] * 2,
+    )
+    config = write_config(
+        tmp_path / "led.yml",
+        llama_family,
+        [(0, {"density": 0.5, "importance_data": garbled})],
+        parameters={"locate_dtype": "fp32"},
+    )
+    cache = tmp_path / "cache"
+    error = one_line_error(cli("prepare", config, "--cache-dir", cache))
+    assert "--allow-bad-tokenization" in error and garbled in error
+    result = cli("prepare", config, "--cache-dir", cache, "--allow-bad-tokenization")
+    assert result.exit_code == 0, output_of(result)
+    resolved = yaml.safe_load(result.stdout)
+    store = resolved["models"][0]["parameters"]["importance"]
+    options = mergekit_led.load_importance(store).manifest.metadata["options"]
+    assert options["allow_bad_tokenization"] is True

@@ -7,14 +7,16 @@ from typing import Optional
 import click
 
 from mergekit_led.cli import run_cli_errors_cleanly
+from mergekit_led.cli.prepare import cache_dir_option, stores_from_cache
 
 
 @click.command("card")
 @click.argument("config_file")
 @click.argument("out_path")
 @click.option("--device", default=None, help="Device for the election (cpu, cuda).")
+@cache_dir_option
 @run_cli_errors_cleanly
-def command(config_file: str, out_path: str, device: Optional[str]):
+def command(config_file: str, out_path: str, device: Optional[str], cache_dir: Optional[str]):
     """Add the LED-Merging section to OUT_PATH/README.md of an existing merge of
     CONFIG_FILE (e.g. one run with plain mergekit-yaml)."""
     from mergekit_led.analysis.card import add_led_section
@@ -24,7 +26,7 @@ def command(config_file: str, out_path: str, device: Optional[str]):
 
     if device is not None:
         check_device(device)
-    config, _ = load_config(config_file)
+    config = stores_from_cache(load_config(config_file)[0], config_file, cache_dir)
     analysis = analyze_config(config, device=device, progress=True)
     readme = add_led_section(config, out_path, analysis)
     click.echo(f"added the LED-Merging section to {readme}")

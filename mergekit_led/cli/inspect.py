@@ -8,6 +8,7 @@ from typing import Optional
 import click
 
 from mergekit_led.cli import run_cli_errors_cleanly
+from mergekit_led.cli.prepare import cache_dir_option, stores_from_cache
 
 
 @click.command("inspect")
@@ -31,6 +32,7 @@ from mergekit_led.cli import run_cli_errors_cleanly
     "(e.g. 0.2 for the paper's overlap analysis).",
 )
 @click.option("--device", default=None, help="Device for the election (cpu, cuda).")
+@cache_dir_option
 @run_cli_errors_cleanly
 def command(
     config_file: str,
@@ -39,6 +41,7 @@ def command(
     json_path: Optional[str],
     density_override: Optional[float],
     device: Optional[str],
+    cache_dir: Optional[str],
 ):
     """Report what an led_merging CONFIG_FILE elects, writing no model.
 
@@ -54,7 +57,7 @@ def command(
 
     if device is not None:
         check_device(device)
-    config, _ = load_config(config_file)
+    config = stores_from_cache(load_config(config_file)[0], config_file, cache_dir)
     analysis = analyze_config(
         config, density_override=density_override, device=device, progress=json_path != "-"
     )

@@ -22,6 +22,26 @@ def cache_dir_option(function):
     return click.option("--cache-dir", "cache_dir", default=None, help=CACHE_HELP)(function)
 
 
+def stores_from_cache(config, config_file: str, cache_dir: Optional[str]):
+    """``config`` with its ``importance_data`` stores taken from the store cache
+    and its Hub stores fetched; nothing is computed (inspect, card)."""
+    from mergekit_led.prepare.cache import StoreCache
+    from mergekit_led.prepare.run import StoresNotComputed, needs_preparing, prepare_config
+
+    if not needs_preparing(config):
+        return config
+    try:
+        prepared = prepare_config(
+            config, cache=StoreCache(cache_dir), compute=False, report=lambda line: None
+        )
+    except StoresNotComputed as error:
+        where = f" --cache-dir {shlex.quote(cache_dir)}" if cache_dir else ""
+        raise StoresNotComputed(
+            f"{error} Compute them first: `mergekit-led prepare {shlex.quote(config_file)}{where}`."
+        ) from None
+    return prepared.merge_config
+
+
 def run_options(function):
     """locate's execution options (device, memory, checkpoints), from ``LocateOptions``."""
     from mergekit_led.location.options import LocateOptions

@@ -46,6 +46,7 @@ RUN_OPTIONS: Tuple[str, ...] = (
     "gradient_checkpointing",
     "checkpoint_every",
     "trust_remote_code",
+    "allow_bad_tokenization",
 )
 
 _KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
