@@ -630,3 +630,11 @@ def test_prepare_takes_the_permission_to_write_badly_tokenized_stores(llama_fami
     store = resolved["models"][0]["parameters"]["importance"]
     options = mergekit_led.load_importance(store).manifest.metadata["options"]
     assert options["allow_bad_tokenization"] is True
+    # mergekit-led merge computes its missing stores with the same permission.
+    fresh = tmp_path / "fresh-cache"
+    out = tmp_path / "merged"
+    error = one_line_error(cli("merge", config, out, "--cache-dir", fresh, *QUIET))
+    assert "--allow-bad-tokenization" in error and garbled in error
+    result = cli("merge", config, out, "--cache-dir", fresh, "--allow-bad-tokenization", *QUIET)
+    assert result.exit_code == 0, output_of(result)
+    assert any(p.suffix == ".safetensors" for p in out.iterdir())

@@ -19,11 +19,22 @@ from mergekit_led.cli.prepare import cache_dir_option
     "earlier merge output (files a merge writes are replaced, everything else is "
     "kept). Never allowed for an input model or store.",
 )
+@click.option(
+    "--allow-bad-tokenization",
+    is_flag=True,
+    help="Write the importance stores this merge computes even when their answers tokenize "
+    "badly (as `mergekit-led prepare --allow-bad-tokenization`).",
+)
 @add_merge_options
 @cache_dir_option
 @run_cli_errors_cleanly
 def command(
-    merge_options: MergeOptions, config_file: str, out_path: str, overwrite: bool, cache_dir
+    merge_options: MergeOptions,
+    config_file: str,
+    out_path: str,
+    overwrite: bool,
+    allow_bad_tokenization: bool,
+    cache_dir,
 ):
     """Merge like `mergekit-yaml CONFIG_FILE OUT_PATH` (every option of it works),
     after checking an led_merging config, its stores and models as a whole.
@@ -45,11 +56,15 @@ def command(
     merge_options.apply_global_options()
     config, source = load_config(config_file)
     command = f"mergekit-led merge {shlex.join([config_file, out_path])}"
-    config = _prepared(config, cache_dir, merge_options, command)
+    run = {
+        "trust_remote_code": merge_options.trust_remote_code,
+        "allow_bad_tokenization": allow_bad_tokenization,
+    }
+    config = _prepared(config, cache_dir, run, not merge_options.quiet, command)
     merge_config(config, out_path, options=merge_options, config_source=source, overwrite=overwrite)
 
 
-def _prepared(config, cache_dir, merge_options: MergeOptions, command):
+def _prepared(config, cache_dir, run, progress: bool, command):
     """The config with its importance_data stores computed and Hub stores fetched."""
     from mergekit_led.prepare.cache import StoreCache
     from mergekit_led.prepare.run import needs_preparing, prepare_config
@@ -59,9 +74,9 @@ def _prepared(config, cache_dir, merge_options: MergeOptions, command):
     prepared = prepare_config(
         config,
         cache=StoreCache(cache_dir),
-        run={"trust_remote_code": merge_options.trust_remote_code},
+        run=run,
         report=lambda line: click.echo(line, err=True),
-        progress=not merge_options.quiet,
+        progress=progress,
         command=command,
     )
     return prepared.merge_config
