@@ -20,6 +20,7 @@ Prints a markdown report and exits non-zero when a check fails.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -153,28 +154,23 @@ def check_kernel() -> dict:
                 differing += not torch.equal(on_cpu, on_cuda.cpu())
                 pair.append(on_cpu)
             tops.append(tuple(pair))
-        for count in (1, 2, 3):
-            for election in Election:
-                for disjoint in (True, False):
-                    for weights in ([1.0] * count, [0.7, -1.3, 2.5][:count]):
-                        cpu, _ = elect_and_merge(
-                            base,
-                            finetuned[:count],
-                            tops[:count],
-                            weights,
-                            election,
-                            disjoint_step=disjoint,
-                        )
-                        gpu, _ = elect_and_merge(
-                            base.cuda(),
-                            [t.cuda() for t in finetuned[:count]],
-                            [(m.cuda(), b.cuda()) for m, b in tops[:count]],
-                            weights,
-                            election,
-                            disjoint_step=disjoint,
-                        )
-                        cases += 1
-                        differing += not torch.equal(cpu, gpu.cpu())
+        for count, election, disjoint, unit in itertools.product(
+            (1, 2, 3), Election, (True, False), (True, False)
+        ):
+            weights = [1.0] * count if unit else [0.7, -1.3, 2.5][:count]
+            cpu, _ = elect_and_merge(
+                base, finetuned[:count], tops[:count], weights, election, disjoint_step=disjoint
+            )
+            gpu, _ = elect_and_merge(
+                base.cuda(),
+                [t.cuda() for t in finetuned[:count]],
+                [(m.cuda(), b.cuda()) for m, b in tops[:count]],
+                weights,
+                election,
+                disjoint_step=disjoint,
+            )
+            cases += 1
+            differing += not torch.equal(cpu, gpu.cpu())
     return {"cases": cases, "bit-identical": differing == 0, "differing": differing}
 
 

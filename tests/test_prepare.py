@@ -497,18 +497,23 @@ def test_bad_importance_data_parameters(llama_family, task_data, tmp_path, param
     assert re.search(message, line), line
 
 
-def test_interrupted_run_leaves_nothing_that_looks_complete(llama_family, task_data, tmp_path):
-    params = {"density": 0.3, "importance_data": task_data["safety"]}
-    config = parsed(write_config(tmp_path / "c.yml", llama_family, [(2, params)]))
-    cache = StoreCache(str(tmp_path / "cache"))
+def prepare_killed_after(steps: int, config, cache) -> None:
+    """``prepare_config`` with a progress checkpoint per sample, killed after ``steps`` samples."""
     with pytest.raises(KeyboardInterrupt):
         prepare_config(
             config,
             cache=cache,
             progress=False,
-            hooks=RunHooks(steps=killed_after(1)),
             run={"checkpoint_every": 1},
+            hooks=RunHooks(steps=killed_after(steps)),
         )
+
+
+def test_interrupted_run_leaves_nothing_that_looks_complete(llama_family, task_data, tmp_path):
+    params = {"density": 0.3, "importance_data": task_data["safety"]}
+    config = parsed(write_config(tmp_path / "c.yml", llama_family, [(2, params)]))
+    cache = StoreCache(str(tmp_path / "cache"))
+    prepare_killed_after(1, config, cache)
     assert cache.entries() == []
     assert cache.leftovers()  # the progress checkpoint of the killed run
     # a half-copied entry (a file short) and an entry without its record are not complete
@@ -533,14 +538,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(llama_family, task_data, tm
     params = {"density": 0.3, "importance_data": task_data["safety"]}
     config = parsed(write_config(tmp_path / "c.yml", llama_family, [(2, params)]))
     cache = StoreCache(str(tmp_path / "cache"))
-    with pytest.raises(KeyboardInterrupt):
-        prepare_config(
-            config,
-            cache=cache,
-            progress=False,
-            run={"checkpoint_every": 1},
-            hooks=RunHooks(steps=killed_after(2)),
-        )
+    prepare_killed_after(2, config, cache)
     scored = []
 
     def counting(*args):

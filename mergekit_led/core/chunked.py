@@ -1,12 +1,12 @@
-"""Work on large CPU tensors in cache-sized chunks, split across worker threads.
+"""Work on large CPU tensors in cache-sized chunks.
 
-Elementwise work (the election's masks, the merge's arithmetic) gives the same
-result, bit for bit, on a whole tensor or on its pieces. Run on chunks that fit
-in the cache, its intermediates never travel to memory, and spans of chunks run
-in parallel: torch and numpy release the GIL inside each call. A merge weight
-goes through a dozen such operations; done whole, each one streams the full
-tensor through memory and allocates a fresh result, which is what made a merge
-slower than the arithmetic warrants.
+Elementwise work gives the same result, bit for bit, on a whole tensor or on
+its pieces; on pieces that fit in the cache its intermediates need not travel
+to memory. Two users: ``election.elect_and_merge`` walks a weight's chunks in
+the calling thread (``chunks_of``; each torch operation on a chunk still uses
+torch's own threads), and the selection's numpy pass splits its chunks into one
+span per worker thread of a shared pool (``map_spans``; numpy is single-threaded
+but releases the GIL inside each call).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from mergekit_led.core import chunked
 # Section 2's top(S, r), exact and without a sorted copy (re-exported: this module
 # is where the rest of the package and the tests look for the election's math).
 from mergekit_led.core.selection import (  # noqa: F401
+    BITS_VIEW,
     elected_count,
     kth_largest,
     top_mask,
@@ -114,15 +115,6 @@ def merge_masked(
     return out.copy_(merged)  # the same rounding to base's dtype as ``.to``
 
 
-# Float dtype -> the integer dtype of the same width, for ``_where``'s bit blend.
-_BITS_OF = {
-    torch.float64: torch.int64,
-    torch.float32: torch.int32,
-    torch.bfloat16: torch.int16,
-    torch.float16: torch.int16,
-}
-
-
 def _where(mask: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """``torch.where(mask, chosen, other)``, bit for bit.
 
@@ -130,7 +122,7 @@ def _where(mask: torch.Tensor, chosen: torch.Tensor, other: torch.Tensor) -> tor
     ``torch.where`` there is scalar code, 2-3x slower than these three
     vectorised integer operations, and it was the largest cost of a merge.
     """
-    bits = _BITS_OF.get(chosen.dtype)
+    bits = BITS_VIEW.get(chosen.dtype)
     if chosen.device.type != "cpu" or bits is None or other.dtype != chosen.dtype:
         return torch.where(mask, chosen, other)
     other_bits = other.view(bits)
@@ -201,8 +193,8 @@ def elect_and_merge(
     out = torch.empty_like(base, memory_format=torch.contiguous_format)
     stats = None
     for start, stop in chunked.chunks_of((0, base.numel()), chunk):
-        _, part = combine(slice(start, stop), out[start:stop])
-        stats = part if stats is None else stats.plus(part)
+        _, counts = combine(slice(start, stop), out[start:stop])
+        stats = counts if stats is None else stats.plus(counts)
     if stats is not None:
         stats.tensors = 1  # one weight, counted in chunks
     return out.view(shape), stats

@@ -38,8 +38,9 @@ import torch
 
 from mergekit_led.core import chunked
 
-# Float dtype -> the signed integer dtype of the same width (the bit-pattern view).
-_BITS_VIEW = {
+# Float dtype -> the signed integer dtype of the same width (the bit-pattern view;
+# the merge's bit blend in ``election`` uses it too).
+BITS_VIEW = {
     torch.float64: torch.int64,
     torch.float32: torch.int32,
     torch.bfloat16: torch.int16,
@@ -117,7 +118,7 @@ def kth_largest(scores: torch.Tensor, k: int) -> float:
     flat = scores.detach().reshape(-1)
     if flat.device.type != "cpu":
         return _topk_kth_largest(flat, k)
-    if flat.dtype not in _BITS_VIEW:
+    if flat.dtype not in BITS_VIEW:
         return float(torch.kthvalue(flat, numel - k + 1).values)
     bits = _bits(flat)
     if _direct(numel, flat.dtype):
@@ -152,7 +153,7 @@ def top_mask(scores: torch.Tensor, ratio: float, *, validate: bool = False) -> t
     fused = (
         k > 0
         and flat.device.type == "cpu"
-        and flat.dtype in _BITS_VIEW
+        and flat.dtype in BITS_VIEW
         and not _direct(numel, flat.dtype)
     )
     if validate and not fused:
@@ -185,11 +186,11 @@ def _direct(numel: int, dtype: torch.dtype) -> bool:
 
 def _bits(flat: torch.Tensor) -> np.ndarray:
     """The 1-d tensor's bit patterns as a numpy signed-integer array (no copy)."""
-    return flat.contiguous().view(_BITS_VIEW[flat.dtype]).numpy()
+    return flat.contiguous().view(BITS_VIEW[flat.dtype]).numpy()
 
 
 def _as_float(threshold_bits: int, dtype: torch.dtype) -> float:
-    return float(torch.tensor(threshold_bits, dtype=_BITS_VIEW[dtype]).view(dtype))
+    return float(torch.tensor(threshold_bits, dtype=BITS_VIEW[dtype]).view(dtype))
 
 
 def _partition_kth(values: np.ndarray, k: int) -> int:

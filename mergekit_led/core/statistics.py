@@ -120,8 +120,7 @@ def aggregate(stats: Iterable[WeightStats], key: Callable[[str], str]) -> List[W
             groups[group] = WeightStats(
                 group, 0, [0] * len(s.elected), [0] * len(s.kept), tensors=0
             )
-        groups[group] = groups[group].plus(s)
-        groups[group].name = group
+        groups[group] = groups[group].plus(s)  # keeps the group's name
     return list(groups.values())
 
 
