@@ -19,3 +19,11 @@ class ConfigError(LEDError):
 
 class LocateError(LEDError):
     """Bad input to ``mergekit-led locate``: model, data, options or a sample."""
+
+
+class EvalError(LEDError):
+    """Bad input to ``mergekit-led evaluate``: an evaluation spec, set or model."""
+
+
+class SweepError(LEDError):
+    """Bad input to ``mergekit-led sweep``: a grid, a selection rule or an output folder."""

@@ -33,6 +33,14 @@ _SUBCOMMANDS = {
     ),
     "cache": ("mergekit_led.cli.cache", "The store cache of prepare/merge: ls, rm, prune."),
     "store": ("mergekit_led.cli.store", "Inspect, convert and verify importance stores."),
+    "evaluate": (
+        "mergekit_led.cli.evaluate",
+        "Harmful compliance, over-refusal and task accuracy of a model.",
+    ),
+    "sweep": (
+        "mergekit_led.cli.sweep",
+        "Merge and evaluate a grid of settings (LED and baselines); pick the best.",
+    ),
 }
 
 

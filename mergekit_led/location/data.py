@@ -21,7 +21,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from mergekit_led.errors import LocateError
 
@@ -385,26 +385,31 @@ class TokenizedSample:
         return len(self.input_ids) - self.answer_length
 
 
+def prompt_encoding(
+    tokenizer, prompt_messages, tokenization: Tokenization
+) -> Tuple[str, Callable[[str], List[int]]]:
+    """The prompt as text and the function that encodes it, as section 1 of the
+    spec fixes them: the templated conversation with the generation prompt
+    (encoded without adding special tokens), or, without a template, the turns'
+    contents joined by newlines (encoded with the tokenizer's own special tokens).
+    Evaluation generates from the same prompt ids."""
+    if tokenization.use_chat_template:
+        text = tokenizer.apply_chat_template(
+            list(prompt_messages), tokenize=False, add_generation_prompt=True
+        )
+        return text, lambda t: list(tokenizer(t, add_special_tokens=False).input_ids)
+    text = "\n".join(turn["content"] for turn in prompt_messages)
+    return text, lambda t: list(tokenizer(t).input_ids)
+
+
 def tokenize_example(
     tokenizer, prompt_messages, answer: str, tokenization: Tokenization, index: int
 ) -> Union[TokenizedSample, str]:
     """The sample's ids, or the reason (``SKIP_*``) it cannot be scored."""
-    if tokenization.use_chat_template:
-        prompt_text = tokenizer.apply_chat_template(
-            list(prompt_messages), tokenize=False, add_generation_prompt=True
-        )
-
-        def encode_prompt(text: str) -> List[int]:
-            return list(tokenizer(text, add_special_tokens=False).input_ids)
-
-        closing = tokenization.end_of_turn_id
-    else:
-        prompt_text = "\n".join(turn["content"] for turn in prompt_messages)
-
-        def encode_prompt(text: str) -> List[int]:
-            return list(tokenizer(text).input_ids)
-
-        closing = tokenization.eos_token_id
+    prompt_text, encode_prompt = prompt_encoding(tokenizer, prompt_messages, tokenization)
+    closing = (
+        tokenization.end_of_turn_id if tokenization.use_chat_template else tokenization.eos_token_id
+    )
     answer_ids = list(tokenizer(answer, add_special_tokens=False).input_ids)
     if closing is not None:
         answer_ids.append(closing)

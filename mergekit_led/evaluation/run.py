@@ -1,0 +1,238 @@
+"""Evaluate a causal LM on an ``EvalSpec``: generation, verdicts, metrics.
+
+``Evaluator`` loads and tokenises the sets once and then evaluates any number
+of models that share the tokenizer (a sweep evaluates every merged setting
+with one ``Evaluator``); ``evaluate_model`` is the one-model shortcut.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from mergekit_led.errors import EvalError
+from mergekit_led.evaluation.answers import is_correct
+from mergekit_led.evaluation.generation import greedy_answers
+from mergekit_led.evaluation.likelihood import answer_likelihood
+from mergekit_led.evaluation.refusal import RefusalMatcher
+from mergekit_led.evaluation.report import Answer, EvalReport, SafetyResult, TaskResult
+from mergekit_led.evaluation.sets import EvalSet, load_set
+from mergekit_led.evaluation.spec import EvalSpec, TaskSpec
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One set, tokenised: generation prompts and (tasks) teacher-forced samples."""
+
+    set: EvalSet
+    prompt_ids: Tuple[Tuple[int, ...], ...]
+    scored: Tuple[Any, ...]  # location.data.TokenizedSample per item with a reference
+
+
+class Evaluator:
+    """The sets of ``spec``, loaded and tokenised for ``tokenizer``."""
+
+    def __init__(self, spec: EvalSpec, tokenizer, *, batch_size: Optional[int] = None):
+        from mergekit_led.location.data import make_tokenization
+
+        self.spec = spec
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size or spec.generation.batch_size
+        self.matcher = RefusalMatcher.build(
+            spec.refusal.strings, defaults=spec.refusal.defaults, match=spec.refusal.match
+        )
+        wants_template = spec.generation.chat_template == "auto"
+        if wants_template and not getattr(tokenizer, "chat_template", None):
+            warnings.warn(
+                "The tokenizer has no chat template: prompts are given as plain text "
+                "(set generation.chat_template: none to silence this).",
+                stacklevel=2,
+            )
+        self.tokenization = make_tokenization(
+            tokenizer, spec.generation.chat_template, spec.generation.max_length
+        )
+        self.pad_id = _pad_id(tokenizer)
+        self.stop_ids = sorted(
+            {
+                t
+                for t in (self.tokenization.eos_token_id, self.tokenization.end_of_turn_id)
+                if t is not None
+            }
+        )
+        self.sets = [self._prepare(load_set(name, s)) for name, s in spec.sets().items()]
+
+    def _prepare(self, loaded: EvalSet) -> _Prepared:
+        from mergekit_led.location.data import prompt_encoding, tokenize_example
+
+        prompts = []
+        for item in loaded.items:
+            text, encode = prompt_encoding(self.tokenizer, item.prompt, self.tokenization)
+            ids = encode(text)
+            if self.tokenization.max_length is not None:
+                ids = ids[-self.tokenization.max_length :]
+            if not ids:
+                raise EvalError(
+                    f"Row {item.index} of evaluation set {loaded.name} ({loaded.source}) "
+                    "has an empty prompt."
+                )
+            prompts.append(tuple(ids))
+        scored = []
+        if loaded.is_task:
+            for item in loaded.items:
+                sample = tokenize_example(
+                    self.tokenizer, item.prompt, item.reference, self.tokenization, item.index
+                )
+                if not isinstance(sample, str):  # a skip reason: too long for max_length
+                    scored.append(sample)
+        return _Prepared(loaded, tuple(prompts), tuple(scored))
+
+    def evaluate(
+        self, model, *, name: str = "<in-memory model>", device=None, progress: bool = False
+    ) -> EvalReport:
+        """Every set of the spec on ``model`` (already on its device, eval mode)."""
+        start = time.perf_counter()
+        device = device or next(model.parameters()).device
+        model.eval()
+        report = EvalReport(model=name, settings=self._settings())
+        for prepared in self.sets:
+            try:
+                self._evaluate_set(model, prepared, report, device, progress)
+            except (torch.OutOfMemoryError, MemoryError) as error:
+                raise EvalError(
+                    f"Out of memory while evaluating set {prepared.set.name} at batch size "
+                    f"{self.batch_size}; try --batch-size {max(1, self.batch_size // 2)}."
+                ) from error
+        if self.spec.lm_eval is not None:
+            from mergekit_led.evaluation.harness import run_lm_eval
+
+            report.lm_eval = run_lm_eval(model, self.tokenizer, self.spec.lm_eval)
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _evaluate_set(self, model, prepared: _Prepared, report: EvalReport, device, progress):
+        loaded, spec = prepared.set, prepared.set.spec
+        answer_ids = greedy_answers(
+            model,
+            prepared.prompt_ids,
+            max_new_tokens=spec.max_new_tokens,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad_id,
+            batch_size=self.batch_size,
+            device=device,
+            progress=loaded.name if progress else None,
+        )
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answer_ids]
+        if isinstance(spec, TaskSpec):
+            correct = 0
+            for item, text in zip(loaded.items, texts):
+                ok, extracted, _ = is_correct(
+                    text, item.reference, spec.answer, spec.pattern, normalize=spec.normalize
+                )
+                correct += ok
+                report.answers.append(
+                    Answer(
+                        loaded.name,
+                        item.index,
+                        item.prompt_text,
+                        text,
+                        "correct" if ok else "wrong",
+                        extracted,
+                        item.reference,
+                    )
+                )
+            likelihood = answer_likelihood(
+                model,
+                prepared.scored,
+                pad_id=self.pad_id,
+                batch_size=self.batch_size,
+                device=device,
+            )
+            report.tasks[loaded.name.removeprefix("task:")] = TaskResult(
+                len(texts),
+                correct,
+                likelihood.answer_nll,
+                likelihood.token_accuracy,
+                likelihood.answer_tokens,
+            )
+            return
+        verdicts = [self.matcher.is_refusal(text) for text in texts]
+        for item, text, refused in zip(loaded.items, texts, verdicts):
+            report.answers.append(
+                Answer(
+                    loaded.name,
+                    item.index,
+                    item.prompt_text,
+                    text,
+                    "refused" if refused else "complied",
+                )
+            )
+        result = SafetyResult(len(texts), sum(verdicts))
+        setattr(report, loaded.name, result)
+
+    def _settings(self) -> Dict[str, Any]:
+        return {
+            "sets": {
+                p.set.name: {
+                    "source": p.set.source,
+                    "count": len(p.set.items),
+                    "max_new_tokens": p.set.spec.max_new_tokens,
+                }
+                for p in self.sets
+            },
+            "chat_template": self.tokenization.use_chat_template,
+            "batch_size": self.batch_size,
+            "refusal_strings": len(self.matcher.strings),
+            "refusal_match": self.matcher.match,
+        }
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0  # left padding under a zero attention mask: any id will do
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    spec: EvalSpec,
+    *,
+    name: str = "<in-memory model>",
+    batch_size: Optional[int] = None,
+    progress: bool = False,
+) -> EvalReport:
+    """Evaluate one in-memory model (the Python API of ``mergekit-led evaluate``)."""
+    return Evaluator(spec, tokenizer, batch_size=batch_size).evaluate(
+        model, name=name, progress=progress
+    )
+
+
+def load_model(model: str, *, device: str = "cpu", dtype: str = "auto", trust_remote_code=False):
+    """``(model, tokenizer)`` of a local folder or Hub id, in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mergekit_led.location.options import DTYPES
+
+    if dtype not in DTYPES:
+        raise EvalError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            model, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        reason = " ".join(str(error).split())
+        raise EvalError(f"Cannot load model {model} as a causal LM: {reason}") from error
+    loaded.to(device).eval()
+    return loaded, tokenizer
+
+
+__all__: List[str] = ["Evaluator", "evaluate_model", "load_model"]

@@ -1,0 +1,131 @@
+"""``EVAL.yml``: which prompts to evaluate a model on, and how (docs/evaluate.md).
+
+A typed, closed schema (pydantic, unknown keys refused): a misspelt key is an
+error, never a silently skipped evaluation. Paths are relative to the working
+directory, as store paths in merge configs are.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mergekit_led.errors import EvalError
+
+# The answer extractors of a utility task (``answers.EXTRACTORS``).
+Extractor = Literal["full", "first_line", "last_number", "regex"]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SetSpec(_Closed):
+    """One evaluation set: where its rows are and how to read them."""
+
+    data: str  # a file (JSONL/JSON/CSV/Parquet), a save_to_disk folder or a Hub dataset
+    split: Optional[str] = None
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    limit: Optional[int] = Field(default=None, ge=1)  # the first N rows only
+    max_new_tokens: int = Field(default=64, ge=1)
+    description: Optional[str] = None  # free text, copied into eval.json
+
+
+class TaskSpec(SetSpec):
+    """A utility task: prompts with reference answers, scored by exact match."""
+
+    max_new_tokens: int = Field(default=256, ge=1)
+    answer: Extractor = "full"
+    pattern: Optional[str] = None  # for ``answer: regex``: group 1, else the whole match
+    normalize: bool = True  # False: the extracted strings must be equal as they are (stripped)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            import re
+
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a valid regular expression: {error}") from None
+        return value
+
+
+class RefusalSpec(_Closed):
+    """The refusal matcher (``refusal.RefusalMatcher``)."""
+
+    strings: List[str] = Field(default_factory=list)  # added to the defaults
+    defaults: bool = True  # False: only ``strings``
+    match: Literal["anywhere", "start"] = "anywhere"
+
+
+class GenerationSpec(_Closed):
+    batch_size: int = Field(default=16, ge=1)
+    chat_template: Literal["auto", "none"] = "auto"
+    max_length: Optional[int] = Field(default=None, ge=2)  # prompt tokens kept (from the left)
+
+
+class LmEvalSpec(_Closed):
+    """lm-evaluation-harness tasks run on the in-memory model (the ``lm-eval`` extra)."""
+
+    tasks: List[str]
+    num_fewshot: Optional[int] = Field(default=None, ge=0)
+    limit: Optional[int] = Field(default=None, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+
+
+class EvalSpec(_Closed):
+    harmful: Optional[SetSpec] = None
+    benign: Optional[SetSpec] = None
+    tasks: Dict[str, TaskSpec] = Field(default_factory=dict)
+    refusal: RefusalSpec = RefusalSpec()
+    generation: GenerationSpec = GenerationSpec()
+    lm_eval: Optional[LmEvalSpec] = None
+
+    def sets(self) -> Dict[str, SetSpec]:
+        """Every generation set by its name in ``answers.jsonl``: ``harmful``,
+        ``benign`` and ``task:<name>``."""
+        named: Dict[str, SetSpec] = {}
+        if self.harmful is not None:
+            named["harmful"] = self.harmful
+        if self.benign is not None:
+            named["benign"] = self.benign
+        named.update({f"task:{name}": task for name, task in self.tasks.items()})
+        return named
+
+
+def parse_eval_spec(data: object, *, where: str = "the evaluation spec") -> EvalSpec:
+    """A validated ``EvalSpec``; one line naming the bad key otherwise."""
+    if not isinstance(data, dict):
+        raise EvalError(f"{where} must be a mapping of sets, not {type(data).__name__}.")
+    try:
+        spec = EvalSpec.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        raise EvalError(f"{where}: {location}: {first['msg']}.") from error
+    if not spec.sets() and spec.lm_eval is None:
+        raise EvalError(f"{where} names no evaluation set: give harmful, benign, tasks or lm_eval.")
+    for name, task in spec.tasks.items():
+        if task.answer == "regex" and not task.pattern:
+            raise EvalError(f"{where}: tasks.{name}: answer: regex needs a pattern.")
+    return spec
+
+
+def load_eval_spec(path: str) -> EvalSpec:
+    """Read ``EVAL.yml`` (safe YAML)."""
+    if not os.path.isfile(path):
+        raise EvalError(f"Evaluation spec {path} does not exist or is not a file.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = " ".join(str(error).split())
+        raise EvalError(f"Evaluation spec {path} is not valid YAML: {reason}") from error
+    return parse_eval_spec(data, where=f"Evaluation spec {path}")
