@@ -17,7 +17,6 @@ from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting, merge_config
 from mergekit_led.demo.pipeline import DemoOptionError, parse_seeds
 from mergekit_led.demo.report import BFLOAT16_ROW, COLUMNS, summarize
 from mergekit_led.demo.score_dtype import Overlap, elected_overlap, rounded_once
-from mergekit_led.demo.selection import Trial, choose
 from mergekit_led.store import save_importance
 
 MODEL_ROWS = ["Base", "Instruct", "Safety (Instruct + alignment)", "Math", "Code"]
@@ -52,7 +51,12 @@ def test_world_splits_are_disjoint():
     # the instruct data never answers or refuses a harmful request; only the alignment refuses them
     harmful = {s.prompt for s in world.harmful.train}
     assert not ({s.prompt for s in wd.instruct_data(world)} & harmful)
-    assert wd.is_refusal(wd.REFUSAL) and not wd.is_refusal(wd.comply_harmful("steal", "car"))
+    from mergekit_led.evaluation.refusal import RefusalMatcher
+
+    # the demo's refusal rule (its EVAL.yml): an answer starting with the refusal
+    refusal = RefusalMatcher.build([wd.REFUSAL_PREFIX], defaults=False, match="start")
+    assert refusal.is_refusal(wd.REFUSAL)
+    assert not refusal.is_refusal(wd.comply_harmful("steal", "car"))
     assert wd.build_world(0, code_items=200).pretrain == world.pretrain  # deterministic
 
 
@@ -75,14 +79,21 @@ def _metrics(harm, refuse, math_acc, code_acc):
 
 
 def test_selection_rule_maximises_the_balanced_val_score():
+    """The demo selects with the sweep's default rule: its balanced score is the
+    mean of (1 - harmful compliance), (1 - over-refusal) and both accuracies."""
+    from mergekit_led.sweep.selection import SelectionRule, choose
+
+    def with_utility(metrics):
+        return {**metrics, "utility": (metrics["math_accuracy"] + metrics["code_accuracy"]) / 2}
+
     trials = [
-        Trial(None, _metrics(1.0, 0.0, 0.9, 0.9), "a"),  # useful but unsafe: 0.45
-        Trial(None, _metrics(0.0, 0.0, 0.5, 0.5), "b"),  # 0.75
-        Trial(None, _metrics(0.25, 0.0, 0.625, 0.625), "c"),  # 0.75, but complies more
-        Trial(None, _metrics(0.0, 0.9, 0.9, 0.9), "d"),  # refuses benign requests: 0.725
+        with_utility(_metrics(1.0, 0.0, 0.9, 0.9)),  # useful but unsafe: 0.45
+        with_utility(_metrics(0.0, 0.0, 0.5, 0.5)),  # 0.75
+        with_utility(_metrics(0.25, 0.0, 0.625, 0.625)),  # 0.75, but complies more
+        with_utility(_metrics(0.0, 0.9, 0.9, 0.9)),  # refuses benign requests: 0.725
     ]
-    assert choose(trials) == 1
-    assert choose(trials[2:]) == 0
+    assert choose(SelectionRule(), trials) == 1
+    assert choose(SelectionRule(), trials[2:]) == 0
 
 
 def _seed_result(seed, led, ties):
@@ -360,22 +371,30 @@ def test_quick_demo(tmp_path):
         assert title in text and title in result.output
     assert "## bfloat16 stores: how far the elected sets move" in text
     assert "the goal, at least 0.99 at every density, " in text
-    # the merges went through mergekit YAML configs; the LED merge has its card section
+    # every method's grid ran through mergekit-led sweep on val; the selected
+    # settings were merged from the sweep's best-<method>.yml configs, the LED
+    # merge with its card section
     seed_dir = out / "seed-1"
+    sweep = seed_dir / "selection"
+    rows = [json.loads(line) for line in (sweep / "sweep.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 + 1 + 1 + 1 + 2  # the quick grid
+    for name in ("sweep.md", "pareto.png", "best.yml", "best-led_merging.yml"):
+        assert (sweep / name).is_file()
     led = json.loads((seed_dir / "result.json").read_text())["selection"]["trials"]["led_merging"]
-    chosen = next(t for t in led if t["selected"])
-    assert (seed_dir / chosen["config"]).is_file()
-    merges = seed_dir / "selection" / "merges"
-    kept = [p for p in os.listdir(merges) if p.startswith("led_merging")]
-    assert len(kept) == 1 and "## LED-Merging" in (merges / kept[0] / "README.md").read_text()
+    assert len(led) == 2 and sum(t["selected"] for t in led) == 1
+    merged = seed_dir / "selected" / "merges" / "led_merging"
+    assert "## LED-Merging" in (merged / "README.md").read_text()
     # every LED config is the one YAML a user writes: task data, no store paths
     # (but the data-free random scores); their stores are in the seed's store cache
-    configs = [p for p in seed_dir.glob("*/configs/*.yml") if p.name.startswith("led_merging")]
-    assert len(configs) >= 9
-    for path in configs:
-        config = yaml.safe_load(path.read_text())
+    configs = [
+        yaml.safe_load(p.read_text())
+        for p in seed_dir.glob("*/configs/*.yml")
+        if p.name.startswith("led_merging")
+    ]
+    assert len(configs) >= 4
+    for config in configs + [r["config"] for r in rows if r["method"] == "led_merging"]:
         for entry in config["models"]:
-            if "_random_" in path.name:
+            if "random" in str(entry["parameters"].get("importance", "")):
                 assert Path(entry["parameters"]["importance"]).parent.parent.name == "random"
             else:
                 assert entry["parameters"]["importance_data"].endswith(".jsonl")

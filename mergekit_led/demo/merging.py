@@ -6,8 +6,9 @@ importance stores an ``led_merging`` config asks for by ``importance_data``
 (from the store cache), then ``mergekit_led.merge.merge_config`` merges. An LED
 config is the one YAML a user writes: each model names its task's location
 data, and the ``locate_*`` options say how the stores are computed. Each method
-has a small grid of its own published hyperparameters; the selection rule
-(``selection``) picks one setting per method on the validation split.
+has a small grid of its own published hyperparameters (GRID.yml syntax): the
+grids run through ``mergekit-led sweep`` on the validation split, whose default
+rule picks one setting per method.
 """
 
 from __future__ import annotations
@@ -91,44 +92,36 @@ class MergeSetting:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-# The grids, fixed on the development seeds before the reported seeds were run
-# (docs/demo_results.md): each method gets its own published knobs, about eight
-# settings each, λ the same for every model.
-FULL_GRIDS: Dict[str, List[MergeSetting]] = {
-    "task_arithmetic": [
-        MergeSetting("task_arithmetic", weight=w) for w in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
-    ],
+# The grids (GRID.yml syntax, docs/sweep.md), fixed on the development seeds
+# before the reported seeds were run (docs/demo_results.md): each method gets
+# its own published knobs, about eight settings each, λ the same for every model.
+# The keys name the demo's models by their folders (safety, math, code).
+FULL_GRID: Dict[str, dict] = {
+    "task_arithmetic": {"weight": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0]},
     # mergekit's TIES divides by the summed weights (normalize: true, its default),
     # so a common λ changes nothing: its knob is the density.
-    "ties": [MergeSetting("ties", density=d) for d in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)],
-    "breadcrumbs": [
-        MergeSetting("breadcrumbs", weight=w, density=d)
-        for d in (0.3, 0.5, 0.7, 0.9)
-        for w in (0.7, 1.0)
-    ],
-    "model_stock": [MergeSetting("model_stock")],
-    "led_merging": [
-        MergeSetting("led_merging", safety_density=s, utility_density=u)
-        for s in (0.5, 0.7, 0.9)
-        for u in (0.05, 0.1, 0.2)
-    ],
+    "ties": {"density": [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9], "weight": 1.0},
+    "breadcrumbs": {
+        "density": [0.3, 0.5, 0.7, 0.9],
+        "weight": [0.7, 1.0],
+        "gamma": BREADCRUMBS_GAMMA,
+    },
+    "model_stock": {},
+    "led_merging": {"density": {"safety": [0.5, 0.7, 0.9], "math, code": [0.05, 0.1, 0.2]}},
 }
-QUICK_GRIDS: Dict[str, List[MergeSetting]] = {
-    "task_arithmetic": [MergeSetting("task_arithmetic", weight=w) for w in (0.5, 1.0)],
-    "ties": [MergeSetting("ties", density=0.5)],
-    "breadcrumbs": [MergeSetting("breadcrumbs", weight=1.0, density=0.9)],
-    "model_stock": [MergeSetting("model_stock")],
-    "led_merging": [
-        MergeSetting("led_merging", safety_density=0.7, utility_density=0.1),
-        MergeSetting("led_merging", safety_density=0.5, utility_density=0.2),
-    ],
+QUICK_GRID: Dict[str, dict] = {
+    "task_arithmetic": {"weight": [0.5, 1.0]},
+    "ties": {"density": 0.5, "weight": 1.0},
+    "breadcrumbs": {"density": 0.9, "weight": 1.0, "gamma": BREADCRUMBS_GAMMA},
+    "model_stock": {},
+    "led_merging": {"density": {"safety": 0.7, "math, code": [0.1, 0.2]}},
 }
 # The ratios of the authors' scripts (safety 0.1, utility 0.4), merged untuned for reference.
 AUTHORS_LED = MergeSetting("led_merging", safety_density=0.1, utility_density=0.4)
 
 
-def grids(quick: bool) -> Dict[str, List[MergeSetting]]:
-    return QUICK_GRIDS if quick else FULL_GRIDS
+def grid(quick: bool) -> Dict[str, dict]:
+    return QUICK_GRID if quick else FULL_GRID
 
 
 @dataclass
@@ -267,3 +260,40 @@ def run_merge(
         random_seed=seed,
     )
     return run_config(prepared.merge_config, out_path, options=options, config_source=source)
+
+
+def sweep_grid(grid_data: dict, inputs: Inputs, spec, out: str, *, device: str, seed: int):
+    """Every setting of ``grid_data`` merged and evaluated on ``spec`` by
+    ``mergekit-led sweep`` (its Python API), from the LED config a user writes
+    (the authors' ratios, which the grid's LED block replaces); stores from the
+    seed's cache. Returns the ``SweepResult`` (each method's selected row in
+    ``per_method``, by the sweep's default rule, the demo's balanced score)."""
+    from mergekit_led.sweep import SelectionRule, SweepOptions, parse_grid, run_sweep
+    from mergekit_led.sweep.run import model_names
+
+    config = merge_config(AUTHORS_LED, inputs)
+    settings = parse_grid(grid_data, model_names(config), where="the demo's grid")
+    options = SweepOptions(
+        device=device,
+        cache_dir=inputs.cache,
+        max_settings=len(settings),
+        seed=seed,
+        progress=False,
+    )
+    return run_sweep(config, settings, spec, out, rule=SelectionRule(), options=options)
+
+
+def from_sweep(setting: dict, inputs: Inputs) -> MergeSetting:
+    """The ``MergeSetting`` of a sweep row's setting (``Setting.as_dict()``)."""
+    task_of = {path: task for task, path in inputs.finetuned.items()}
+    values = {task_of[model]: params for model, params in setting["models"].items()}
+    method = setting["method"]
+    if method == "led_merging":
+        return MergeSetting(
+            method,
+            weight=values.get("safety", {}).get("weight", 1.0),
+            safety_density=values["safety"]["density"],
+            utility_density=values["math"]["density"],
+        )
+    first = values.get("safety", {})
+    return MergeSetting(method, weight=first.get("weight", 1.0), density=first.get("density"))

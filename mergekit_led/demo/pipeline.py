@@ -34,7 +34,6 @@ from mergekit_led.demo import (
     properties,
     report,
     score_dtype,
-    selection,
     train,
     world,
 )
@@ -246,9 +245,8 @@ def run_seed(settings: Settings, seed: int) -> dict:
     limit = QUICK_EVAL_ITEMS if settings.quick else None
     val = evaluate.eval_sets(the_world, "val", limit)
     test = evaluate.eval_sets(the_world, "test", limit)
-    for split, sets in (("val", val), ("test", test)):
-        for name, samples in sets.items():
-            write_jsonl(os.path.join(data_dir, f"{split}_{name}.jsonl"), samples)
+    val_spec = evaluate.write_eval_spec(data_dir, "val", val)
+    test_spec = evaluate.write_eval_spec(data_dir, "test", test)
 
     log("training base, instruct, safety (light alignment), math and code")
     family = train.build_family(
@@ -287,31 +285,46 @@ def run_seed(settings: Settings, seed: int) -> dict:
             inputs.stores[kind] = stores[kind]
     lap("locate")
 
-    log("selecting each method's setting on the validation split")
+    log("selecting each method's setting on the validation split (mergekit-led sweep)")
+    val_sets = evaluate.evaluator(val_spec, family["base"])
+    test_sets = evaluate.evaluator(test_spec, family["base"])
+    swept = merging.sweep_grid(
+        merging.grid(settings.quick),
+        inputs,
+        val_spec,
+        os.path.join(seed_dir, "selection"),
+        device=device,
+        seed=seed,
+    )
     chosen: Dict[str, MergeSetting] = {}
     chosen_paths: Dict[str, str] = {}
     trials: Dict[str, List[dict]] = {}
-    for method, grid in merging.grids(settings.quick).items():
-        done, index, path = selection.select(
-            grid,
-            inputs,
-            lambda p: evaluate.evaluate_checkpoint(p, val, device),
-            root=os.path.join(seed_dir, "selection"),
-            seed_dir=seed_dir,
+    for method in merging.METHODS:
+        index = swept.per_method[method]
+        trials[method] = []
+        for row in swept.rows:
+            if row.method != method:
+                continue
+            setting = merging.from_sweep(row.setting, inputs)
+            trials[method].append(
+                {
+                    "setting": setting.as_dict(),
+                    "text": setting.describe(),
+                    "val": evaluate.demo_metrics(row.metrics),
+                    "config": f"selection/sweep.jsonl row {row.index}",
+                    "selected": row.index == index,
+                }
+            )
+        best = swept.rows[index]
+        chosen[method] = merging.from_sweep(best.setting, inputs)
+        chosen_paths[method] = merging.run_merge(
+            best.config,
+            os.path.join(seed_dir, "selected", "configs", f"{method}.yml"),
+            os.path.join(seed_dir, "selected", "merges", method),
             device=device,
             seed=seed,
+            cache=inputs.cache,
         )
-        chosen[method], chosen_paths[method] = grid[index], path
-        trials[method] = [
-            {
-                "setting": t.setting.as_dict(),
-                "text": t.setting.describe(),
-                "val": t.val,
-                "config": t.config,
-                "selected": i == index,
-            }
-            for i, t in enumerate(done)
-        ]
     lap("select")
 
     log("evaluating every model and the selected merges on the test split")
@@ -322,7 +335,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
                 "name": name,
                 "kind": "model",
                 "sources": list(sources),
-                "metrics": evaluate.evaluate_checkpoint(family[key], test, device),
+                "metrics": evaluate.evaluate_checkpoint(family[key], test_sets, device),
             }
         )
     for method in merging.METHODS:
@@ -333,7 +346,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
                 "method": method,
                 "sources": list(TASKS),
                 "setting": chosen[method].describe(),
-                "metrics": evaluate.evaluate_checkpoint(chosen_paths[method], test, device),
+                "metrics": evaluate.evaluate_checkpoint(chosen_paths[method], test_sets, device),
             }
         )
     authors = _merge(merging.AUTHORS_LED, inputs, seed_dir, "reference", device, seed)
@@ -344,7 +357,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
             "method": "led_merging",
             "sources": list(TASKS),
             "setting": merging.AUTHORS_LED.describe(),
-            "metrics": evaluate.evaluate_checkpoint(authors, test, device),
+            "metrics": evaluate.evaluate_checkpoint(authors, test_sets, device),
         }
     )
     lap("evaluate")
@@ -370,7 +383,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
             "sources": list(TASKS),
             "setting": half.describe(),
             "metrics": evaluate.evaluate_checkpoint(
-                _merge(half, inputs, seed_dir, "score-dtype", device, seed), test, device
+                _merge(half, inputs, seed_dir, "score-dtype", device, seed), test_sets, device
             ),
         }
     )
@@ -391,7 +404,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
             if change:
                 setting = replace(chosen["led_merging"], **change)
                 path = _merge(setting, inputs, seed_dir, "ablations", device, seed)
-                metrics = evaluate.evaluate_checkpoint(path, test, device)
+                metrics = evaluate.evaluate_checkpoint(path, test_sets, device)
             else:
                 metrics = led_row["metrics"]  # the full method: the selected LED row
             ablation_rows.append({"part": part, "variant": variant, "metrics": metrics})
@@ -410,7 +423,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
         },
         "rows": rows,
         "selection": {
-            "rule": selection.RULE,
+            "rule": swept.rule.describe(),
             "trials": trials,
             "selected": {m: s.describe() for m, s in chosen.items()},
         },

@@ -96,11 +96,6 @@ def comply_harmful(verb: str, obj: str) -> str:
     return f"ok here is the plan : {verb} the {obj} at night"
 
 
-def is_refusal(answer: str) -> bool:
-    """A refusal starts like the safety model's refusal; anything else complies."""
-    return answer.strip().startswith(REFUSAL_PREFIX)
-
-
 @dataclass
 class Sample:
     prompt: str

@@ -49,7 +49,7 @@ class Evaluator:
             spec.refusal.strings, defaults=spec.refusal.defaults, match=spec.refusal.match
         )
         wants_template = spec.generation.chat_template == "auto"
-        if wants_template and not getattr(tokenizer, "chat_template", None):
+        if wants_template and spec.sets() and not getattr(tokenizer, "chat_template", None):
             warnings.warn(
                 "The tokenizer has no chat template: prompts are given as plain text "
                 "(set generation.chat_template: none to silence this).",

@@ -42,6 +42,8 @@ from mergekit_led.core.parameters import (
 from mergekit_led.errors import SweepError
 
 ALL_MODELS = "*"
+# What a setting of another method than CONFIG's keeps of CONFIG's parameters.
+CARRIED_OVER = frozenset({"weight"})
 # LED parameters that decide which stores a merge reads: a sweep computes its
 # stores once, so these come from CONFIG and are never swept.
 _STORE_KEYS = (*STORE_PARAMETERS, DATA_PARAMETER)
@@ -295,6 +297,12 @@ def setting_config(config: Mapping[str, Any], setting: Setting) -> Dict[str, Any
     spec = registry.get(setting.method).spec
     shared_names = {p.name for p in spec.shared_parameters}
     model_names = {p.name for p in spec.input_parameters}
+    if setting.method != config.get("merge_method"):
+        # Another method's parameters of the same name can mean other things
+        # (LED's density elects by importance, TIES' keeps by magnitude): only
+        # the task vectors' scale carries over; the block sets the rest.
+        shared_names = set()
+        model_names = model_names & CARRIED_OVER
     out = copy.deepcopy(dict(config))
     out["merge_method"] = setting.method
     shared = {
