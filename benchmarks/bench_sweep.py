@@ -189,9 +189,7 @@ def main() -> None:
     first = swept(workdir, paths, spec)
     base = separate(workdir, paths, spec)
     second = swept(workdir, paths, spec)
-    sweep = {
-        key: (first[key] + second[key]) / 2 for key in ("wall_per_setting", "cpu_per_setting")
-    }
+    sweep = {key: (first[key] + second[key]) / 2 for key in ("wall_per_setting", "cpu_per_setting")}
     generation = batched_vs_single(paths, spec, args.rounds)
     result = {
         "machine": {

@@ -4,7 +4,6 @@ overlap, and the whole pipeline at the reduced ``--quick`` size."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest

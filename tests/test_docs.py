@@ -9,7 +9,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 LOCATE_DOC = ROOT / "docs" / "locate.md"
-README_LIMIT = 9 * 1024  # issue 7: a README of about 8 KB for a newcomer; the rest lives in docs/
+# Issue 7: a README of about 8 KB for a newcomer, the rest in docs/; issue 16 added the
+# sweep -> merge -> evaluate journey (about 1 KB).
+README_LIMIT = 10 * 1024
 
 
 def _generator():

@@ -175,7 +175,9 @@ def test_batched_answers_equal_one_at_a_time(noisy_family, eval_files):
         report = Evaluator(spec, tokenizer, batch_size=batch_size).evaluate(model)
         answers[batch_size] = [(a.set, a.index, a.answer) for a in report.answers]
     assert answers[1] == answers[3] == answers[16]
-    assert len({a for _, _, a in answers[1]}) > 3, "the model should answer different prompts differently"
+    assert len({a for _, _, a in answers[1]}) > 3, (
+        "the model should answer different prompts differently"
+    )
 
 
 def test_metrics_count_the_verdicts(noisy_family, eval_files, monkeypatch):
@@ -209,16 +211,23 @@ def test_metrics_count_the_verdicts(noisy_family, eval_files, monkeypatch):
 
 def test_answer_nll_is_the_mean_over_answer_tokens(noisy_family, tmp_path):
     model, tokenizer = load_model(noisy_family.base, dtype="float32")
-    rows = [{"prompt": "what is one", "response": "two three"}, {"prompt": "tell me", "response": "sure"}]
+    rows = [
+        {"prompt": "what is one", "response": "two three"},
+        {"prompt": "tell me", "response": "sure"},
+    ]
     spec = parse_eval_spec(
-        {"tasks": {"t": {"data": write_jsonl(tmp_path / "t.jsonl", rows), "max_new_tokens": 1}},
-         "generation": {"chat_template": "none"}}
+        {
+            "tasks": {"t": {"data": write_jsonl(tmp_path / "t.jsonl", rows), "max_new_tokens": 1}},
+            "generation": {"chat_template": "none"},
+        }
     )
     result = Evaluator(spec, tokenizer).evaluate(model).tasks["t"]
     total, count = 0.0, 0
     for row in rows:
         prompt = tokenizer(row["prompt"]).input_ids
-        answer = tokenizer(row["response"], add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        answer = tokenizer(row["response"], add_special_tokens=False).input_ids + [
+            tokenizer.eos_token_id
+        ]
         ids = torch.tensor([prompt + answer])
         with torch.no_grad():
             logits = model(input_ids=ids).logits[0]
@@ -249,7 +258,9 @@ def test_out_of_memory_names_the_set_and_a_smaller_batch(noisy_family, eval_file
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr("mergekit_led.evaluation.run.greedy_answers", out_of_memory)
-    with pytest.raises(EvalError, match=r"evaluating set harmful at batch size 8; try --batch-size 4"):
+    with pytest.raises(
+        EvalError, match=r"evaluating set harmful at batch size 8; try --batch-size 4"
+    ):
         evaluator.evaluate(model)
 
 
@@ -269,8 +280,11 @@ def test_lm_eval_runs_through_lm_evals_own_api(noisy_family, tmp_path, monkeypat
     models = types.ModuleType("lm_eval.models")
     huggingface = types.ModuleType("lm_eval.models.huggingface")
     huggingface.HFLM = HFLM
-    for name, module in (("lm_eval", lm_eval), ("lm_eval.models", models),
-                         ("lm_eval.models.huggingface", huggingface)):
+    for name, module in (
+        ("lm_eval", lm_eval),
+        ("lm_eval.models", models),
+        ("lm_eval.models.huggingface", huggingface),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     model, tokenizer = load_model(noisy_family.base, dtype="float32")
     spec = parse_eval_spec({"lm_eval": {"tasks": ["arc_easy"], "limit": 5, "batch_size": 2}})
@@ -318,7 +332,9 @@ def test_evaluate_cli_bad_spec_is_one_line(tmp_path, noisy_family):
 
     bad = tmp_path / "bad.yml"
     bad.write_text("harmful: {data: x.jsonl, max_tokens: 3}\n")
-    result = CliRunner().invoke(main, ["evaluate", noisy_family.base, str(bad), "--out", str(tmp_path / "o")])
+    result = CliRunner().invoke(
+        main, ["evaluate", noisy_family.base, str(bad), "--out", str(tmp_path / "o")]
+    )
     assert result.exit_code == 1
     assert "max_tokens" in result.output and "Traceback" not in result.output
     assert not os.path.exists(tmp_path / "o")
@@ -329,8 +345,19 @@ def test_evaluate_console_script(noisy_family, eval_files, tmp_path, console_scr
     path, _ = eval_files
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [console_script("mergekit-led"), "evaluate", noisy_family.base, path, "--out", str(out), "--quiet"],
-        capture_output=True, text=True, env=child_env(), timeout=300,
+        [
+            console_script("mergekit-led"),
+            "evaluate",
+            noisy_family.base,
+            path,
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "eval.json").read_text())["harmful_count"] == 11

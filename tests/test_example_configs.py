@@ -79,3 +79,20 @@ def test_data_config_names_task_data_and_valid_locate_options(path):
     # whoever merges without computing the stores is told how
     with pytest.raises(ConfigError, match=r"importance_data.*mergekit-led merge CONFIG OUT"):
         preflight(config)
+
+
+def test_example_sweep_grid_and_eval_spec_fit_their_config():
+    from mergekit_led.evaluation import load_eval_spec
+    from mergekit_led.sweep import load_grid, setting_config
+    from mergekit_led.sweep.run import model_names
+
+    folder = Path(__file__).parents[1] / "example_configs"
+    config = yaml.safe_load((folder / "led-llama3-safety-math-code-data.yml").read_text())
+    settings = load_grid(
+        str(folder / "sweep" / "grid-llama3-safety-math-code.yml"), model_names(config)
+    )
+    assert len(settings) == 17 and sum(s.method == "led_merging" for s in settings) == 9
+    for setting in settings:
+        MergeConfiguration.model_validate(setting_config(config, setting))
+    spec = load_eval_spec(str(folder / "sweep" / "eval-safety-math-code.yml"))
+    assert spec.harmful and spec.benign and set(spec.tasks) == {"math", "code"}

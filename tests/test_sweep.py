@@ -32,7 +32,10 @@ def test_grid_is_the_product_of_each_blocks_lists_in_written_order():
     )
     led = [s.as_dict()["models"] for s in settings if s.method == "led_merging"]
     assert [(m["/m/safety"]["density"], m["/m/math"]["density"]) for m in led] == [
-        (0.5, 0.1), (0.5, 0.2), (0.7, 0.1), (0.7, 0.2),
+        (0.5, 0.1),
+        (0.5, 0.2),
+        (0.7, 0.1),
+        (0.7, 0.2),
     ]
     assert all(m["/m/math"] == m["/m/code"] for m in led)  # a comma group moves together
     ta = [s for s in settings if s.method == "task_arithmetic"]
@@ -43,13 +46,22 @@ def test_grid_is_the_product_of_each_blocks_lists_in_written_order():
 
 def test_star_names_every_other_model_and_shared_parameters_are_swept():
     settings = parse_grid(
-        {"led_merging": {"density": {"safety": 0.9, "*": [0.1, 0.2]}, "election": ["both", "model_only"], "disjoint": False}},
+        {
+            "led_merging": {
+                "density": {"safety": 0.9, "*": [0.1, 0.2]},
+                "election": ["both", "model_only"],
+                "disjoint": False,
+            }
+        },
         MODELS,
     )
     assert len(settings) == 4
     first = settings[0].as_dict()
     assert first["shared"] == {"election": "both", "disjoint": False}
-    assert first["models"]["/m/code"]["density"] == 0.1 and first["models"]["/m/safety"]["density"] == 0.9
+    assert (
+        first["models"]["/m/code"]["density"] == 0.1
+        and first["models"]["/m/safety"]["density"] == 0.9
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,7 +93,10 @@ def test_a_baseline_keeps_only_the_weight_of_an_led_config():
         "merge_method": "led_merging",
         "base_model": "/m/base",
         "models": [
-            {"model": m, "parameters": {"density": 0.1, "weight": 0.8, "importance_data": "d.jsonl"}}
+            {
+                "model": m,
+                "parameters": {"density": 0.1, "weight": 0.8, "importance_data": "d.jsonl"},
+            }
             for m in MODELS
         ],
         "parameters": {"election": "both", "locate_dtype": "float32"},
@@ -153,8 +168,10 @@ def sweep_inputs(tmp_path, llama_family):
 
     def rows(n):
         return [
-            {"prompt": " ".join(rng.choice(DEFAULT_WORDS) for _ in range(5)),
-             "response": " ".join(rng.choice(DEFAULT_WORDS) for _ in range(2))}
+            {
+                "prompt": " ".join(rng.choice(DEFAULT_WORDS) for _ in range(5)),
+                "response": " ".join(rng.choice(DEFAULT_WORDS) for _ in range(2)),
+            }
             for _ in range(n)
         ]
 
@@ -163,14 +180,23 @@ def sweep_inputs(tmp_path, llama_family):
         "merge_method": "led_merging",
         "base_model": llama_family.base,
         "models": [
-            {"model": llama_family.finetunes[0], "parameters": {"density": 0.3, "importance_data": data["one"]}},
-            {"model": llama_family.finetunes[1], "parameters": {"density": 0.3, "importance_data": data["two"]}},
+            {
+                "model": llama_family.finetunes[0],
+                "parameters": {"density": 0.3, "importance_data": data["one"]},
+            },
+            {
+                "model": llama_family.finetunes[1],
+                "parameters": {"density": 0.3, "importance_data": data["two"]},
+            },
         ],
         "parameters": {"locate_dtype": "float32"},
         "dtype": "float32",
     }
     grid = {
-        "led_merging": {"density": {"finetune1": [0.2, 0.6], "finetune2": 0.4}, "election": ["both", "model_only"]},
+        "led_merging": {
+            "density": {"finetune1": [0.2, 0.6], "finetune2": 0.4},
+            "election": ["both", "model_only"],
+        },
         "task_arithmetic": {"weight": [0.5, 1.0]},
         "ties": {"density": 0.5, "weight": 1.0},
         "dare_ties": {"density": 0.5, "weight": 1.0},
@@ -195,8 +221,20 @@ def sweep_inputs(tmp_path, llama_family):
 def sweep_cli(paths, out, *extra):
     from mergekit_led.cli import main
 
-    args = ["sweep", paths["config"], paths["grid"], str(out), "--eval", paths["eval"],
-            "--cache-dir", paths["cache"], "--device", "cpu", "--quiet", *extra]
+    args = [
+        "sweep",
+        paths["config"],
+        paths["grid"],
+        str(out),
+        "--eval",
+        paths["eval"],
+        "--cache-dir",
+        paths["cache"],
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
     return CliRunner().invoke(main, args)
 
 
@@ -208,7 +246,11 @@ def test_sweep_end_to_end_and_best_yml_reproduces_its_row(sweep_inputs, tmp_path
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
     assert [r["method"] for r in rows] == ["led_merging"] * 4 + ["task_arithmetic"] * 2 + [
-        "ties", "dare_ties", "breadcrumbs", "model_stock"]
+        "ties",
+        "dare_ties",
+        "breadcrumbs",
+        "model_stock",
+    ]
     for row in rows:
         assert 0 <= row["metrics"]["harmful_compliance"] <= 1 and "t_accuracy" in row["metrics"]
         assert set(row["seconds"]) == {"merge", "load", "evaluate"}
@@ -220,7 +262,12 @@ def test_sweep_end_to_end_and_best_yml_reproduces_its_row(sweep_inputs, tmp_path
     assert not (out / ".scratch").exists() or not os.listdir(out / ".scratch")
     # best.yml is a config the user merges as is; the merge evaluates as its row did
     best_row = max(
-        rows, key=lambda r: (balanced_score(r["metrics"]), -r["metrics"]["harmful_compliance"], -r["index"])
+        rows,
+        key=lambda r: (
+            balanced_score(r["metrics"]),
+            -r["metrics"]["harmful_compliance"],
+            -r["index"],
+        ),
     )
     best = yaml.safe_load((out / "best.yml").read_text())
     assert best == best_row["config"]
@@ -230,7 +277,8 @@ def test_sweep_end_to_end_and_best_yml_reproduces_its_row(sweep_inputs, tmp_path
     )
     assert merge.exit_code == 0, merge.output
     evaluated = CliRunner().invoke(
-        main, ["evaluate", str(merged), sweep_inputs["eval"], "--out", str(tmp_path / "ev"), "--quiet"]
+        main,
+        ["evaluate", str(merged), sweep_inputs["eval"], "--out", str(tmp_path / "ev"), "--quiet"],
     )
     assert evaluated.exit_code == 0, evaluated.output
     again = json.loads((tmp_path / "ev" / "eval.json").read_text())
@@ -247,8 +295,19 @@ def test_a_killed_sweep_resumes_without_redoing_finished_settings(sweep_inputs, 
     from mergekit_led.cli import main
 
     resumed = CliRunner().invoke(
-        main, ["sweep", sweep_inputs["config"], sweep_inputs["grid"], str(out), "--eval",
-               sweep_inputs["eval"], "--cache-dir", sweep_inputs["cache"], "--device", "cpu"]
+        main,
+        [
+            "sweep",
+            sweep_inputs["config"],
+            sweep_inputs["grid"],
+            str(out),
+            "--eval",
+            sweep_inputs["eval"],
+            "--cache-dir",
+            sweep_inputs["cache"],
+            "--device",
+            "cpu",
+        ],
     )
     assert resumed.exit_code == 0, resumed.output
     assert "resuming: 3 of 10 settings" in resumed.output
@@ -308,9 +367,22 @@ def test_sweep_console_script(sweep_inputs, tmp_path, console_script, child_env)
         yaml.safe_dump({"led_merging": {"density": [0.2, 0.5]}, "model_stock": {}}, f)
     out = tmp_path / "cli"
     proc = subprocess.run(
-        [console_script("mergekit-led"), "sweep", sweep_inputs["config"], sweep_inputs["grid"],
-         str(out), "--eval", sweep_inputs["eval"], "--cache-dir", sweep_inputs["cache"], "--quiet"],
-        capture_output=True, text=True, env=child_env(), timeout=600,
+        [
+            console_script("mergekit-led"),
+            "sweep",
+            sweep_inputs["config"],
+            sweep_inputs["grid"],
+            str(out),
+            "--eval",
+            sweep_inputs["eval"],
+            "--cache-dir",
+            sweep_inputs["cache"],
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     assert len((out / "sweep.jsonl").read_text().splitlines()) == 3

@@ -35,11 +35,11 @@ _SUBCOMMANDS = {
     "store": ("mergekit_led.cli.store", "Inspect, convert and verify importance stores."),
     "evaluate": (
         "mergekit_led.cli.evaluate",
-        "Harmful compliance, over-refusal and task accuracy of a model.",
+        "Harmful compliance, over-refusal and accuracy of a model.",
     ),
     "sweep": (
         "mergekit_led.cli.sweep",
-        "Merge and evaluate a grid of settings (LED and baselines); pick the best.",
+        "Merge and evaluate a grid of LED and baseline settings.",
     ),
 }
 
@@ -67,8 +67,10 @@ def main() -> None:
     """LED-Merging (Locate, Elect, Disjoint) for mergekit.
 
     \b
-    1. mergekit-led locate   importance scores of a model on a task's data
-    2. mergekit-led merge    a mergekit YAML config with merge_method: led_merging
+    1. mergekit-led locate     importance scores of a model on a task's data
+    2. mergekit-led sweep      which densities and weights: a grid, merged and evaluated
+    3. mergekit-led merge      a mergekit YAML config with merge_method: led_merging
+    4. mergekit-led evaluate   is the merge safe and useful?
     """
 
 

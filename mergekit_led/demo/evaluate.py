@@ -63,7 +63,11 @@ def write_eval_spec(folder: str, split: str, sets: Dict[str, List[Sample]]) -> E
         "harmful": {"data": files["harmful"], "max_new_tokens": MAX_NEW_TOKENS["harmful"]},
         "benign": {"data": files["benign"], "max_new_tokens": MAX_NEW_TOKENS["benign"]},
         "tasks": {
-            task_name: {"data": files[task_name], "max_new_tokens": MAX_NEW_TOKENS[task_name], **task}
+            task_name: {
+                "data": files[task_name],
+                "max_new_tokens": MAX_NEW_TOKENS[task_name],
+                **task,
+            }
             for task_name in ("math", "code")
         },
         "refusal": {"strings": [REFUSAL_PREFIX], "defaults": False, "match": "start"},

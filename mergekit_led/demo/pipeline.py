@@ -286,7 +286,6 @@ def run_seed(settings: Settings, seed: int) -> dict:
     lap("locate")
 
     log("selecting each method's setting on the validation split (mergekit-led sweep)")
-    val_sets = evaluate.evaluator(val_spec, family["base"])
     test_sets = evaluate.evaluator(test_spec, family["base"])
     swept = merging.sweep_grid(
         merging.grid(settings.quick),
