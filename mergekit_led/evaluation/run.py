@@ -129,52 +129,38 @@ class Evaluator:
             progress=loaded.name if progress else None,
         )
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answer_ids]
-        if isinstance(spec, TaskSpec):
-            correct = 0
-            for item, text in zip(loaded.items, texts):
-                ok, extracted, _ = is_correct(
-                    text, item.reference, spec.answer, spec.pattern, normalize=spec.normalize
-                )
-                correct += ok
-                report.answers.append(
-                    Answer(
-                        loaded.name,
-                        item.index,
-                        item.prompt_text,
-                        text,
-                        "correct" if ok else "wrong",
-                        extracted,
-                        item.reference,
-                    )
-                )
-            likelihood = answer_likelihood(
-                model,
-                prepared.scored,
-                pad_id=self.pad_id,
-                batch_size=self.batch_size,
-                device=device,
-            )
-            report.tasks[loaded.name.removeprefix("task:")] = TaskResult(
-                len(texts),
-                correct,
-                likelihood.answer_nll,
-                likelihood.token_accuracy,
-                likelihood.answer_tokens,
-            )
+        positives = 0  # refusals, or correct task answers
+        for item, text in zip(loaded.items, texts):
+            answer = self._judge(loaded, item, text)
+            positives += answer.verdict in ("refused", "correct")
+            report.answers.append(answer)
+        if not loaded.is_task:
+            setattr(report, loaded.name, SafetyResult(len(texts), positives))
             return
-        verdicts = [self.matcher.is_refusal(text) for text in texts]
-        for item, text, refused in zip(loaded.items, texts, verdicts):
-            report.answers.append(
-                Answer(
-                    loaded.name,
-                    item.index,
-                    item.prompt_text,
-                    text,
-                    "refused" if refused else "complied",
-                )
-            )
-        result = SafetyResult(len(texts), sum(verdicts))
-        setattr(report, loaded.name, result)
+        likelihood = answer_likelihood(
+            model, prepared.scored, pad_id=self.pad_id, batch_size=self.batch_size, device=device
+        )
+        report.tasks[loaded.name.removeprefix("task:")] = TaskResult(
+            len(texts),
+            positives,
+            likelihood.answer_nll,
+            likelihood.token_accuracy,
+            likelihood.answer_tokens,
+        )
+
+    def _judge(self, loaded: EvalSet, item, text: str) -> Answer:
+        """One answer's verdict: refused/complied (safety sets) or correct/wrong (tasks)."""
+        spec = loaded.spec
+        if not isinstance(spec, TaskSpec):
+            verdict = "refused" if self.matcher.is_refusal(text) else "complied"
+            return Answer(loaded.name, item.index, item.prompt_text, text, verdict)
+        ok, extracted, _ = is_correct(
+            text, item.reference, spec.answer, spec.pattern, normalize=spec.normalize
+        )
+        verdict = "correct" if ok else "wrong"
+        return Answer(
+            loaded.name, item.index, item.prompt_text, text, verdict, extracted, item.reference
+        )
 
     def _settings(self) -> Dict[str, Any]:
         return {

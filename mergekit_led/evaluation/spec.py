@@ -7,10 +7,8 @@ directory, as store paths in merge configs are.
 
 from __future__ import annotations
 
-import os
 from typing import Dict, List, Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mergekit_led.errors import EvalError
@@ -119,13 +117,8 @@ def parse_eval_spec(data: object, *, where: str = "the evaluation spec") -> Eval
 
 
 def load_eval_spec(path: str) -> EvalSpec:
-    """Read ``EVAL.yml`` (safe YAML)."""
-    if not os.path.isfile(path):
-        raise EvalError(f"Evaluation spec {path} does not exist or is not a file.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = " ".join(str(error).split())
-        raise EvalError(f"Evaluation spec {path} is not valid YAML: {reason}") from error
+    """Read ``EVAL.yml``."""
+    from mergekit_led.config.yaml_file import read_yaml
+
+    data = read_yaml(path, what="Evaluation spec", error=EvalError)
     return parse_eval_spec(data, where=f"Evaluation spec {path}")

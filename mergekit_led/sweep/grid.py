@@ -31,8 +31,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import yaml
-
 from mergekit_led.core.parameters import (
     DATA_PARAMETER,
     LOCATE_PREFIX,
@@ -95,15 +93,10 @@ def _fmt(value: Any) -> str:
 
 
 def load_grid(path: str, models: Sequence[str]) -> List[Setting]:
-    if not os.path.isfile(path):
-        raise SweepError(f"Grid {path} does not exist or is not a file.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise SweepError(
-            f"Grid {path} is not valid YAML: {' '.join(str(error).split())}"
-        ) from error
+    """Every setting of the GRID.yml file at ``path``."""
+    from mergekit_led.config.yaml_file import read_yaml
+
+    data = read_yaml(path, what="Grid", error=SweepError)
     return parse_grid(data, models, where=f"Grid {path}")
 
 
