@@ -327,18 +327,14 @@ def _with_stores(config, settings, options: SweepOptions, say) -> Dict[str, Any]
         progress=options.progress,
         command="mergekit-led sweep",
     )
-    paths = {
-        definition.model.model.path: {
-            role: definition.parameters[role] for role in ("importance", "base_importance")
-        }
-        for definition in prepared.merge_config.models
-        if definition.parameters and "importance" in definition.parameters
-    }
     resolved = json.loads(json.dumps(config))
-    for entry in resolved["models"]:
-        stores = paths.get(entry["model"])
-        if stores:
-            entry.setdefault("parameters", {}).update(stores)
+    # prepare_config keeps the models in CONFIG's order (and spelling, revisions included).
+    for entry, definition in zip(resolved["models"], prepared.merge_config.models):
+        parameters = definition.parameters or {}
+        if "importance" in parameters:
+            entry.setdefault("parameters", {}).update(
+                {role: parameters[role] for role in ("importance", "base_importance")}
+            )
     return resolved
 
 
@@ -365,7 +361,10 @@ def _scratch_root(config, out: str, scratch: Optional[str]) -> str:
     size = _model_bytes(config["base_model"])
     ram = "/dev/shm"
     if size and os.path.isdir(ram) and os.access(ram, os.W_OK):
-        if shutil.disk_usage(ram).free > 2 * size:
+        # Room on the RAM disk is not room in RAM: the merge there and the model
+        # loaded from it both take memory, so both must fit twice over.
+        free_ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if shutil.disk_usage(ram).free > 2 * size and free_ram > 4 * size:
             return ram
     path = os.path.join(out, ".scratch")
     os.makedirs(path, exist_ok=True)
