@@ -314,6 +314,13 @@ def test_a_killed_sweep_resumes_without_redoing_finished_settings(sweep_inputs, 
     again = (out / "sweep.jsonl").read_text().splitlines()
     assert again[:3] == rows[:3]
     assert [json.loads(r)["metrics"] for r in again] == [json.loads(r)["metrics"] for r in rows]
+    # a row edited by hand (not a torn last line) is refused, not trusted
+    edited = json.loads(again[1])
+    edited["metrics"] = {"harmful_compliance": "none"}
+    lines = again[:1] + [json.dumps(edited)] + again[2:]
+    (out / "sweep.jsonl").write_text("\n".join(lines) + "\n")
+    refused = sweep_cli(sweep_inputs, out)
+    assert refused.exit_code == 1 and "sweep.jsonl line 2 is not a sweep row" in refused.output
 
 
 def test_two_sweeps_on_one_folder_and_a_changed_grid_are_refused(sweep_inputs, tmp_path):

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mergekit_led.errors import SweepError
 from mergekit_led.sweep.grid import ModelNames, Setting, setting_config
@@ -48,8 +49,12 @@ class SweepOptions:
     trust_remote_code: bool = False
 
 
-@dataclass
-class SweepRow:
+class SweepRow(BaseModel):
+    """One finished setting: a line of ``sweep.jsonl`` (validated when read back,
+    since the file may have been edited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     index: int
     key: str
     method: str
@@ -60,7 +65,7 @@ class SweepRow:
     seconds: Dict[str, float]
 
     def to_json(self) -> Dict[str, Any]:
-        return dict(self.__dict__)
+        return self.model_dump()
 
 
 @dataclass
@@ -213,8 +218,8 @@ def _read_rows(out: str, keys: set) -> Dict[str, SweepRow]:
         if not line.strip():
             continue
         try:
-            row = SweepRow(**json.loads(line))
-        except (ValueError, TypeError):
+            row = SweepRow.model_validate(json.loads(line))
+        except (ValueError, TypeError, ValidationError):
             if number == len(lines):  # no newline after it: the append was cut short
                 torn = True
                 continue
@@ -281,14 +286,14 @@ def _sweep(config, todo, spec, out: str, options: SweepOptions, say):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         row = SweepRow(
-            index,
-            setting.key,
-            setting.method,
-            text,
-            setting.as_dict(),
-            user,
-            result.metrics(),
-            {
+            index=index,
+            key=setting.key,
+            method=setting.method,
+            text=text,
+            setting=setting.as_dict(),
+            config=user,
+            metrics=result.metrics(),
+            seconds={
                 "merge": round(merged_at - clock, 3),
                 "load": round(loaded_at - merged_at, 3),
                 "evaluate": round(done_at - loaded_at, 3),
