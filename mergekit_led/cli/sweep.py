@@ -61,7 +61,7 @@ from mergekit_led.environment import DEVICE_CHOICES
     is_flag=True,
     help="As `mergekit-led prepare --allow-bad-tokenization`.",
 )
-@click.option("--trust-remote-code", is_flag=True)
+@click.option("--trust-remote-code", is_flag=True, help="Allow the models' own code.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @cache_dir_option
 @run_cli_errors_cleanly
