@@ -19,3 +19,7 @@ class ConfigError(LEDError):
 
 class LocateError(LEDError):
     """Bad input to ``mergekit-led locate``: model, data, options or a sample."""
+
+
+class CheckpointError(LEDError):
+    """A model checkpoint folder that mergekit and transformers would read differently."""

@@ -244,10 +244,13 @@ def check_input_models(config: MergeConfiguration) -> None:
     (with no file named) part way through it."""
     from safetensors import safe_open
 
+    from mergekit_led.store.fingerprint import check_unambiguous
+
     for reference in config.referenced_models():
         path = reference.model.path
         if not os.path.isdir(path):
             continue  # a hub model: mergekit downloads and checks it
+        check_unambiguous(path)
         for name in _safetensors_files(path):
             file = os.path.join(path, name)
             try:

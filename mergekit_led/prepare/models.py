@@ -1,8 +1,10 @@
 """The models of a config, resolved to a local folder and an identity for the cache key.
 
 A local checkpoint is identified by the fingerprint its stores record
-(``store.fingerprint``: names, shapes and sampled values of every weight); a
-Hub model by its repo id and the commit its revision resolves to, so a moved
+(``store.fingerprint``: names, shapes and sampled values of every weight, read
+from the files mergekit merges, which must be the ones transformers loads) and
+by a hash of the other files that change its scores (``config.json``, remote
+code: ``fingerprint.scoring_files_digest``); a Hub model by its repo id and the commit its revision resolves to, so a moved
 branch gets new stores and a pinned commit never recomputes.
 """
 
@@ -31,6 +33,9 @@ class ResolvedModel:
     identity: str  # the cache key's share: "sha256:..." or "hub:org/repo@<commit>"
     repo_id: Optional[str] = None  # Hub models only
     commit: Optional[str] = None
+    # Local checkpoints: the hash of config.json and remote code, which change the
+    # scores as much as the weights do (a Hub commit covers them already).
+    files_digest: Optional[str] = None
 
     @property
     def is_hub(self) -> bool:
@@ -68,7 +73,12 @@ def resolve_model(
                 f"Model {label}: {path} is a local folder, which has no revision "
                 f"{revision!r}; remove @{revision}."
             )
-        return ResolvedModel(label, os.path.abspath(path), _local_identity(label, path))
+        return ResolvedModel(
+            label,
+            os.path.abspath(path),
+            local_identity(label, path),
+            files_digest=local_files_digest(label, path),
+        )
     hub = parse_hub_reference(path)
     if hub is None or hub.subfolder is not None:
         raise LocateError(f"Model {label} cannot be loaded: no such folder, and not a Hub repo id.")
@@ -108,7 +118,16 @@ _IDENTITIES: Dict[Tuple[str, Tuple[Tuple[str, int, int], ...]], str] = {}
 _IDENTITY_LOCK = threading.Lock()
 
 
-def _local_identity(label: str, path: str) -> str:
+def local_files_digest(label: str, path: str) -> str:
+    try:
+        return fingerprint.scoring_files_digest(path)
+    except OSError as error:
+        raise LocateError(
+            f"Model {label} cannot be loaded from {path}: {error.strerror or error}"
+        ) from None
+
+
+def local_identity(label: str, path: str) -> str:
     if not fingerprint.is_local_checkpoint(path):
         raise LocateError(
             f"Model {label} cannot be loaded: {path} holds no checkpoint (no "
