@@ -399,6 +399,25 @@ def _check_planned(planned: PlannedStore, folder: str) -> None:
         )
 
 
+def check_resolved_output(config: MergeConfiguration, config_file: str, output: str) -> None:
+    """``prepare -o`` never writes over its own inputs: the config it reads or a
+    data file the config names."""
+    real = os.path.realpath(output)
+    inputs = [("the config", config_file)]
+    for item in config_inputs(config):
+        data = item.parameters.get(DATA_PARAMETER)
+        if isinstance(data, str):
+            inputs.append((f"importance_data of model {item.label}", data))
+    for role, path in inputs:
+        if os.path.exists(path) and os.path.realpath(path) == real:
+            raise ConfigError(
+                f"-o {output} is {role} {path}: prepare never writes over its inputs. "
+                "Write the resolved config to another file."
+            )
+    if os.path.isdir(output):
+        raise ConfigError(f"-o {output} is a folder; give the path of the resolved config file.")
+
+
 def _check_world_size() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise LocateError(
