@@ -62,13 +62,15 @@ def cached(tmp_path_factory, llama_family):
     first = write_jsonl(root / "safety.jsonl", ROWS)
     second = write_jsonl(root / "math.jsonl", OTHER_ROWS)
     model = llama_family.finetunes[0]
-    config = write_config(root / "led.yml", llama_family.base, [(model, first), (model, second)])
     cache = root / "cache"
-    result = prepare(config, cache)
-    assert result.exit_code == 0, result.text
+    configs = []
+    for name, data in (("safety", first), ("math", second)):  # one model, two datasets
+        configs.append(write_config(root / f"{name}.yml", llama_family.base, [(model, data)]))
+        result = prepare(configs[-1], cache)
+        assert result.exit_code == 0, result.text
     records = {(e.record["model"], e.record["data"]): e for e in StoreCache(str(cache)).entries()}
     assert len(records) == 4
-    return {"root": root, "config": config, "cache": cache, "entries": records, "model": model}
+    return {"root": root, "configs": configs, "cache": cache, "entries": records, "model": model}
 
 
 def fresh_copy(cached, tmp_path):
@@ -101,9 +103,9 @@ def test_an_entry_zeroed_in_place_is_not_served(cached, tmp_path):
     assert "checksum" in store_cache.entry(key, verify=True).problem
     listing = run_cli("cache", "ls", "--cache-dir", cache)
     assert listing.exit_code == 0 and "broken: scores.safetensors has checksum" in listing.text
-    again = prepare(cached["config"], cache)
+    again = prepare(cached["configs"][0], cache)
     assert again.exit_code == 0, again.text
-    assert again.text.count(": computing (") == 1 and again.text.count(": cached (") == 3
+    assert again.text.count(": computing (") == 1 and again.text.count(": cached (") == 1
     assert tensors_digest(folder) == tensors_digest(cached["cache"] / "stores" / key)
 
 
@@ -122,9 +124,10 @@ def test_swapped_scores_of_two_entries_are_not_served(cached, tmp_path):
 
     store_cache = StoreCache(str(cache))
     assert store_cache.lookup(first_key) is None and store_cache.lookup(second_key) is None
-    again = prepare(cached["config"], cache)
-    assert again.exit_code == 0, again.text
-    assert again.text.count(": computing (") == 2  # recomputed, never served swapped
+    for config in cached["configs"]:
+        again = prepare(config, cache)
+        assert again.exit_code == 0, again.text
+        assert again.text.count(": computing (") == 1  # recomputed, never served swapped
     assert tensors_digest(first) == tensors_digest(cached["cache"] / "stores" / first_key)
 
 
