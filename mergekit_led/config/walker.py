@@ -9,6 +9,7 @@ that applies to it.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -40,6 +41,12 @@ class ConfigInput:
 def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
     """Read and validate a mergekit YAML config; returns it and its source text."""
     try:
+        # A FIFO or device would block or never end: only regular files are read.
+        if os.path.exists(config_file) and not os.path.isfile(config_file):
+            raise ConfigError(
+                f"Merge config {config_file} is not a regular file (a folder, FIFO, socket "
+                "or device); give the path of a YAML file."
+            )
         with open(config_file, "rb") as f:
             raw = f.read()
     except OSError as error:

@@ -128,3 +128,67 @@ def test_a_transposed_store_is_refused_by_inspect_and_card(tmp_path, llama_famil
     out.mkdir()
     shutil.copy(os.path.join(llama_family.base, "config.json"), out / "config.json")
     run_cli("card", config, out).assert_one_line_error(str(transposed), "shape")
+
+
+# --------------------------------------------------------------------------- item 9: OS oddities
+
+
+@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
+def test_a_full_disk_names_what_was_being_written(kind, tmp_path, llama_family, monkeypatch):
+    """main: `prepare` said "Disk full: no space left on the device while writing." with no
+    file named when the library's error carried none (and read safetensors' own error as
+    a damaged file)."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import mergekit_led.store.writer as writer
+
+    def full_disk(*args, **kwargs):
+        if kind == "oserror":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise SafetensorError(
+            "Error while serializing: IoError(No space left on device (os error 28))"
+        )
+
+    monkeypatch.setattr(writer, "save_file", full_disk)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "how to hack", "response": "sorry no"}) + "\n")
+    config = tmp_path / "c.yml"
+    entry = {"density": 0.3, "importance_data": str(data)}
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "merge_method": "led_merging",
+                "base_model": llama_family.base,
+                "models": [{"model": llama_family.finetunes[0], "parameters": entry}],
+            }
+        )
+    )
+    cache = tmp_path / "cache"
+    result = run_cli("prepare", config, "--cache-dir", cache, "--no-progress")
+    result.assert_one_line_error("Disk full", str(cache / "work"))
+    assert not (cache / "stores").exists() or os.listdir(cache / "stores") == []
+
+
+@pytest.mark.parametrize("what", ["fifo", "device"])
+def test_fifos_and_devices_are_not_called_missing(what, tmp_path, llama_family):
+    """main: a FIFO or a device given as data was reported as "does not exist"."""
+    if what == "fifo":
+        data = tmp_path / "data.jsonl"
+        os.mkfifo(data)
+    else:
+        data = Path("/dev/null")
+    result = run_cli(
+        "locate", "--model", llama_family.finetunes[0], "--data", data,
+        "--out", tmp_path / "store", "--no-progress",
+    )  # fmt: skip
+    line = result.assert_one_line_error(str(data), "not a regular file")
+    assert "does not exist" not in line
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_fifo_as_config_is_refused_without_blocking(tmp_path):
+    config = tmp_path / "c.yml"
+    os.mkfifo(config)
+    run_cli("inspect", config).assert_one_line_error(str(config), "not a regular file")
