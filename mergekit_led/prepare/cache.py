@@ -7,6 +7,8 @@ else ``$XDG_CACHE_HOME/mergekit-led`` or ``~/.cache/mergekit-led``)::
                            README.md, and led_cache.json (what the key stands for)
     work/<key>...          a locate run in progress (or killed): never read as a store
     locks/<key>.lock       held while a process computes or removes that key
+    verified/<key>.json    the identity each file of the entry had when its hash
+                           last matched (see ``_checksum_problem``)
 
 A store is written in ``work/`` and renamed into ``stores/`` in one step, and
 only by the process holding the key's lock, so two runs never write the same
@@ -14,8 +16,9 @@ entry and a folder in ``stores/`` is never half-written. ``led_cache.json``
 lists every file with its size and SHA-256: an entry copied only partly (an
 interrupted ``rsync``, or a preallocating copy whose tail is still zeros) or
 whose files were swapped with another entry's does not count as complete
-either. ``lookup`` (what a merge uses) hashes every file before serving the
-entry, once per process and file version.
+either. ``lookup`` (what a merge uses) checks every file against its hash
+before serving the entry: a file whose identity (device, inode, size, mtime
+and ctime) is the one recorded when it last matched is not hashed again.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class StoreCache:
         self.stores = os.path.join(self.root, "stores")
         self.work = os.path.join(self.root, "work")
         self.locks = os.path.join(self.root, "locks")
+        self.verified = os.path.join(self.root, "verified")
 
     def __repr__(self) -> str:
         return f"StoreCache({self.root!r})"
@@ -103,9 +107,15 @@ class StoreCache:
             return None
         record, problem = _read_record(path, key)
         if problem is None and verify:
-            problem = _checksum_problem(path, record["files"])
+            stamp_path = os.path.join(self.verified, f"{key}.json")
+            stamps = _read_stamps(stamp_path)
+            problem, checked = _checksum_problem(path, record["files"], stamps)
             if problem is not None:
                 record = None
+            elif checked != stamps:
+                with contextlib.suppress(OSError):  # a read-only cache: hash again next time
+                    os.makedirs(self.verified, exist_ok=True)
+                    write_text(stamp_path, json.dumps(checked))
         return CacheEntry(key, path, record, problem)
 
     def lookup(self, key: str) -> Optional[CacheEntry]:
@@ -247,6 +257,11 @@ class StoreCache:
             path = self.entry_path(key)
             if os.path.lexists(path):
                 _remove(path)
+            self._forget_stamps(key)
+
+    def _forget_stamps(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self.verified, f"{key}.json"))
 
     def prune(self, *, older_than_days: Optional[float] = None) -> List[str]:
         """Remove broken entries, leftovers of killed runs (whose key is not in use)
@@ -259,6 +274,7 @@ class StoreCache:
                 continue
             with contextlib.suppress(CacheError), self.locked(entry.key, wait=False):
                 _remove(entry.path)
+                self._forget_stamps(entry.key)
                 removed.append(entry.path)
         for path in self.leftovers():
             key = _key_of_leftover(os.path.basename(path))
@@ -315,7 +331,11 @@ def _read_record(path: str, key: str):
 
 def _file_record(path: str) -> Dict[str, Any]:
     with open(path, "rb") as f:
-        return {"size": os.fstat(f.fileno()).st_size, "sha256": _sha256(f)}
+        status = os.fstat(f.fileno())
+        digest = _sha256(f)
+    with _HASHED_LOCK:  # the lookup right after writing the entry need not hash again
+        _HASHED[_identity(status)] = digest
+    return {"size": status.st_size, "sha256": digest}
 
 
 def _sha256(f) -> str:
@@ -327,42 +347,69 @@ def _sha256(f) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-# (path, device, inode, size, mtime_ns) -> its sha256, for files already hashed by
-# this process: a merge looks its entries up more than once (plan, then merge).
-_HASHED: Dict[Tuple[str, int, int, int, int], str] = {}
+def _identity(status: os.stat_result) -> Tuple[int, int, int, int, int]:
+    """What identifies one version of a file without reading it. The kernel sets
+    ctime on every write, truncation, rename or link, and ``utime`` cannot set it
+    back, so a file with the same identity has the same bytes; a copied, swapped,
+    preallocated or edited file has another identity."""
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
+
+
+# identity -> sha256 of files this process hashed (or wrote): an entry is looked
+# up more than once per run (plan, compute, the merge method).
+_HASHED: Dict[Tuple[int, int, int, int, int], str] = {}
 _HASHED_LOCK = threading.Lock()
 
 
-def _checksum_problem(path: str, files: Dict[str, Dict[str, Any]]) -> Optional[str]:
+def _read_stamps(path: str) -> Dict[str, List[Any]]:
+    """``verified/<key>.json``: file name -> [*identity, sha256] when it last
+    matched; anything unreadable counts as no stamp (the files are hashed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            stamps = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _checksum_problem(
+    path: str, files: Dict[str, Dict[str, Any]], stamps: Dict[str, List[Any]]
+) -> Tuple[Optional[str], Dict[str, List[Any]]]:
     """Why the entry's files differ from the checksums its record lists (None if
-    they agree). Sizes alone miss a same-size copy with a zero tail, or the
-    scores of two entries swapped; the hash does not."""
+    they agree), and the stamps of the files as checked now. Sizes alone miss a
+    same-size copy with a zero tail, or the scores of two entries swapped; the
+    hash does not. A file is hashed unless its identity is the one stamped when
+    its hash last matched the record (``_identity``)."""
+    checked: Dict[str, List[Any]] = {}
     for name, listed in files.items():
         file_path = os.path.join(path, name)
         try:
             with open(file_path, "rb") as f:
-                status = os.fstat(f.fileno())
-                stamp = (
-                    file_path,
-                    status.st_dev,
-                    status.st_ino,
-                    status.st_size,
-                    status.st_mtime_ns,
-                )
+                identity = _identity(os.fstat(f.fileno()))
+                if stamps.get(name) == [*identity, listed["sha256"]]:
+                    checked[name] = stamps[name]
+                    continue
                 with _HASHED_LOCK:
-                    actual = _HASHED.get(stamp)
+                    actual = _HASHED.get(identity)
                 if actual is None:
                     actual = _sha256(f)
                     with _HASHED_LOCK:
-                        _HASHED[stamp] = actual
+                        _HASHED[identity] = actual
         except OSError as error:
-            return f"{name} cannot be read: {error.strerror or error}"
+            return f"{name} cannot be read: {error.strerror or error}", checked
         if actual != listed["sha256"]:
             return (
                 f"{name} has checksum {actual[:19]}…, its record says "
                 f"{listed['sha256'][:19]}… (changed or damaged after it was written)"
-            )
-    return None
+            ), checked
+        checked[name] = [*identity, actual]
+    return None, checked
 
 
 def _remove(path: str) -> None:

@@ -272,3 +272,28 @@ def test_a_merge_kept_inside_the_cache_is_not_a_leftover(cached, tmp_path):
 def test_record_lists_every_files_checksum(cached):
     for entry in cached["entries"].values():
         assert all(set(listed) == {"size", "sha256"} for listed in entry.record["files"].values())
+
+
+def test_a_verified_entry_is_not_hashed_again_but_an_edit_is_caught(cached, tmp_path, monkeypatch):
+    """Stamps spare the hash of unchanged files; an in-place edit whose mtime is set
+    back still changes the file's ctime, so it is hashed and refused."""
+    import mergekit_led.prepare.cache as cache_module
+
+    cache = fresh_copy(cached, tmp_path)  # new inodes: hashed once, then stamped
+    folder, key = entry_of(cache, cached, "safety.jsonl")
+    assert StoreCache(str(cache)).lookup(key) is not None
+    hashed = []
+    real = cache_module._sha256
+    monkeypatch.setattr(cache_module, "_HASHED", {})  # as in a new process
+    monkeypatch.setattr(cache_module, "_sha256", lambda f: hashed.append(f.name) or real(f))
+    assert StoreCache(str(cache)).lookup(key) is not None
+    assert hashed == []
+
+    scores = folder / "scores.safetensors"
+    status = scores.stat()
+    with open(scores, "r+b") as f:
+        f.seek(status.st_size - 4)
+        f.write(b"\0\0\0\0")
+    os.utime(scores, ns=(status.st_atime_ns, status.st_mtime_ns))
+    assert StoreCache(str(cache)).lookup(key) is None
+    assert [os.path.basename(name) for name in hashed] == ["scores.safetensors"]
