@@ -187,20 +187,7 @@ def check_output_path(config: MergeConfiguration, out_path: str, *, overwrite: b
         )
     if os.path.lexists(out_path) and not os.path.isdir(out_path):
         raise ConfigError(f"Output path {out_path} is a file, not a folder; choose a folder path.")
-    real_out = os.path.realpath(out_path)
-    for path, role in protected_inputs(config).items():
-        if _overlaps(real_out, path):
-            relation = (
-                "is"
-                if real_out == path
-                else "is inside"
-                if _contains(path, real_out)
-                else "contains"
-            )
-            raise ConfigError(
-                f"Output folder {out_path} {relation} {role} {path}: a merge never writes "
-                "into its inputs. Choose another output folder."
-            )
+    check_not_an_input(config, out_path, what="Output folder", writer="a merge")
     if not os.path.isdir(out_path):
         return
     entries = os.listdir(out_path)
@@ -256,6 +243,25 @@ def _write_record(folder: str) -> None:
     record = {"format": MERGE_RECORD_FORMAT, "version": 1, "files": names}
     with open(os.path.join(folder, MERGE_RECORD), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2)
+
+
+def check_not_an_input(config: MergeConfiguration, path: str, *, what: str, writer: str) -> None:
+    """Refuse ``path`` when it is, holds or sits inside a local input of ``config``
+    (models, LoRA adapters, tokenizer source, importance stores)."""
+    real = os.path.realpath(path)
+    for protected, role in protected_inputs(config).items():
+        if _overlaps(real, protected):
+            relation = (
+                "is"
+                if real == protected
+                else "is inside"
+                if _contains(protected, real)
+                else "contains"
+            )
+            raise ConfigError(
+                f"{what} {path} {relation} {role} {protected}: {writer} never writes "
+                "into its inputs. Choose another folder."
+            )
 
 
 def carry_over(old: str, new: str) -> List[str]:

@@ -164,3 +164,14 @@ def test_prepare_never_writes_over_its_config(tmp_path, llama_family):
         result.assert_one_line_error(str(target), "never writes over its inputs")
     assert config.read_text() == before
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("which", ["base", "store"])
+def test_card_never_writes_into_an_input(which, tmp_path, llama_family, task_stores):
+    """main: `card CONFIG BASE_MODEL` wrote the LED section into the base model's README."""
+    config = models_config(tmp_path / "c.yml", llama_family, task_stores)
+    target = llama_family.base if which == "base" else task_stores[0].model_store
+    before = folder_digest(target)
+    result = run_cli("card", config, target)
+    result.assert_one_line_error(str(target), "never writes into its inputs")
+    assert folder_digest(target) == before
