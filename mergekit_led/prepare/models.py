@@ -114,7 +114,7 @@ def with_weights(model: ResolvedModel) -> ResolvedModel:
     )
 
 
-_IDENTITIES: Dict[Tuple[str, Tuple[Tuple[str, int, int], ...]], str] = {}
+_IDENTITIES: Dict[Tuple[str, Tuple[Tuple[str, int, int, int, int], ...]], str] = {}
 _IDENTITY_LOCK = threading.Lock()
 
 
@@ -134,10 +134,11 @@ def local_identity(label: str, path: str) -> str:
             "model.safetensors, model.safetensors.index.json, pytorch_model.bin or its index)."
         )
     path = os.path.abspath(path)
-    # A checkpoint rewritten in place gets a new size or time, hence a new fingerprint.
+    # A checkpoint rewritten in place gets a new size or time, hence a new fingerprint;
+    # the inode and ctime also catch a copy that keeps the size and mtime (`cp -p`).
     stamp = tuple(
-        (name, entry.stat().st_size, entry.stat().st_mtime_ns)
-        for name, entry in sorted((e.name, e) for e in os.scandir(path) if e.is_file())
+        (name, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        for name, status in sorted((e.name, e.stat()) for e in os.scandir(path) if e.is_file())
     )
     with _IDENTITY_LOCK:
         known = _IDENTITIES.get((path, stamp))

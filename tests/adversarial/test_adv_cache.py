@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -219,21 +220,35 @@ def rewriting_locate(monkeypatch, rewrite):
     monkeypatch.setattr(location, "locate", locate)
 
 
-def test_a_model_rewritten_during_prepare_leaves_no_entry(tmp_path, llama_family, monkeypatch):
+@pytest.mark.parametrize("keep_mtime", [False, True])
+def test_a_model_rewritten_during_prepare_leaves_no_entry(
+    keep_mtime, tmp_path, llama_family, monkeypatch
+):
     """main: the store of the new weights was filed under the old model's key, and
-    every later merge failed with a message that pointed nowhere."""
+    every later merge failed with a message that pointed nowhere. A rewrite that
+    keeps the size and sets the old mtime back is caught too (inode, ctime)."""
     model = tmp_path / "model"
     shutil.copytree(llama_family.finetunes[0], model)
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
     config = write_config(tmp_path / "led.yml", llama_family.base, [(str(model), data)])
 
+    done = []  # no marker file: a new file in the folder would give the change away
+
     def rewrite():
         weights = model / "model.safetensors"
-        if (model / "rewritten").exists():
+        if done:
             return
-        tensors = load_file(weights)
-        save_file({n: t + 0.25 for n, t in tensors.items()}, weights)
-        (model / "rewritten").write_text("")
+        done.append(True)
+        status = weights.stat()
+        with open(weights, "r+b") as f:  # in place, same size: the first value of the data
+            (length,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + length)
+            first = f.read(4)
+            f.seek(8 + length)
+            f.write(b"\x00\x00\x80\x3f" if first != b"\x00\x00\x80\x3f" else b"\0" * 4)
+        assert weights.stat().st_size == status.st_size
+        if keep_mtime:
+            os.utime(weights, ns=(status.st_atime_ns, status.st_mtime_ns))
 
     rewriting_locate(monkeypatch, rewrite)
     result = prepare(config, tmp_path / "cache")
