@@ -217,7 +217,13 @@ def earlier_merge_files(folder: str) -> Set[str]:
     those its record lists; for an earlier output without a record, the files
     mergekit writes; none for any other folder."""
     try:
-        entries = set(os.listdir(folder))
+        # Files and links only: a merge writes no folder, so a folder is never dropped.
+        entries = {
+            name
+            for name in os.listdir(folder)
+            if os.path.islink(os.path.join(folder, name))
+            or not os.path.isdir(os.path.join(folder, name))
+        }
     except OSError:
         return set()
     if MERGE_RECORD in entries:

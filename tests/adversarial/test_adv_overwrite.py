@@ -175,3 +175,19 @@ def test_card_never_writes_into_an_input(which, tmp_path, llama_family, task_sto
     result = run_cli("card", config, target)
     result.assert_one_line_error(str(target), "never writes into its inputs")
     assert folder_digest(target) == before
+
+
+def test_a_record_never_drops_a_folder(tmp_path):
+    """A merge writes no folder: one its record names (a hand-edited record) is carried."""
+    from mergekit_led.merge import MERGE_RECORD, MERGE_RECORD_FORMAT, carry_over
+
+    old, new = tmp_path / "out", tmp_path / "staged"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "step-1.bin").write_bytes(b"mine")
+    (old / "model.safetensors").write_bytes(b"old weights")
+    listed = ["checkpoints", "model.safetensors", MERGE_RECORD]
+    record = {"format": MERGE_RECORD_FORMAT, "files": listed}
+    (old / MERGE_RECORD).write_text(json.dumps(record))
+    new.mkdir()
+    (new / "model.safetensors").write_bytes(b"new weights")
+    assert carry_over(str(old), str(new)) == ["checkpoints"]
