@@ -57,7 +57,8 @@ def test_a_sparse_claim_is_refused_on_open(tmp_path):
     """main: `store info`, `verify` and `convert` allocated the claimed 64 GiB and ended in
     a traceback (and a claim just under RAM would have been allocated and filled)."""
     store = claiming_store(tmp_path / "store", 64 * GIB, data_at_end=False)
-    assert os.stat(store / "scores.safetensors").st_blocks * 512 < 1 << 20  # really sparse
+    if os.stat(store / "scores.safetensors").st_blocks * 512 >= 1 << 20:
+        pytest.skip("this filesystem stores no sparse files")
     for args in commands(store, tmp_path):
         result = run_cli(*args)
         if args[1] == "verify":
