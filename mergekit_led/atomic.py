@@ -83,7 +83,13 @@ def staging_area(target: str) -> Iterator[StagingArea]:
     lock = None
     try:
         lock = _hold_lock(os.path.join(folder, LOCK_NAME))
-        yield StagingArea(folder, os.path.join(folder, os.path.basename(target)))
+        try:
+            yield StagingArea(folder, os.path.join(folder, os.path.basename(target)))
+        except Exception as error:
+            full = _disk_full(error, target)
+            if full is None:
+                raise
+            raise full from error
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if lock is not None:
@@ -101,6 +107,25 @@ def staged_directory(target: str) -> Iterator[str]:
         os.makedirs(area.path)
         yield area.path
         replace_directory(area.path, os.path.abspath(target))
+
+
+def _disk_full(error: Exception, target: str) -> Optional[OSError]:
+    """A full disk while writing ``target``, as an OSError that names it (None for
+    other errors, or when the error names its file already). Writers deep in the
+    libraries report ENOSPC without a file name, and safetensors as its own
+    error type ("No space left on device (os error 28)")."""
+    codes = (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(error, OSError):
+        if error.errno not in codes or error.filename is not None:
+            return None
+        code = error.errno
+    elif type(error).__name__ == "SafetensorError" and (
+        "os error 28" in str(error) or "No space left" in str(error)
+    ):
+        code = errno.ENOSPC
+    else:
+        return None
+    return OSError(code, os.strerror(code), target)
 
 
 def replace_directory(source: str, target: str) -> None:

@@ -27,3 +27,7 @@ class EvalError(LEDError):
 
 class SweepError(LEDError):
     """Bad input to ``mergekit-led sweep``: a grid, a selection rule or an output folder."""
+
+
+class CheckpointError(LEDError):
+    """A model checkpoint folder that mergekit and transformers would read differently."""

@@ -11,13 +11,15 @@ The output folder (``docs/security.md``):
   parent of one; never a file or a symbolic link;
 - the merge is written in a staging area beside it and replaces the folder in
   one step once it is complete (mergekit's card and the LED section included):
-  every file a merge writes (weights, config, tokenizer, card) comes from the
-  new merge, so no shard of an earlier merge survives next to new ones, and
-  everything else in the folder (other files, subfolders such as ``.git``) is
-  carried over unchanged (hard-linked, or copied where links are impossible);
+  the files an earlier merge wrote (its record ``MERGE_RECORD``, or mergekit's
+  own file names for an output without one) are replaced by the new merge's,
+  so no shard of an earlier merge survives next to new ones, and everything
+  else in the folder (other files, subfolders such as ``.git``) is carried over
+  unchanged (hard-linked, or copied where links are impossible);
 - an existing folder that is neither empty nor an earlier merge output (one
   holding ``mergekit_config.yml``, which mergekit writes with every card) is
-  written only with ``overwrite=True`` (``--overwrite``).
+  written only with ``overwrite=True`` (``--overwrite``), and a folder holding
+  model weights no earlier merge wrote is never written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
@@ -45,16 +47,30 @@ from mergekit_led.method.recording import recording_statistics
 
 LOG = logging.getLogger(__name__)
 
-# What a merge writes into its output folder (mergekit's shards, config, card and
-# tokenizer/processor files): in an existing output folder, these are replaced
-# as a set by the new merge's; anything else is carried over.
-MERGE_OUTPUT_FILES = (
-    "mergekit_config.yml",
-    "README.md",
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "pytorch_model*.bin",
+# mergekit writes this with every merge's card: a folder holding it is an earlier
+# merge output, which a merge may replace without --overwrite.
+MERGE_MARKER = "mergekit_config.yml"
+# What ``mergekit-led merge`` wrote into its output folder, recorded there, so a
+# later merge removes exactly those files and nothing a user put beside them.
+MERGE_RECORD = ".mergekit-led-output.json"
+MERGE_RECORD_FORMAT = "mergekit-led-merge-output"
+# Model weights and their indexes as mergekit names them: two sets side by side
+# are read differently by transformers and mergekit, so a folder holding weights
+# no earlier merge wrote is never merged into.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
     "pytorch_model.bin.index.json",
+)
+# For an earlier output without a record (written by plain mergekit-yaml or an
+# older mergekit-led): the files mergekit itself writes (weights, config, card,
+# tokenizer and processor files), taken as that merge's.
+MERGEKIT_OUTPUT_FILES = WEIGHT_FILES + (
+    MERGE_MARKER,
+    "README.md",
     "config.json",
     "generation_config.json",
     "tokenizer.json",
@@ -72,7 +88,6 @@ MERGE_OUTPUT_FILES = (
     "processor_config.json",
     "video_preprocessor_config.json",
 )
-MERGE_MARKER = "mergekit_config.yml"
 
 
 def merge_config(
@@ -104,6 +119,7 @@ def merge_config(
             )
         if is_led and options.write_model_card:
             _add_card_section(config, area.path, recorded, out_path)
+        _write_record(area.path)
         # The folder may have changed during the merge: judge it again just before.
         try:
             check_output_path(config, out_path, overwrite=overwrite)
@@ -171,47 +187,104 @@ def check_output_path(config: MergeConfiguration, out_path: str, *, overwrite: b
         )
     if os.path.lexists(out_path) and not os.path.isdir(out_path):
         raise ConfigError(f"Output path {out_path} is a file, not a folder; choose a folder path.")
-    real_out = os.path.realpath(out_path)
-    for path, role in protected_inputs(config).items():
-        if _overlaps(real_out, path):
-            relation = (
-                "is"
-                if real_out == path
-                else "is inside"
-                if _contains(path, real_out)
-                else "contains"
-            )
-            raise ConfigError(
-                f"Output folder {out_path} {relation} {role} {path}: a merge never writes "
-                "into its inputs. Choose another output folder."
-            )
-    if not os.path.isdir(out_path) or overwrite:
+    check_not_an_input(config, out_path, what="Output folder", writer="a merge")
+    if not os.path.isdir(out_path):
         return
     entries = os.listdir(out_path)
     # mergekit writes mergekit_config.yml with every merge's card. A folder with
     # only config.json and weights may be a model the user downloaded: not taken.
-    if entries and MERGE_MARKER not in entries:
+    if entries and MERGE_MARKER not in entries and not overwrite:
         raise ConfigError(
             f"Output folder {out_path} already exists and is not an earlier merge output "
             f"(it holds no {MERGE_MARKER}). Choose another output folder, or pass "
-            "--overwrite to write the merge there (the files a merge writes are replaced, "
-            "everything else is kept)."
+            "--overwrite to write the merge there (files named like the merge's are "
+            "replaced, everything else is kept)."
+        )
+    earlier = earlier_merge_files(out_path)
+    foreign = sorted(n for n in entries if _matches(n, WEIGHT_FILES) and n not in earlier)
+    if foreign:
+        raise ConfigError(
+            f"Output folder {out_path} holds model weights no earlier merge wrote there "
+            f"({', '.join(foreign[:3])}): the merge would leave two sets of weights side "
+            "by side (transformers and mergekit would load different ones), and removing "
+            "them would delete files it did not write. Move them away or choose another "
+            "output folder."
         )
 
 
+def earlier_merge_files(folder: str) -> Set[str]:
+    """The names in ``folder`` an earlier merge wrote (the new merge replaces them):
+    those its record lists; for an earlier output without a record, the files
+    mergekit writes; none for any other folder."""
+    try:
+        # Files and links only: a merge writes no folder, so a folder is never dropped.
+        entries = {
+            name
+            for name in os.listdir(folder)
+            if os.path.islink(os.path.join(folder, name))
+            or not os.path.isdir(os.path.join(folder, name))
+        }
+    except OSError:
+        return set()
+    if MERGE_RECORD in entries:
+        try:
+            with open(os.path.join(folder, MERGE_RECORD), encoding="utf-8") as f:
+                record = json.load(f)
+            listed = record["files"] if record.get("format") == MERGE_RECORD_FORMAT else []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            listed = []  # unreadable: nothing counts as the merge's, nothing is removed
+        return {
+            name
+            for name in listed
+            if isinstance(name, str) and name in entries and os.path.basename(name) == name
+        }
+    if MERGE_MARKER in entries:
+        return {name for name in entries if _matches(name, MERGEKIT_OUTPUT_FILES)}
+    return set()
+
+
+def _write_record(folder: str) -> None:
+    """Record every entry of a finished merge's folder, before anything is carried in."""
+    names = sorted(set(os.listdir(folder)) | {MERGE_RECORD})
+    record = {"format": MERGE_RECORD_FORMAT, "version": 1, "files": names}
+    with open(os.path.join(folder, MERGE_RECORD), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+
+
+def check_not_an_input(config: MergeConfiguration, path: str, *, what: str, writer: str) -> None:
+    """Refuse ``path`` when it is, holds or sits inside a local input of ``config``
+    (models, LoRA adapters, tokenizer source, importance stores)."""
+    real = os.path.realpath(path)
+    for protected, role in protected_inputs(config).items():
+        if _overlaps(real, protected):
+            relation = (
+                "is"
+                if real == protected
+                else "is inside"
+                if _contains(protected, real)
+                else "contains"
+            )
+            raise ConfigError(
+                f"{what} {path} {relation} {role} {protected}: {writer} never writes "
+                "into its inputs. Choose another folder."
+            )
+
+
 def carry_over(old: str, new: str) -> List[str]:
-    """Link (or copy) every entry of folder ``old`` that is not a file a merge
-    writes into folder ``new``, where the new merge wrote nothing of that name.
+    """Link (or copy) every entry of folder ``old`` into folder ``new``, except
+    what an earlier merge wrote (``earlier_merge_files``) and names the new merge
+    wrote itself.
 
     Hard links leave the originals in place until ``new`` replaces ``old``, so
     a run killed in between loses nothing. Returns the names carried over.
     """
     if not os.path.isdir(old):
         return []
+    earlier = earlier_merge_files(old)
     carried = []
     for name in sorted(os.listdir(old)):
         source, target = os.path.join(old, name), os.path.join(new, name)
-        if _is_merge_output_file(old, name) or os.path.lexists(target):
+        if name in earlier or os.path.lexists(target):
             continue
         _link_tree(source, target)
         carried.append(name)
@@ -244,10 +317,13 @@ def check_input_models(config: MergeConfiguration) -> None:
     (with no file named) part way through it."""
     from safetensors import safe_open
 
+    from mergekit_led.store.fingerprint import check_unambiguous
+
     for reference in config.referenced_models():
         path = reference.model.path
         if not os.path.isdir(path):
             continue  # a hub model: mergekit downloads and checks it
+        check_unambiguous(path)
         for name in _safetensors_files(path):
             file = os.path.join(path, name)
             try:
@@ -324,10 +400,3 @@ def _overlaps(first: str, second: str) -> bool:
 
 def _matches(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def _is_merge_output_file(folder: str, name: str) -> bool:
-    """A file (or link) named like one a merge writes: replaced by the new merge's."""
-    path = os.path.join(folder, name)
-    is_folder = os.path.isdir(path) and not os.path.islink(path)
-    return not is_folder and _matches(name, MERGE_OUTPUT_FILES)

@@ -129,3 +129,12 @@ def killed_after(samples: int):
         return snip_step(*args, **kwargs)
 
     return {"snip": step}
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A YAML "billion laughs": ``width ** levels`` scalars from a few lines."""
+    lines = ["a0: &a0 [" + ", ".join(["lol"] * width) + "]"]
+    for level in range(1, levels):
+        refs = ", ".join([f"*a{level - 1}"] * width)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    return "\n".join(lines)

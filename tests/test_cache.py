@@ -112,7 +112,15 @@ def test_damaged_entries_are_not_complete_and_get_replaced(tmp_path, damage):
         record_path.write_text(json.dumps({**record, "key": OTHER}))
     else:
         record_path.write_text(
-            json.dumps({**record, "files": {**record["files"], "x.safetensors": 4}})
+            json.dumps(
+                {
+                    **record,
+                    "files": {
+                        **record["files"],
+                        "x.safetensors": {"size": 4, "sha256": "sha256:0"},
+                    },
+                }
+            )
         )
     damaged = cache.entry(KEY)
     assert damaged is not None and not damaged.complete and damaged.problem

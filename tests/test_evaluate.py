@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from helpers import alias_bomb
 
 from mergekit_led.errors import EvalError
 from mergekit_led.evaluation import Evaluator, load_eval_spec, load_model, parse_eval_spec
@@ -361,3 +362,10 @@ def test_evaluate_console_script(noisy_family, eval_files, tmp_path, console_scr
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "eval.json").read_text())["harmful_count"] == 11
+
+
+def test_an_alias_bomb_spec_is_refused_before_it_is_expanded(tmp_path):
+    path = tmp_path / "bomb.yml"
+    path.write_text(alias_bomb())
+    with pytest.raises(EvalError, match="expands to more than"):
+        load_eval_spec(str(path))

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 import yaml
 from click.testing import CliRunner
+from helpers import alias_bomb
 
 from mergekit_led.errors import SweepError
 from mergekit_led.sweep import SelectionRule, parse_grid, setting_config
@@ -394,3 +395,15 @@ def test_sweep_console_script(sweep_inputs, tmp_path, console_script, child_env)
     assert proc.returncode == 0, proc.stderr
     assert len((out / "sweep.jsonl").read_text().splitlines()) == 3
     assert "best" in proc.stderr
+
+
+def test_grid_files_are_read_like_configs(tmp_path):
+    from mergekit_led.sweep import load_grid
+
+    path = tmp_path / "grid.yml"
+    path.write_text(alias_bomb())
+    with pytest.raises(SweepError, match="expands to more than"):
+        load_grid(str(path), MODELS)
+    os.mkfifo(tmp_path / "fifo.yml")
+    with pytest.raises(SweepError, match="not a regular file"):
+        load_grid(str(tmp_path / "fifo.yml"), MODELS)

@@ -40,10 +40,10 @@ from mergekit_led.core.statistics import (
     weight_stats,
     weight_type,
 )
-from mergekit_led.errors import ConfigError
+from mergekit_led.errors import ConfigError, StoreError
 from mergekit_led.method.election import TaskScores, elect_weight
 from mergekit_led.method.recording import Recorded
-from mergekit_led.store import load_importance
+from mergekit_led.store import fingerprint, load_importance
 
 
 @dataclass
@@ -211,6 +211,7 @@ def analyze_config(
         names = [n for n in names if n in task.importance and n in task.base_importance]
     if not names:
         raise ConfigError("The config's importance stores have no weight name in common.")
+    check_shapes(names, tasks, config)
     target = torch.device(device) if device else None
     weights = []
     for name in tqdm(names, desc="electing", disable=not progress, leave=False):
@@ -218,6 +219,35 @@ def analyze_config(
         kept = make_disjoint(elected) if disjoint else elected
         weights.append(weight_stats(name, elected, kept))
     return Analysis(str(config.base_model), entries, election, disjoint, weights)
+
+
+def check_shapes(names: List[str], tasks: List[TaskScores], config: MergeConfiguration) -> None:
+    """Every store gives each weight the shape the merge would check it against.
+
+    The merge compares each store with the weight mergekit hands over; inspect
+    and the card read no weights, so they compare the stores' shapes with the
+    base model's (headers only, when it is a local checkpoint) or, for a Hub
+    base, with each other: a store of another shape (say transposed, with
+    header, manifest and checksums agreeing) is named instead of crashing the
+    election."""
+    base = config.base_model.model.path if config.base_model is not None else None
+    reference: Dict[str, Tuple[Tuple[int, ...], str]] = {}
+    if base is not None and fingerprint.is_local_checkpoint(base):
+        shapes = fingerprint.checkpoint_shapes(base)
+        reference = {n: (tuple(shapes[n]), f"base model {base}") for n in names if n in shapes}
+    for task in tasks:
+        for store in (task.importance, task.base_importance):
+            for name in names:
+                stored = store.resolve(name)
+                shape = tuple(store.manifest.shapes[stored])
+                expected, source = reference.setdefault(name, (shape, f"store {store.path}"))
+                if shape != expected:
+                    raise StoreError(
+                        f"Importance store {store.path} holds scores of shape {shape} for "
+                        f"weight {name!r}, but {source} has shape {expected}: it was "
+                        "computed for another model (or damaged). Point the config at the "
+                        "store computed for this model."
+                    )
 
 
 def from_recorded(config: MergeConfiguration, recorded: Recorded) -> Analysis:

@@ -31,11 +31,12 @@ def command() -> None:
 @cache_dir_option
 @run_cli_errors_cleanly
 def list_entries(cache_dir: Optional[str]) -> None:
-    """List the cached stores (and what interrupted runs left)."""
+    """List the cached stores (and what interrupted runs left); every file is
+    checked against the checksum its entry records, as a merge does."""
     from mergekit_led.tables import text_table
 
     cache = _cache(cache_dir)
-    entries = cache.entries()
+    entries = cache.entries(verify=True)
     rows = []
     total = 0
     for entry in entries:

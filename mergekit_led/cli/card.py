@@ -23,10 +23,13 @@ def command(config_file: str, out_path: str, device: Optional[str], cache_dir: O
     from mergekit_led.analysis.elections import analyze_config
     from mergekit_led.config.walker import load_config
     from mergekit_led.environment import check_device
+    from mergekit_led.merge import check_not_an_input
 
     if device is not None:
         check_device(device)
     config = stores_from_cache(load_config(config_file)[0], config_file, cache_dir)
+    # The card is written into OUT_PATH: never into a model or store of the config.
+    check_not_an_input(config, out_path, what="Merge output", writer="card")
     analysis = analyze_config(config, device=device, progress=True)
     readme = add_led_section(config, out_path, analysis)
     click.echo(f"added the LED-Merging section to {readme}")

@@ -108,13 +108,15 @@ def command(
     from mergekit_led.atomic import write_text
     from mergekit_led.config.walker import load_config
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import StoresNotComputed, prepare_config
+    from mergekit_led.prepare.run import StoresNotComputed, check_resolved_output, prepare_config
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
     config, _ = load_config(config_file)
+    if output:
+        check_resolved_output(config, config_file, output)
 
     def report(line: str) -> None:
         click.echo(line, err=True)

@@ -88,6 +88,11 @@ def load_rows(data: Any, *, split: Optional[str] = None) -> LocationRows:
         return _from_dataset(_load_from_disk(name, split), name)
     if os.path.isfile(name):
         return _from_dataset(_load_file(name), name)
+    if os.path.exists(name):  # a FIFO, socket or device: reading it may never end
+        raise LocateError(
+            f"Location data {name} is not a regular file or folder (a FIFO, socket or "
+            "device); give a data file or a save_to_disk folder."
+        )
     if _looks_like_a_path(name):
         raise LocateError(f"Location data file {name} does not exist.")
     return _from_dataset(_load_hub(name, split), name)

@@ -156,6 +156,13 @@ def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str]
     _check_out_is_not_an_input(model, opts, data, out)
     if os.path.exists(out) and not opts.overwrite:
         raise LocateError(f"Importance store {out} already exists; pass --overwrite to replace it.")
+    from mergekit_led.errors import StoreError
+    from mergekit_led.store.writer import check_replaceable
+
+    try:
+        check_replaceable(out)  # before the scoring, not when the store is written
+    except StoreError as error:
+        raise LocateError(str(error)) from None
     checkpoint = out + CHECKPOINT_SUFFIX
     if os.path.exists(checkpoint) and not opts.resume:
         raise LocateError(

@@ -7,22 +7,30 @@ else ``$XDG_CACHE_HOME/mergekit-led`` or ``~/.cache/mergekit-led``)::
                            README.md, and led_cache.json (what the key stands for)
     work/<key>...          a locate run in progress (or killed): never read as a store
     locks/<key>.lock       held while a process computes or removes that key
+    verified/<key>.json    the identity each file of the entry had when its hash
+                           last matched (see ``_checksum_problem``)
 
 A store is written in ``work/`` and renamed into ``stores/`` in one step, and
 only by the process holding the key's lock, so two runs never write the same
 entry and a folder in ``stores/`` is never half-written. ``led_cache.json``
-lists every file with its size: an entry copied only partly (an interrupted
-``rsync``) does not count as complete either.
+lists every file with its size and SHA-256: an entry copied only partly (an
+interrupted ``rsync``, or a preallocating copy whose tail is still zeros) or
+whose files were swapped with another entry's does not count as complete
+either. ``lookup`` (what a merge uses) checks every file against its hash
+before serving the entry: a file whose identity (device, inode, size, mtime
+and ctime) is the one recorded when it last matched is not hashed again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,7 +43,8 @@ from mergekit_led.errors import LEDError, StoreError
 ENVIRONMENT_VARIABLE = "MERGEKIT_LED_CACHE"
 RECORD_NAME = "led_cache.json"
 RECORD_FORMAT = "mergekit-led-cache-entry"
-RECORD_VERSION = 1
+# 2: every file's SHA-256 besides its size (version 1 entries are recomputed).
+RECORD_VERSION = 2
 _KEY = re.compile(r"^[0-9a-f]{8,64}$")
 
 
@@ -80,6 +89,7 @@ class StoreCache:
         self.stores = os.path.join(self.root, "stores")
         self.work = os.path.join(self.root, "work")
         self.locks = os.path.join(self.root, "locks")
+        self.verified = os.path.join(self.root, "verified")
 
     def __repr__(self) -> str:
         return f"StoreCache({self.root!r})"
@@ -89,39 +99,57 @@ class StoreCache:
         _check_key(key)
         return os.path.join(self.stores, key)
 
-    def entry(self, key: str) -> Optional[CacheEntry]:
-        """The entry of ``key`` as it is on disk (complete or not); None when absent."""
+    def entry(self, key: str, *, verify: bool = False) -> Optional[CacheEntry]:
+        """The entry of ``key`` as it is on disk (complete or not); None when absent.
+        Sizes are always checked; ``verify`` also hashes every file."""
         path = self.entry_path(key)
         if not os.path.isdir(path):
             return None
         record, problem = _read_record(path, key)
+        if problem is None and verify:
+            stamp_path = os.path.join(self.verified, f"{key}.json")
+            stamps = _read_stamps(stamp_path)
+            problem, checked = _checksum_problem(path, record["files"], stamps)
+            if problem is not None:
+                record = None
+            elif checked != stamps:
+                with contextlib.suppress(OSError):  # a read-only cache: hash again next time
+                    os.makedirs(self.verified, exist_ok=True)
+                    write_text(stamp_path, json.dumps(checked))
         return CacheEntry(key, path, record, problem)
 
     def lookup(self, key: str) -> Optional[CacheEntry]:
-        """The complete entry of ``key``, or None; marks it used (for ``prune``)."""
-        entry = self.entry(key)
+        """The complete entry of ``key``, its files checked against their recorded
+        checksums, or None; marks it used (for ``prune``)."""
+        entry = self.entry(key, verify=True)
         if entry is None or not entry.complete:
             return None
         with contextlib.suppress(OSError):  # a read-only cache still serves its entries
             os.utime(os.path.join(entry.path, RECORD_NAME))
         return entry
 
-    def entries(self) -> List[CacheEntry]:
+    def entries(self, *, verify: bool = False) -> List[CacheEntry]:
         if not os.path.isdir(self.stores):
             return []
         names = sorted(n for n in os.listdir(self.stores) if _KEY.match(n))
-        return [e for e in (self.entry(n) for n in names) if e is not None]
+        return [e for e in (self.entry(n, verify=verify) for n in names) if e is not None]
 
     def leftovers(self) -> List[str]:
-        """Paths a killed run left behind (work folders, half-replaced entries)."""
+        """Paths a killed run left behind (work folders, half-replaced entries):
+        only names the cache itself writes (a key, or a key with a suffix), so a
+        folder the user keeps there (a merged model) is neither counted nor pruned."""
         found = []
         if os.path.isdir(self.work):
-            found += [os.path.join(self.work, n) for n in sorted(os.listdir(self.work))]
+            found += [
+                os.path.join(self.work, n)
+                for n in sorted(os.listdir(self.work))
+                if _key_of_leftover(n) is not None
+            ]
         if os.path.isdir(self.stores):
             found += [
                 os.path.join(self.stores, n)
                 for n in sorted(os.listdir(self.stores))
-                if not _KEY.match(n)
+                if not _KEY.match(n) and _key_of_leftover(n) is not None
             ]
         return found
 
@@ -174,7 +202,7 @@ class StoreCache:
             self._clear_work(key)
             write(folder)
             files = {
-                name: os.path.getsize(os.path.join(folder, name))
+                name: _file_record(os.path.join(folder, name))
                 for name in sorted(os.listdir(folder))
                 if name != RECORD_NAME
             }
@@ -229,6 +257,11 @@ class StoreCache:
             path = self.entry_path(key)
             if os.path.lexists(path):
                 _remove(path)
+            self._forget_stamps(key)
+
+    def _forget_stamps(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self.verified, f"{key}.json"))
 
     def prune(self, *, older_than_days: Optional[float] = None) -> List[str]:
         """Remove broken entries, leftovers of killed runs (whose key is not in use)
@@ -236,11 +269,12 @@ class StoreCache:
         was removed."""
         removed: List[str] = []
         cutoff = time.time() - older_than_days * 86400 if older_than_days is not None else None
-        for entry in self.entries():
+        for entry in self.entries(verify=True):
             if entry.complete and (cutoff is None or entry.last_used >= cutoff):
                 continue
             with contextlib.suppress(CacheError), self.locked(entry.key, wait=False):
                 _remove(entry.path)
+                self._forget_stamps(entry.key)
                 removed.append(entry.path)
         for path in self.leftovers():
             key = _key_of_leftover(os.path.basename(path))
@@ -280,13 +314,102 @@ def _read_record(path: str, key: str):
     files = record.get("files")
     if not isinstance(files, dict) or not files:
         return None, f"{RECORD_NAME} lists no files"
-    for name, size in files.items():
+    for name, listed in files.items():
         file_path = os.path.join(path, str(name))
+        if not (
+            isinstance(listed, dict)
+            and isinstance(listed.get("size"), int)
+            and isinstance(listed.get("sha256"), str)
+        ):
+            return None, f"{RECORD_NAME} lists {name} without its size and sha256"
         if os.path.dirname(str(name)) or not os.path.isfile(file_path):
             return None, f"{name} is missing"
-        if os.path.getsize(file_path) != size:
-            return None, f"{name} has {os.path.getsize(file_path)} bytes, not {size}"
+        if os.path.getsize(file_path) != listed["size"]:
+            return None, f"{name} has {os.path.getsize(file_path)} bytes, not {listed['size']}"
     return record, None
+
+
+def _file_record(path: str) -> Dict[str, Any]:
+    with open(path, "rb") as f:
+        status = os.fstat(f.fileno())
+        digest = _sha256(f)
+    with _HASHED_LOCK:  # the lookup right after writing the entry need not hash again
+        _HASHED[_identity(status)] = digest
+    return {"size": status.st_size, "sha256": digest}
+
+
+def _sha256(f) -> str:
+    """``sha256:<hex>`` of an open binary file, streamed (``hashlib.file_digest``
+    is Python 3.11+; this package supports 3.10)."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 24), b""):
+        digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _identity(status: os.stat_result) -> Tuple[int, int, int, int, int]:
+    """What identifies one version of a file without reading it. The kernel sets
+    ctime on every write, truncation, rename or link, and ``utime`` cannot set it
+    back, so a file with the same identity has the same bytes; a copied, swapped,
+    preallocated or edited file has another identity."""
+    return (
+        status.st_dev,
+        status.st_ino,
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+    )
+
+
+# identity -> sha256 of files this process hashed (or wrote): an entry is looked
+# up more than once per run (plan, compute, the merge method).
+_HASHED: Dict[Tuple[int, int, int, int, int], str] = {}
+_HASHED_LOCK = threading.Lock()
+
+
+def _read_stamps(path: str) -> Dict[str, List[Any]]:
+    """``verified/<key>.json``: file name -> [*identity, sha256] when it last
+    matched; anything unreadable counts as no stamp (the files are hashed)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            stamps = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _checksum_problem(
+    path: str, files: Dict[str, Dict[str, Any]], stamps: Dict[str, List[Any]]
+) -> Tuple[Optional[str], Dict[str, List[Any]]]:
+    """Why the entry's files differ from the checksums its record lists (None if
+    they agree), and the stamps of the files as checked now. Sizes alone miss a
+    same-size copy with a zero tail, or the scores of two entries swapped; the
+    hash does not. A file is hashed unless its identity is the one stamped when
+    its hash last matched the record (``_identity``)."""
+    checked: Dict[str, List[Any]] = {}
+    for name, listed in files.items():
+        file_path = os.path.join(path, name)
+        try:
+            with open(file_path, "rb") as f:
+                identity = _identity(os.fstat(f.fileno()))
+                if stamps.get(name) == [*identity, listed["sha256"]]:
+                    checked[name] = stamps[name]
+                    continue
+                with _HASHED_LOCK:
+                    actual = _HASHED.get(identity)
+                if actual is None:
+                    actual = _sha256(f)
+                    with _HASHED_LOCK:
+                        _HASHED[identity] = actual
+        except OSError as error:
+            return f"{name} cannot be read: {error.strerror or error}", checked
+        if actual != listed["sha256"]:
+            return (
+                f"{name} has checksum {actual[:19]}…, its record says "
+                f"{listed['sha256'][:19]}… (changed or damaged after it was written)"
+            ), checked
+        checked[name] = [*identity, actual]
+    return None, checked
 
 
 def _remove(path: str) -> None:

@@ -1,8 +1,10 @@
 """The models of a config, resolved to a local folder and an identity for the cache key.
 
 A local checkpoint is identified by the fingerprint its stores record
-(``store.fingerprint``: names, shapes and sampled values of every weight); a
-Hub model by its repo id and the commit its revision resolves to, so a moved
+(``store.fingerprint``: names, shapes and sampled values of every weight, read
+from the files mergekit merges, which must be the ones transformers loads) and
+by a hash of the other files that change its scores (``config.json``, remote
+code: ``fingerprint.scoring_files_digest``); a Hub model by its repo id and the commit its revision resolves to, so a moved
 branch gets new stores and a pinned commit never recomputes.
 """
 
@@ -31,6 +33,9 @@ class ResolvedModel:
     identity: str  # the cache key's share: "sha256:..." or "hub:org/repo@<commit>"
     repo_id: Optional[str] = None  # Hub models only
     commit: Optional[str] = None
+    # Local checkpoints: the hash of config.json and remote code, which change the
+    # scores as much as the weights do (a Hub commit covers them already).
+    files_digest: Optional[str] = None
 
     @property
     def is_hub(self) -> bool:
@@ -68,7 +73,12 @@ def resolve_model(
                 f"Model {label}: {path} is a local folder, which has no revision "
                 f"{revision!r}; remove @{revision}."
             )
-        return ResolvedModel(label, os.path.abspath(path), _local_identity(label, path))
+        return ResolvedModel(
+            label,
+            os.path.abspath(path),
+            local_identity(label, path),
+            files_digest=local_files_digest(label, path),
+        )
     hub = parse_hub_reference(path)
     if hub is None or hub.subfolder is not None:
         raise LocateError(f"Model {label} cannot be loaded: no such folder, and not a Hub repo id.")
@@ -104,21 +114,31 @@ def with_weights(model: ResolvedModel) -> ResolvedModel:
     )
 
 
-_IDENTITIES: Dict[Tuple[str, Tuple[Tuple[str, int, int], ...]], str] = {}
+_IDENTITIES: Dict[Tuple[str, Tuple[Tuple[str, int, int, int, int], ...]], str] = {}
 _IDENTITY_LOCK = threading.Lock()
 
 
-def _local_identity(label: str, path: str) -> str:
+def local_files_digest(label: str, path: str) -> str:
+    try:
+        return fingerprint.scoring_files_digest(path)
+    except OSError as error:
+        raise LocateError(
+            f"Model {label} cannot be loaded from {path}: {error.strerror or error}"
+        ) from None
+
+
+def local_identity(label: str, path: str) -> str:
     if not fingerprint.is_local_checkpoint(path):
         raise LocateError(
             f"Model {label} cannot be loaded: {path} holds no checkpoint (no "
             "model.safetensors, model.safetensors.index.json, pytorch_model.bin or its index)."
         )
     path = os.path.abspath(path)
-    # A checkpoint rewritten in place gets a new size or time, hence a new fingerprint.
+    # A checkpoint rewritten in place gets a new size or time, hence a new fingerprint;
+    # the inode and ctime also catch a copy that keeps the size and mtime (`cp -p`).
     stamp = tuple(
-        (name, entry.stat().st_size, entry.stat().st_mtime_ns)
-        for name, entry in sorted((e.name, e) for e in os.scandir(path) if e.is_file())
+        (name, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        for name, status in sorted((e.name, e.stat()) for e in os.scandir(path) if e.is_file())
     )
     with _IDENTITY_LOCK:
         known = _IDENTITIES.get((path, stamp))

@@ -84,7 +84,9 @@ def locate_options_from(
                 "list or filter: one store is computed per model and dataset."
             )
         try:
-            values[name] = _ADAPTERS[name].validate_python(value)
+            # Strict: a bool is not a number (`locate_max_samples: true` is not 1), as
+            # for `density`; YAML already gives ints, strings and bools their types.
+            values[name] = _ADAPTERS[name].validate_python(value, strict=True)
         except ValidationError:
             raise ConfigError(
                 f"Parameter `{key}` of model {model} must be "

@@ -1,6 +1,7 @@
 """Planning one store: which samples a locate run would score, and the store's cache key.
 
-The key is a hash of what determines the scores: the model's identity, the
+The key is a hash of what determines the scores: the model's identity (and,
+for a local checkpoint, the hash of its config.json and remote code), the
 samples used (the text fingerprint ``locate`` records, and the token ids the
 model sees, which also capture the tokenizer, its chat template and the length
 limit) and every locate option that changes scores (``prepare.options``).
@@ -25,7 +26,7 @@ from mergekit_led.prepare.options import score_options
 
 # Raised when what a store holds for the same key changes (scoring itself, the
 # key's contents): old cache entries then stop matching instead of being reused.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the key covers a local model's config.json and remote code
 KEY_LENGTH = 32  # hex digits of sha256 kept in the key (128 bits)
 
 
@@ -82,6 +83,7 @@ def plan_store(request: StoreRequest) -> PlannedStore:
     material = {
         "cache_format": CACHE_FORMAT,
         "model": model.identity,
+        "model_files": model.files_digest,
         "data": selection.fingerprint,
         "tokens": "sha256:" + tokens.hexdigest(),
         "options": score_options(opts),

@@ -38,7 +38,13 @@ from mergekit_led.location.data import SKIP_NONFINITE
 from mergekit_led.location.steps import RunHooks
 from mergekit_led.prepare.cache import StoreCache
 from mergekit_led.prepare.hub import open_store, parse_hub_reference, store_path
-from mergekit_led.prepare.models import ResolvedModel, resolve_model, with_weights
+from mergekit_led.prepare.models import (
+    ResolvedModel,
+    local_files_digest,
+    local_identity,
+    resolve_model,
+    with_weights,
+)
 from mergekit_led.prepare.options import RUN_OPTIONS, SCORE_OPTIONS, locate_options_from
 from mergekit_led.prepare.plan import PlannedStore, StoreRequest, plan_store
 from mergekit_led.store.manifest import read_manifest
@@ -197,6 +203,7 @@ class Preparer:
             progress=self.progress,
             **options,
         )
+        _check_unchanged(request.model)
         _check_planned(planned, folder)
 
 
@@ -349,6 +356,20 @@ def _check_hub_store(
         )
 
 
+def _check_unchanged(model: ResolvedModel) -> None:
+    """A local model rewritten while ``locate`` scored it: its store would be filed
+    under the key of the old model and serve it, so no entry is written."""
+    if model.is_hub:
+        return  # a Hub model is read at the commit its identity names
+    now = (local_identity(model.label, model.path), local_files_digest(model.label, model.path))
+    if now != (model.identity, model.files_digest):
+        raise LocateError(
+            f"Model {model.label} ({model.path}) changed while its importance store was "
+            "computed; the store was not cached. Run again once the model is no longer "
+            "being written."
+        )
+
+
 def _check_planned(planned: PlannedStore, folder: str) -> None:
     """The store ``locate`` wrote scored the planned samples (else the key would lie)."""
     manifest = read_manifest(folder)
@@ -361,10 +382,40 @@ def _check_planned(planned: PlannedStore, folder: str) -> None:
         or (not skipped_nonfinite and dataset.fingerprint != planned.data_fingerprint)
         or tokenization.get("max_length") != planned.max_length
     ):
+        request = planned.request
+        try:
+            again = plan_store(request)
+        except LEDError:
+            again = None
+        if again is None or again.data_fingerprint != planned.data_fingerprint:
+            raise LocateError(
+                f"importance_data {request.data} changed while prepare computed the "
+                f"{planned.describe()} (other samples than planned); the store was not "
+                "cached. Run again once the data is no longer being written."
+            )
         raise StoreError(
             f"locate scored other samples than planned for {planned.describe()} (store "
             f"{folder}); the cache entry was not written. This is a bug in mergekit-led."
         )
+
+
+def check_resolved_output(config: MergeConfiguration, config_file: str, output: str) -> None:
+    """``prepare -o`` never writes over its own inputs: the config it reads or a
+    data file the config names."""
+    real = os.path.realpath(output)
+    inputs = [("the config", config_file)]
+    for item in config_inputs(config):
+        data = item.parameters.get(DATA_PARAMETER)
+        if isinstance(data, str):
+            inputs.append((f"importance_data of model {item.label}", data))
+    for role, path in inputs:
+        if os.path.exists(path) and os.path.realpath(path) == real:
+            raise ConfigError(
+                f"-o {output} is {role} {path}: prepare never writes over its inputs. "
+                "Write the resolved config to another file."
+            )
+    if os.path.isdir(output):
+        raise ConfigError(f"-o {output} is a folder; give the path of the resolved config file.")
 
 
 def _check_world_size() -> None:
@@ -380,6 +431,7 @@ def _record(planned: PlannedStore) -> Dict[str, Any]:
     return {
         "model": request.model.label,
         "model_identity": request.model.identity,
+        "model_files": request.model.files_digest,
         "data": request.data,
         "data_fingerprint": planned.data_fingerprint,
         "samples": planned.samples,

@@ -12,6 +12,7 @@ from mergekit_led.store.reader import ImportanceStore
 from mergekit_led.store.values import check_score_values
 from mergekit_led.store.writer import (
     DEFAULT_MAX_SHARD_SIZE,
+    check_replaceable,
     rounded_scores,
     score_dtype_name,
     write_store,
@@ -53,8 +54,20 @@ def convert_store(
     store = ImportanceStore(source)
     target = score_dtype_name(dtype if dtype is not None else store.manifest.dtype)
     out = os.path.abspath(os.fspath(out))
+    real_out, real_source = os.path.realpath(out), os.path.realpath(store.path)
+    if real_out != real_source and os.path.commonpath([real_out, real_source]) in (
+        real_out,
+        real_source,
+    ):
+        relation = "holds" if os.path.commonpath([real_out, real_source]) == real_out else "is in"
+        raise StoreError(
+            f"{out} {relation} the source store {store.path}: a store is written (and "
+            "replaced) as a whole folder, so converting there would write over its input. "
+            "Choose another output folder (or the source itself, with --overwrite)."
+        )
     if os.path.exists(out) and not overwrite:
         raise StoreError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it.")
+    check_replaceable(out)
 
     def load(name: str) -> torch.Tensor:
         values = store.scores(name)

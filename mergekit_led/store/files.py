@@ -19,6 +19,7 @@ under it, hence this small reader of the (simple, stable) safetensors layout.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -44,6 +45,24 @@ DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit
 _MAX_READ = 1 << 30  # bytes per preadv call (Linux reads at most ~2 GiB at once)
 _HASH_BLOCK = 1 << 24
+_SPARSE_CHECK_MIN = 64 * 1024 * 1024  # tensors this large are checked for a data-less claim
+_SPARSE_PROBE = 64 * 1024
+
+
+def available_memory() -> Optional[int]:
+    """Bytes the OS can hand out without swapping (Linux ``MemAvailable``; else the
+    free pages), or None when it cannot tell."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def check_file_name(file_name: object, *, store: str, role: str) -> str:
@@ -173,6 +192,7 @@ class PinnedFile:
         try:
             self.identity = FileIdentity.of(os.fstat(fd))
             self.tensors, self.metadata = self._read_header(fd)
+            self._check_claims(fd)
         finally:
             os.close(fd)
 
@@ -222,6 +242,36 @@ class PinnedFile:
                 f"{position} bytes, the file has {size}."
             )
         return tensors, metadata
+
+    def _check_claims(self, fd: int) -> None:
+        """Refuse a large tensor whose byte range holds no data (past its first
+        64 KiB): a sparse
+        file whose header claims gigabytes it does not store (every reader would
+        allocate and zero-fill the claim). Holes inside a tensor are tolerated:
+        filesystems with compression (ZFS, btrfs) store runs of zero scores as
+        holes, and zero scores are common (embedding rows of unseen tokens)."""
+        seek_data = getattr(os, "SEEK_DATA", None)
+        if seek_data is None:
+            return  # no hole query on this platform
+        for name, entry in self.tensors.items():
+            if entry.end - entry.start < _SPARSE_CHECK_MIN:
+                continue
+            # From the first 64 KiB boundary inside the tensor: the block it starts
+            # in may hold the header.
+            probe = (entry.start // _SPARSE_PROBE + 1) * _SPARSE_PROBE
+            try:
+                data_at = os.lseek(fd, probe, seek_data)
+            except OSError as error:
+                if error.errno != errno.ENXIO:  # ENXIO: no data after that offset
+                    continue  # a filesystem that cannot answer: nothing to conclude
+                data_at = self.identity.size
+            if data_at >= entry.end:
+                raise StoreError(
+                    f"The {self.where} claims {entry.end - entry.start:,} bytes for tensor "
+                    f"{name!r} (shape {entry.shape}), but the file stores no data there: a "
+                    "sparse file whose header claims more than it holds. Recompute or copy "
+                    "the store again."
+                )
 
     def _entry(self, name: str, spec: object, data_start: int) -> TensorEntry:
         bad = f"The {self.where} has a corrupt header entry for tensor {name!r}"
@@ -299,7 +349,7 @@ class PinnedFile:
         size = entry.end - entry.start
         buffer = _scratch(size) if transient else None
         if buffer is None:
-            buffer = torch.empty(size, dtype=torch.uint8)
+            buffer = self._allocate(size, name)
         view = memoryview(buffer.numpy())
         with self._opened(weight) as fd:
             done = 0
@@ -314,6 +364,21 @@ class PinnedFile:
         # safetensors is little-endian, like every machine torch supports in practice.
         tensor = buffer.view(entry.dtype) if entry.numel else torch.empty(0, dtype=entry.dtype)
         return tensor.reshape(entry.shape)
+
+    def _allocate(self, size: int, name: str) -> torch.Tensor:
+        """A buffer for one tensor; a claim beyond the memory available is an
+        error naming the tensor, not an allocation that swaps or a traceback."""
+        available = available_memory()
+        claim = f"tensor {name!r} of the {self.where} needs {size:,} bytes"
+        if available is not None and size > available:
+            raise StoreError(
+                f"{claim}, more than the {available:,} bytes of memory available "
+                "(a damaged header, or a store too large for this machine)."
+            )
+        try:
+            return torch.empty(size, dtype=torch.uint8)
+        except RuntimeError as error:  # torch's allocator: "can't allocate memory"
+            raise StoreError(f"{claim}, which cannot be allocated: {error}") from None
 
     def sha256(self) -> str:
         """``sha256:<hex>`` of the whole file at the pinned version."""

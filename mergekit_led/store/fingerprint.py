@@ -19,6 +19,8 @@ from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 
+from mergekit_led.errors import CheckpointError
+
 SAMPLE_ROWS = 8
 SAMPLE_COLS = 8
 
@@ -97,12 +99,69 @@ def is_local_checkpoint(model: Optional[str]) -> bool:
     )
 
 
+# The weight files of a checkpoint, in the order both loaders look for them. For
+# each, transformers takes the single file over its shard index, and mergekit
+# (``ShardedTensorIndex.from_disk``) the index over the single file.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def check_unambiguous(model_path: str) -> None:
+    """Refuse a checkpoint folder where transformers (locate) and mergekit (the
+    merge, the fingerprint) would read different weights: a single weights file
+    next to a shard index of the same kind (a stale ``model.safetensors`` left
+    beside new shards, or the reverse)."""
+    for name in WEIGHT_FILES:
+        single = os.path.join(model_path, name)
+        index = single + ".index.json"
+        if os.path.exists(single) and os.path.exists(index):
+            raise CheckpointError(
+                f"Model {model_path} holds both {name} and its shard index "
+                f"{os.path.basename(index)}: transformers (which computes the scores) "
+                f"loads {name}, mergekit merges the shards, so the scores would belong to "
+                "other weights than the merged ones. Remove the one that is stale."
+            )
+
+
+def checkpoint_index(model_path: str):
+    """mergekit's index of a local checkpoint's weights (what it merges), refused
+    when transformers would load other files (``check_unambiguous``)."""
+    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
+
+    check_unambiguous(model_path)
+    return ShardedTensorIndex.from_disk(model_path)
+
+
+# Files of a checkpoint besides its weights that change what a forward pass
+# computes, hence the scores: the architecture and its settings (config.json,
+# e.g. rms_norm_eps, hidden_act) and remote code. Tokenizer files are covered by
+# the token ids a store's key records.
+SCORING_FILES = ("config.json",)
+SCORING_PATTERN_SUFFIX = ".py"
+
+
+def scoring_files_digest(model_path: str) -> str:
+    """``sha256:<hex>`` over the names and bytes of the files besides the weights
+    that change a checkpoint's scores (``SCORING_FILES`` and top-level ``*.py``)."""
+    names = sorted(
+        entry.name
+        for entry in os.scandir(model_path)
+        if entry.is_file()
+        and (entry.name in SCORING_FILES or entry.name.endswith(SCORING_PATTERN_SUFFIX))
+    )
+    h = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(model_path, name), "rb") as f:
+            data = f.read()
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return "sha256:" + h.hexdigest()
+
+
 def checkpoint_samples(model_path: str) -> Dict[str, torch.Tensor]:
     """Fingerprint samples of every tensor of a local checkpoint, read lazily."""
-    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
     from mergekit.io.loader import TensorLoader
 
-    index = ShardedTensorIndex.from_disk(model_path)
+    index = checkpoint_index(model_path)
     samples: Dict[str, torch.Tensor] = {}
     for shard in index.shards:
         handle = TensorLoader.get(os.path.join(model_path, shard.filename))
@@ -114,10 +173,9 @@ def checkpoint_samples(model_path: str) -> Dict[str, torch.Tensor]:
 
 def checkpoint_shapes(model_path: str) -> Dict[str, Tuple[int, ...]]:
     """Shapes of every tensor of a local checkpoint, without reading any data."""
-    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
     from mergekit.io.loader import TensorLoader
 
-    index = ShardedTensorIndex.from_disk(model_path)
+    index = checkpoint_index(model_path)
     shapes: Dict[str, Tuple[int, ...]] = {}
     for shard in index.shards:
         handle = TensorLoader.get(os.path.join(model_path, shard.filename))

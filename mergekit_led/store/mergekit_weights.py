@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from mergekit_led.errors import StoreError
+from mergekit_led.errors import CheckpointError, StoreError
 from mergekit_led.store import fingerprint
 
 Shape = Tuple[int, ...]
@@ -130,6 +130,8 @@ def mergekit_weights(checkpoint_dir: str, *, trust_remote_code: bool = False) ->
         ) from error
     try:
         index = checkpoint_tensors(checkpoint_dir)
+    except CheckpointError:
+        raise
     except Exception as error:  # safetensors, json and OS errors of a damaged checkpoint
         raise StoreError(
             f"Cannot read the tensor index of checkpoint {checkpoint_dir}: "
@@ -315,10 +317,9 @@ def _listed(names: Sequence[str], limit: int = 4) -> str:
 
 def checkpoint_tensors(checkpoint_dir: str) -> Dict[str, Tuple[Shape, torch.dtype]]:
     """name -> (shape, dtype) of every tensor of a local checkpoint, headers only."""
-    from mergekit.io.lazy_tensor_loader import ShardedTensorIndex
     from mergekit.io.loader import TensorLoader
 
-    index = ShardedTensorIndex.from_disk(checkpoint_dir)
+    index = fingerprint.checkpoint_index(checkpoint_dir)
     found: Dict[str, Tuple[Shape, torch.dtype]] = {}
     for shard in index.shards:
         handle = TensorLoader.get(os.path.join(checkpoint_dir, shard.filename))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -93,6 +94,7 @@ def save_importance(
             f"Importance store {out_dir} already exists; pass overwrite=True "
             "(--overwrite) to replace it."
         )
+    check_replaceable(out_dir)
     if not scores:
         raise StoreError(f"No scores to write to importance store {out_dir}.")
 
@@ -147,6 +149,7 @@ def write_store(
     ``load(name)``, called once per name, shard by shard, returning scores
     already in ``fields["dtype"]`` and checked. The manifest is written last."""
     itemsize = SCORE_DTYPES[fields["dtype"]].itemsize
+    check_replaceable(out_dir)
     with staged_directory(out_dir) as staging:
         sizes = {name: _numel(shape) * itemsize for name, shape in shapes.items()}
         files = _write_sharded(sizes, load, staging, "scores", max_shard_size)
@@ -180,6 +183,35 @@ def write_store(
             os.chmod(os.path.join(staging, file_name), mode)
     forget(out_dir)  # a store pinned at this path in this process is now stale
     return out_dir
+
+
+# What a store writer puts in a store folder: the manifest, the card, score
+# shards (format 1 also thresholds) and the fingerprint samples.
+STORE_FILE_PATTERN = re.compile(
+    r"^(led_importance\.json|README\.md|fingerprint\.safetensors"
+    r"|(scores|thresholds)(-\d+-of-\d+)?\.safetensors)$"
+)
+
+
+def check_replaceable(out_dir: str) -> None:
+    """Refuse to replace anything at ``out_dir`` but an importance store: a store
+    is replaced whole, so ``--overwrite`` on a model folder, a folder holding the
+    source store or any other files would delete what no store writer wrote."""
+    if not os.path.lexists(out_dir):
+        return
+    if os.path.islink(out_dir) or not os.path.isdir(out_dir):
+        raise StoreError(
+            f"Importance store path {out_dir} is a file or a link, not a store folder; "
+            "choose another path."
+        )
+    foreign = sorted(n for n in os.listdir(out_dir) if not STORE_FILE_PATTERN.match(n))
+    if foreign:
+        raise StoreError(
+            f"{out_dir} is not an importance store: it holds {foreign[0]!r}"
+            + (f" and {len(foreign) - 1} more entries" if len(foreign) > 1 else "")
+            + ", which no store writer wrote. A store is replaced as a whole folder, so "
+            "--overwrite replaces only an importance store; choose another folder."
+        )
 
 
 def _numel(shape: Tuple[int, ...]) -> int:
