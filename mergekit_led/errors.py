@@ -27,3 +27,8 @@ class EvalError(LEDError):
 
 class SweepError(LEDError):
     """Bad input to ``mergekit-led sweep``: a grid, a selection rule or an output folder."""
+
+
+class AssetError(LEDError):
+    """A pinned real-model asset (a wheel, a file in it, the converted model) cannot be had
+    or is not what was pinned."""
