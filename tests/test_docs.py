@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 LOCATE_DOC = ROOT / "docs" / "locate.md"
 # Issue 7: a README of about 8 KB for a newcomer, the rest in docs/; issue 16 added the
-# sweep -> merge -> evaluate journey (about 1 KB).
-README_LIMIT = 10 * 1024
+# sweep -> merge -> evaluate journey (about 1 KB), issue 17 one line to docs/real_model.md.
+README_LIMIT = 10 * 1024 + 128
 
 
 def _generator():
