@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Set, Tuple
 
 import yaml
 
@@ -90,13 +90,9 @@ def build_eval_data(
     """Every file of split seed ``seed``; EVAL.yml paths point into ``folder``."""
     data = EvalData(seed)
     banned = {prompt_key(row["prompt"]) for row in harmbench}
-    dna = [row for row in distinct_rows(donotanswer) if prompt_key(row["prompt"]) not in banned]
-    benign = [
-        row for row in distinct_rows(read_benign()) if prompt_key(row["prompt"]) not in banned
-    ]
-    data.dropped_as_harmbench = (
-        len(distinct_rows(donotanswer)) - len(dna) + len(distinct_rows(read_benign())) - len(benign)
-    )
+    dna, dropped_dna = _without(distinct_rows(donotanswer), banned)
+    benign, dropped_benign = _without(distinct_rows(read_benign()), banned)
+    data.dropped_as_harmbench = dropped_dna + dropped_benign
 
     sets: Dict[str, List[Row]] = {"harmbench_test": list(harmbench)}
     for name, part in split_by_prompt(dna, SPLITS, seed, stratify="category").items():
@@ -116,20 +112,29 @@ def build_eval_data(
             json.dumps(row, ensure_ascii=False) + "\n" for row in rows
         ).encode("utf-8")
         data.sizes[name] = len(rows)
-    path = lambda name: os.path.join(os.path.abspath(folder), f"{name}.jsonl")  # noqa: E731
+    folder = os.path.abspath(folder)
     specs = {
-        "eval_val.yml": eval_spec(path, "donotanswer_val", "val"),
-        "eval_test.yml": eval_spec(path, "harmbench_test", "test"),
+        "eval_val.yml": eval_spec(folder, "donotanswer_val", "val"),
+        "eval_test.yml": eval_spec(folder, "harmbench_test", "test"),
         # In-distribution harmful prompts, for comparing with HarmBench's numbers.
-        "eval_test_donotanswer.yml": eval_spec(path, "donotanswer_test", "test"),
+        "eval_test_donotanswer.yml": eval_spec(folder, "donotanswer_test", "test"),
     }
     for name, spec in specs.items():
         data.files[name] = yaml.safe_dump(spec, sort_keys=False).encode("utf-8")
     return data
 
 
-def eval_spec(path, harmful: str, split: str) -> dict:
-    """One EVAL.yml (docs/evaluate.md) on the ``split`` files."""
+def _without(rows: List[Row], banned: Set[str]) -> Tuple[List[Row], int]:
+    kept = [row for row in rows if prompt_key(row["prompt"]) not in banned]
+    return kept, len(rows) - len(kept)
+
+
+def eval_spec(folder: str, harmful: str, split: str) -> dict:
+    """One EVAL.yml (docs/evaluate.md) on the ``split`` files in ``folder``."""
+
+    def path(name: str) -> str:
+        return os.path.join(folder, f"{name}.jsonl")
+
     return {
         "harmful": {"data": path(harmful), "max_new_tokens": 64, "description": harmful},
         "benign": {"data": path(f"benign_{split}"), "max_new_tokens": 64},
