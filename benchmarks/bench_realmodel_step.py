@@ -1,6 +1,6 @@
 """Cost of one training step on SmolLM2-135M-Instruct: a full fine-tune (AdamW on every
-weight) against LoRA (peft), so the real-model study can choose with numbers (issue #17,
-docs/real_model.md#measurements).
+weight), the same with the (tied) embeddings frozen, and LoRA (peft), so the real-model
+study can choose with numbers (issue #17, docs/real_model.md#measurements).
 
 One step = forward, backward and optimizer step on a batch of ``--batch`` sequences of
 ``--length`` tokens (taken from the model's own tokenizer on the Do-Not-Answer train prompts,
@@ -10,7 +10,8 @@ peak resident memory after the mode ran (modes run in separate processes so each
 own).
 
     make real-assets                                   # the model folder, once
-    python benchmarks/bench_realmodel_step.py          # full and lora, 8 x 64 tokens
+    pip install peft                                   # for the lora mode
+    python benchmarks/bench_realmodel_step.py          # the three modes, 8 x 64 tokens
     python benchmarks/bench_realmodel_step.py --modes full --threads 2
 """
 
@@ -50,7 +51,11 @@ def run_mode(mode: str, args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(assets.model_dir)
     model = AutoModelForCausalLM.from_pretrained(assets.model_dir, dtype=torch.float32)
     model.train()
-    if mode == "lora":
+    if mode == "full-frozen-embeddings":
+        # The tied 49,152 x 576 embedding is also the output layer: frozen, it needs no
+        # weight gradient and no AdamW state; the rest is trained in full.
+        model.get_input_embeddings().weight.requires_grad_(False)
+    elif mode == "lora":
         from peft import LoraConfig, get_peft_model
 
         config = LoraConfig(
@@ -95,7 +100,7 @@ def run_mode(mode: str, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modes", default="full,lora")
+    parser.add_argument("--modes", default="full,full-frozen-embeddings,lora")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
