@@ -157,7 +157,9 @@ def child(args) -> dict:
         result = child_bare(paths)
     else:
         raise SystemExit(f"unknown child {args.child}")
-    result["maxrss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["maxrss_bytes"] = usage.ru_maxrss * 1024
+    result["cpu_seconds"] = usage.ru_utime + usage.ru_stime  # the whole child, loading included
     return result
 
 
@@ -252,7 +254,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="small,medium")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--flags", default="plain,offload,checkpointing,both")
+    parser.add_argument(
+        "--flags", default="plain,offload,checkpointing,both", help="flag runs, or none"
+    )
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--prompt-words", type=int, default=96)
     parser.add_argument("--answer-words", type=int, default=30)
@@ -291,7 +295,7 @@ def main() -> None:
     rows = []
     for size in args.sizes.split(","):
         paths = run_child("build", args, size=size)
-        for flag_name in args.flags.split(","):
+        for flag_name in [f for f in args.flags.split(",") if f and f != "none"]:
             flags = FLAGS[flag_name]
             shape, plan = planned(paths, args.dtype, tokens, answer_tokens, flags, libraries)
             measured = run_child("locate", args, paths, size=size, flags=flag_name)
