@@ -361,6 +361,16 @@ def shape_from_config(config: Any, model: str) -> ModelShape:
             f"Cannot plan the memory of {model}: its config does not build a causal LM "
             f"({_one_line(error)})."
         ) from None
+    try:
+        return _shape(config, built, model)
+    except (AttributeError, TypeError, ValueError, IndexError) as error:
+        raise MemoryPlanError(
+            f"Cannot plan the memory of {model}: its config lacks a size the plan needs "
+            f"({_one_line(error)})."
+        ) from None
+
+
+def _shape(config: Any, built: Any, model: str) -> ModelShape:
     params = {id(p): p for p in built.parameters()}
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = int(text.hidden_size)
@@ -375,7 +385,9 @@ def shape_from_config(config: Any, model: str) -> ModelShape:
     head = built.get_output_embeddings()
     embeddings = built.get_input_embeddings()
     tied = head is not None and head.weight is embeddings.weight
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    # transformers 5 names it dtype (and warns on torch_dtype); earlier versions torch_dtype.
+    name = "dtype" if hasattr(config, "dtype") else "torch_dtype"
+    dtype = getattr(config, name, None)
     dtype_name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
     max_positions = getattr(text, "max_position_embeddings", None)
     return ModelShape(
