@@ -365,3 +365,19 @@ def test_plan_is_within_15_percent_of_the_measured_peak(tmp_path):
                     f"measured {measured / GIB:.3f} GiB ({ratio:.3f})"
                 )
     assert not failures, failures
+
+
+def test_time_estimates_only_where_a_rate_was_measured(monkeypatch):
+    from mergekit_led.location import rates
+
+    setup = Setup(dtype="bfloat16", tokens=1000, answer_tokens=100, device_type="cuda")
+    budget = memory.Budget(80 * GIB, "--memory 80GiB", "cuda", "cuda")
+    verdict = judge(LLAMA3_8B, setup, budget)
+    assert rates.estimate_seconds_per_sample(verdict, device="a GPU never measured") is None
+    rate = rates.MeasuredRate(LLAMA3_8B.parameters * 1000 / 2.0, 1.5, 4.0, "a test")
+    monkeypatch.setitem(rates.MEASURED, ("a measured GPU", "bfloat16"), rate)
+    assert rates.estimate_seconds_per_sample(verdict, device="a measured GPU") == 2.0
+    checkpointed = judge(LLAMA3_8B, replace(setup, gradient_checkpointing=True), budget)
+    assert rates.estimate_seconds_per_sample(checkpointed, device="a measured GPU") == 3.0
+    lines = memory.render(verdict, seconds_per_sample=2.0)
+    assert lines[-1].startswith("time: 2.00 s per sample")
