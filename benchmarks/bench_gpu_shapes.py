@@ -1,7 +1,7 @@
 """Locate and merge at the paper's shapes on one GPU: a Llama-3-8B-shaped model in bfloat16.
 
-One prepared script for a machine with one H100 (about 8 minutes), with random
-weights built from a config on the GPU (never downloaded):
+One prepared script for a machine with one H100 (sized for about 8 minutes; not
+yet timed), with random weights built from a config on the GPU (never downloaded):
 
 1. locate (SNIP) on 64 samples of 1024 tokens (768 prompt + 256 answer tokens):
    time per sample against a bare forward+backward loop over the same samples,
