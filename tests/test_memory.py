@@ -237,7 +237,7 @@ def test_locate_plan_prints_the_plan_and_writes_nothing(tmp_path, family, pairs)
     assert "15 tokens per sample (9 answer tokens)" in lines[0]
     for part in ("weights", "gradients", "accumulators (float32)", "overhead", "total on the"):
         assert any(line.strip().startswith(part) for line in lines), part
-    assert lines[-1] == "fits."
+    assert "fits." in lines  # then a time per sample where this machine's rate was measured
     assert not list(tmp_path.iterdir()) or [p.name for p in tmp_path.iterdir()] == ["pairs.jsonl"]
     # without data: samples of --max-length tokens, all answer
     result = cli(
