@@ -54,6 +54,16 @@ from mergekit_led.testing import build_llama_family, random_scores
 
 FULL = dict(hidden=1024, layers=12, vocab=8192, intermediate=2816, heads=16)
 QUICK = dict(hidden=64, layers=2, vocab=256, intermediate=128, heads=4)
+# Llama-3.2-1B's shape (--size 1b: the bfloat16 family with bfloat16 stores only).
+ONE_B = dict(
+    hidden=2048,
+    layers=16,
+    vocab=128256,
+    intermediate=8192,
+    heads=32,
+    kv_heads=8,
+    tie_embeddings=True,
+)
 FAMILIES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STORE_DTYPES = ("float32", "bfloat16")
 GOAL = 1.25
@@ -77,11 +87,13 @@ sys.exit(main())
 BASELINE = "led_merging/format1"
 
 
-def methods_for(family: str, with_ties: bool, baseline: bool) -> List[str]:
+def methods_for(
+    family: str, with_ties: bool, baseline: bool, store_dtypes=STORE_DTYPES
+) -> List[str]:
     methods = ["task_arithmetic"]
     if with_ties and family == "float32":
         methods.append("ties")
-    methods += [f"led_merging/{dtype}" for dtype in STORE_DTYPES]
+    methods += [f"led_merging/{dtype}" for dtype in store_dtypes]
     if baseline and family == "float32":
         methods.append(BASELINE)
     return methods
@@ -134,16 +146,26 @@ def _itemsize(safetensors_dtype: str) -> int:
     return {"F64": 8, "F32": 4, "BF16": 2, "F16": 2}[safetensors_dtype]
 
 
-def build(workdir: Path, size: dict, rebuild: bool) -> dict:
+def build(
+    workdir: Path,
+    size: dict,
+    rebuild: bool,
+    families=tuple(FAMILIES),
+    store_dtypes=STORE_DTYPES,
+) -> dict:
     """Models and stores, reused across runs unless --rebuild."""
     marker = workdir / "built.json"
-    if marker.exists() and not rebuild and json.loads(marker.read_text()) == size:
+    settings = {**size, "families": list(families), "store_dtypes": list(store_dtypes)}
+    if size in (FULL, QUICK):  # the marker these sizes always had
+        settings = size
+    if marker.exists() and not rebuild and json.loads(marker.read_text()) == settings:
         return json.loads((workdir / "paths.json").read_text())
     shutil.rmtree(workdir, ignore_errors=True)
     from safetensors import safe_open
 
     paths: Dict[str, dict] = {}
-    for family_name, dtype in FAMILIES.items():
+    for family_name in families:
+        dtype = FAMILIES[family_name]
         start = time.perf_counter()
         family = build_llama_family(
             str(workdir / f"models-{family_name}"),
@@ -156,10 +178,10 @@ def build(workdir: Path, size: dict, rebuild: bool) -> dict:
         with safe_open(os.path.join(family.base, "model.safetensors"), "pt") as f:
             shapes = {name: f.get_slice(name).get_shape() for name in f.keys()}
         models = [family.finetunes[0], family.base, family.finetunes[1], family.base]
-        stores: Dict[str, Dict[str, str]] = {dtype: {} for dtype in STORE_DTYPES}
+        stores: Dict[str, Dict[str, str]] = {dtype: {} for dtype in store_dtypes}
         for index, (model, role) in enumerate(zip(models, STORE_ROLES)):
             scores = random_scores(shapes, seed=index)
-            for store_dtype in STORE_DTYPES:
+            for store_dtype in store_dtypes:
                 stores[store_dtype][role] = save_importance(
                     scores,
                     str(workdir / f"stores-{family_name}" / f"{store_dtype}-{role}"),
@@ -175,7 +197,7 @@ def build(workdir: Path, size: dict, rebuild: bool) -> dict:
             "params": sum(torch.Size(s).numel() for s in shapes.values()),
             "weight_bytes": sum(tensor_bytes(m) for m in [family.base, *family.finetunes]),
             "score_bytes": {
-                d: sum(tensor_bytes(stores[d][r]) for r in STORE_ROLES) for d in STORE_DTYPES
+                d: sum(tensor_bytes(stores[d][r]) for r in STORE_ROLES) for d in store_dtypes
             },
             "store_disk_bytes": {
                 d: {
@@ -185,12 +207,12 @@ def build(workdir: Path, size: dict, rebuild: bool) -> dict:
                     )
                     for r in STORE_ROLES
                 }
-                for d in STORE_DTYPES
+                for d in store_dtypes
             },
             "build_seconds": time.perf_counter() - start,
         }
     (workdir / "paths.json").write_text(json.dumps(paths))
-    marker.write_text(json.dumps(size))
+    marker.write_text(json.dumps(settings))
     return paths
 
 
@@ -343,18 +365,32 @@ def main() -> None:
         help="also merge the float32 family with the mergekit-led source tree SRC from "
         "format-1 copies of the float32 stores",
     )
+    parser.add_argument(
+        "--size",
+        choices=("full", "1b"),
+        default="full",
+        help="1b: a Llama-3.2-1B-shaped bfloat16 family with bfloat16 stores only (~20 GB disk)",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 5)
-    workdir = Path(args.workdir + ("-quick" if args.quick else "")).resolve()
+    one_b = args.size == "1b" and not args.quick
+    suffix = "-quick" if args.quick else ("-1b" if one_b else "")
+    workdir = Path(args.workdir + suffix).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
 
-    all_paths = build(workdir, QUICK if args.quick else FULL, args.rebuild)
-    plan = {f: methods_for(f, not args.no_ties, bool(args.format1_baseline)) for f in FAMILIES}
+    families = ("bfloat16",) if one_b else tuple(FAMILIES)
+    store_dtypes = ("bfloat16",) if one_b else STORE_DTYPES
+    size = QUICK if args.quick else (ONE_B if one_b else FULL)
+    all_paths = build(workdir, size, args.rebuild, families, store_dtypes)
+    plan = {
+        f: methods_for(f, not args.no_ties, bool(args.format1_baseline), store_dtypes)
+        for f in families
+    }
     baseline_source = os.path.abspath(args.format1_baseline or "")
-    configs = {(f, m): write_config(workdir, f, m, all_paths[f]) for f in FAMILIES for m in plan[f]}
+    configs = {(f, m): write_config(workdir, f, m, all_paths[f]) for f in families for m in plan[f]}
     results = {
         f: {m: {"seconds": [], "cpu": [], "rss": [], "rchar": []} for m in plan[f]}
-        for f in FAMILIES
+        for f in families
     }
     for round_index in range(rounds):
         for family, methods in plan.items():
@@ -377,7 +413,9 @@ def main() -> None:
                     flush=True,
                 )
     shutil.rmtree(workdir / "out", ignore_errors=True)
-    check = sorted_copy_check_cost(all_paths["float32"]["stores"]["float32"]["ft1"])
+    check = None
+    if "float32" in all_paths:
+        check = sorted_copy_check_cost(all_paths["float32"]["stores"]["float32"]["ft1"])
 
     machine = f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores, torch {torch.__version__}"
     summary = {
@@ -389,13 +427,13 @@ def main() -> None:
                 "store_disk_bytes": all_paths[f]["store_disk_bytes"],
                 "methods": summarize(results[f], all_paths[f], plan[f]),
             }
-            for f in FAMILIES
+            for f in families
         },
         "raw": results,
         "sorted_copy_check": check,
     }
     lines = [
-        f"`mergekit-yaml` on a {all_paths['float32']['params'] / 1e6:.0f}M-parameter Llama "
+        f"`mergekit-yaml` on a {all_paths[families[0]]['params'] / 1e6:.0f}M-parameter Llama "
         f"family (base + 2 fine-tunes), {rounds} rounds with the method order rotated, "
         f"{machine}.",
         "",
@@ -405,7 +443,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     goal_met = True
-    for family in FAMILIES:
+    for family in families:
         params = all_paths[family]["params"]
         for m, r in summary["families"][family]["methods"].items():
             if m.startswith("led_merging") and m != BASELINE:
@@ -424,7 +462,7 @@ def main() -> None:
                 f"| {r['median_rchar'] / 2**30:.2f} GiB |"
             )
     summary["goal_met"] = goal_met
-    if BASELINE in plan["float32"]:
+    if BASELINE in plan.get("float32", ()):
         runs = results["float32"]
         versus = {
             f"{dtype}_{key}": statistics.median(
@@ -446,17 +484,18 @@ def main() -> None:
         f"Goal (every LED row <= {GOAL}x task_arithmetic in time and peak RSS): "
         f"{'met' if goal_met else 'NOT met'}. B/w: bytes per weight of one model.",
     ]
-    lines += [
-        "",
-        f"Format 1's sorted copies, per store of the float32 family (density 0.4, in one process): "
-        f"exact selection {check['exact_selection_seconds']:.2f} s; proving a sorted copy's "
-        f"threshold against the scores {check['verified_sorted_copy_seconds']:.2f} s.",
-    ]
+    if check is not None:
+        lines += [
+            "",
+            "Format 1's sorted copies, per store of the float32 family (density 0.4, in one "
+            f"process): exact selection {check['exact_selection_seconds']:.2f} s; proving a "
+            f"sorted copy's threshold against the scores "
+            f"{check['verified_sorted_copy_seconds']:.2f} s.",
+        ]
     table = "\n".join(lines)
     print("\n" + table)
     out_dir = Path("bench-output")
     out_dir.mkdir(exist_ok=True)
-    suffix = "-quick" if args.quick else ""
     (out_dir / f"merge{suffix}.md").write_text(table + "\n")
     (out_dir / f"merge{suffix}.json").write_text(json.dumps(summary, indent=2))
 

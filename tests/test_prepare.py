@@ -164,6 +164,7 @@ def test_config_options_are_the_score_changing_locate_options():
         "device_map",
         "offload_accumulators",
         "gradient_checkpointing",
+        "memory",
         "checkpoint_every",
         "resume",
         "overwrite",

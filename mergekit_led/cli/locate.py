@@ -38,12 +38,18 @@ def _locate_options(function):
     help="JSONL/JSON/CSV/Parquet file, datasets save_to_disk folder, or hub dataset name "
     "(not needed by --score magnitude|random).",
 )
-@click.option("--out", "out", required=True, help="Importance store folder to write.")
+@click.option("--out", "out", default=None, help="Importance store folder to write (required).")
 @_locate_options
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="Print the memory plan (from the model's config; the data when given) and the "
+    "flags that fit, and exit without scoring.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 @run_cli_errors_cleanly
-def command(model, data, out, no_progress, verbose, **options):
+def command(model, data, out, plan, no_progress, verbose, **options):
     """Compute LED-Merging importance scores (SNIP by default) of MODEL on a
     task's (prompt, answer) data and write them as an importance store.
 
@@ -52,6 +58,11 @@ def command(model, data, out, no_progress, verbose, **options):
     the same data; the two stores are `importance` and `base_importance` of
     that model in an led_merging config. Under `torchrun --nproc_per_node N
     --no-python mergekit-led locate ...` the samples are split over N processes.
+
+    \b
+    Before loading the model, locate checks its memory plan against the GPU's
+    free memory (or --memory) and stops when it cannot fit; --plan prints the
+    plan and the flags that fit without running.
     """
     from mergekit_led.location import locate
 
@@ -59,6 +70,17 @@ def command(model, data, out, no_progress, verbose, **options):
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if plan:
+        from mergekit_led.location import plan_locate
+        from mergekit_led.location.memory import render
+        from mergekit_led.location.rates import estimate_seconds_per_sample
+
+        verdict = plan_locate(model, data, **options)
+        for line in render(verdict, seconds_per_sample=estimate_seconds_per_sample(verdict)):
+            click.echo(line)
+        return
+    if out is None:
+        raise click.UsageError("Missing option '--out' (only --plan runs without it).")
     path = locate(model, data, out, progress=not no_progress, **options)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"Wrote importance store {path}")

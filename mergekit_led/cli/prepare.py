@@ -83,6 +83,12 @@ def resolved_yaml(config, source_name: str) -> str:
 )
 @cache_dir_option
 @click.option("--dry-run", is_flag=True, help="Only list the stores: cached, or to compute.")
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="Print every store's memory plan (models' configs and the data; no weights), the "
+    "flags that fit and the time when measured, and exit.",
+)
 @run_options
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
@@ -92,6 +98,7 @@ def command(
     output: Optional[str],
     cache_dir: Optional[str],
     dry_run: bool,
+    plan: bool,
     no_progress: bool,
     verbose: bool,
     **run,
@@ -115,6 +122,9 @@ def command(
         format="%(levelname)s %(name)s: %(message)s",
     )
     config, _ = load_config(config_file)
+    if plan:
+        print_memory_plans(config, cache_dir, run)
+        return
     if output:
         check_resolved_output(config, config_file, output)
 
@@ -149,3 +159,34 @@ def command(
         )
     else:
         click.echo(text, nl=False)
+
+
+def print_memory_plans(config, cache_dir: Optional[str], run) -> None:
+    """``prepare --plan``: each store's plan, and the time of those to compute."""
+    from mergekit_led.location.memory import render
+    from mergekit_led.prepare.cache import StoreCache
+    from mergekit_led.prepare.run import plan_config_memory
+
+    plans = plan_config_memory(config, cache=StoreCache(cache_dir), run=run)
+    if not plans:
+        click.echo("This config asks for no stores by importance_data: nothing to plan.")
+        return
+    total: Optional[float] = 0.0
+    for number, store in enumerate(plans, start=1):
+        state = "cached" if store.cached else "to compute"
+        click.echo(f"[{number}/{len(plans)}] {store.planned.describe()}: {state}")
+        for line in render(store.verdict, seconds_per_sample=store.seconds_per_sample):
+            click.echo("  " + line)
+        if not store.cached:
+            total = None if total is None or store.seconds is None else total + store.seconds
+    to_compute = sum(not store.cached for store in plans)
+    if total is None:
+        click.echo(
+            f"{to_compute} of {len(plans)} stores to compute; no locate speed was measured on "
+            "this device, so no time estimate (docs/locate.md#memory-plan)."
+        )
+    else:
+        click.echo(
+            f"{to_compute} of {len(plans)} stores to compute: about {total / 60:.1f} min "
+            "at the measured rate."
+        )

@@ -86,6 +86,13 @@ class LocateOptions:
     gradient_checkpointing: bool = _option(
         False, "Recompute activations in backward (less memory).", flag=True
     )
+    # Only decides whether the run starts: never part of a key.
+    memory: Optional[str] = _option(
+        None,
+        "Memory budget for the pre-run memory check (e.g. 24GB, 80GiB) [default: the "
+        "GPU's free memory, or the CPU's available memory].",
+        resume_key=False,
+    )
     checkpoint_every: Optional[int] = _option(
         None,
         f"Save progress every N samples (OUT{CHECKPOINT_SUFFIX}/).",
@@ -151,6 +158,10 @@ def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str]
         raise LocateError(
             f"Unknown --device {opts.device!r}; choose one of {', '.join(DEVICE_CHOICES)}."
         )
+    if opts.memory is not None:
+        from mergekit_led.location.memory import parse_memory
+
+        parse_memory(opts.memory)  # a bad size is refused before anything runs
     if opts.checkpoint_every is not None and opts.checkpoint_every < 1:
         raise LocateError(f"--checkpoint-every must be at least 1, not {opts.checkpoint_every}.")
     _check_out_is_not_an_input(model, opts, data, out)

@@ -26,6 +26,7 @@ from torch import nn
 from mergekit_led.atomic import clean_stale_staging
 from mergekit_led.errors import LocateError
 from mergekit_led.location import data as location_data
+from mergekit_led.location import memory
 from mergekit_led.location.checkpoint import Progress, RunCheckpoint
 from mergekit_led.location.distributed import Distributed
 from mergekit_led.location.model import enable_gradient_checkpointing, load_tokenizer
@@ -90,6 +91,40 @@ def locate(
         return _run(os.fspath(model), data, out, opts, dist, hooks or RunHooks())
 
 
+def plan_locate(model: str, data: Any = None, **options: Any) -> memory.Verdict:
+    """The memory plan of ``locate(model, data, **options)``, reading the model's
+    config (and, when ``data`` is given, the tokenizer and data) but no weights.
+
+    With data, the plan is for the longest selected sample and longest answer;
+    without, for samples of ``max_length`` tokens that are all answer (an
+    upper bound). ``device="cuda"`` plans for a GPU on a machine without one
+    when ``memory`` gives the budget.
+    """
+    unknown = sorted(set(options) - set(LocateOptions.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"plan_locate() got unknown options: {', '.join(unknown)}")
+    opts = LocateOptions(**options)
+    if opts.memory is not None:
+        memory.parse_memory(opts.memory)
+    model = os.fspath(model)
+    device_type = memory.planned_device_type(opts.device, opts.memory)
+    shape = memory.model_shape(model, trust_remote_code=opts.trust_remote_code)
+    tokens = answer = None
+    if data is not None and opts.score in DATA_SCORES:
+        tokenizer = load_tokenizer(model, opts)
+        rows = location_data.load_rows(data, split=opts.split)
+        fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
+        location_data.data_format(rows.columns, fields, rows.name)
+        _, selection = _select(
+            rows, tokenizer, fields, opts, opts.max_length or shape.max_positions
+        )
+        tokens = max(len(sample.input_ids) for sample in selection.samples)
+        answer = max(sample.answer_length for sample in selection.samples)
+    setup = memory.setup_for(shape, opts, device_type, tokens=tokens, answer_tokens=answer)
+    budget = memory.device_budget(device_type, opts.memory, opts.device_map)
+    return memory.judge(shape, setup, budget)
+
+
 def _progress_bar(total: int, initial: int, opts: LocateOptions, dist: Distributed):
     from tqdm.auto import tqdm
 
@@ -122,19 +157,21 @@ def _run(
     elif data is not None:
         LOG.warning("The %s score uses no data; --data %s is ignored.", opts.score, data)
 
+    planned_length = None
+    if opts.score == "snip":
+        # The memory check needs the samples' lengths: select them from the
+        # config's max length before loading, so a run that cannot fit stops here.
+        shape = _shape_for_check(model, opts)
+        if shape is not None:
+            planned_length = opts.max_length or shape.max_positions
+            tokenization, selection = _select(rows, tokenizer, fields, opts, planned_length)
+            _check_memory(shape, opts, dist, selection)
+
     loaded = _load_model(hooks, model, opts, dist)
     if opts.score in DATA_SCORES:
-        tokenization = location_data.make_tokenization(
-            tokenizer, opts.chat_template, opts.max_length or _model_max_length(loaded)
-        )
-        selection = location_data.select_samples(
-            rows,
-            tokenizer,
-            tokenization,
-            fields,
-            max_samples=opts.max_samples,
-            seed=opts.seed,
-        )
+        max_length = opts.max_length or _model_max_length(loaded)
+        if selection is None or max_length != planned_length:
+            tokenization, selection = _select(rows, tokenizer, fields, opts, max_length)
         answers = check_answers(
             tokenizer,
             rows,
@@ -203,6 +240,52 @@ def _run(
         RunCheckpoint(out, 0, dist.world_size).remove()
     dist.barrier()
     return out
+
+
+def _select(rows, tokenizer, fields, opts: LocateOptions, max_length: Optional[int]):
+    tokenization = location_data.make_tokenization(tokenizer, opts.chat_template, max_length)
+    selection = location_data.select_samples(
+        rows,
+        tokenizer,
+        tokenization,
+        fields,
+        max_samples=opts.max_samples,
+        seed=opts.seed,
+    )
+    return tokenization, selection
+
+
+def _shape_for_check(model: str, opts: LocateOptions) -> Optional[memory.ModelShape]:
+    """The model's shape for the memory check, or None (with a note) when its
+    config cannot be planned: loading it then reports what is wrong."""
+    try:
+        return memory.model_shape(model, trust_remote_code=opts.trust_remote_code)
+    except memory.MemoryPlanError as error:
+        LOG.info("No memory check before loading: %s", error)
+        return None
+
+
+def _check_memory(
+    shape: memory.ModelShape,
+    opts: LocateOptions,
+    dist: Distributed,
+    selection: location_data.SelectedSamples,
+) -> None:
+    """Stop before loading when the run's memory plan exceeds the budget."""
+    samples = selection.samples
+    setup = memory.setup_for(
+        shape,
+        opts,
+        dist.device.type,
+        tokens=max(len(s.input_ids) for s in samples),
+        answer_tokens=max(s.answer_length for s in samples),
+    )
+    budget = memory.device_budget(dist.device.type, opts.memory, opts.device_map)
+    verdict = memory.judge(shape, setup, budget)
+    for line in memory.render(verdict):
+        LOG.info(line)
+    if not verdict.fits:
+        raise memory.MemoryPlanError(memory.refusal(verdict))
 
 
 def _load_model(hooks: RunHooks, model: str, opts: LocateOptions, dist: Distributed) -> nn.Module:

@@ -44,6 +44,7 @@ RUN_OPTIONS: Tuple[str, ...] = (
     "device_map",
     "offload_accumulators",
     "gradient_checkpointing",
+    "memory",
     "checkpoint_every",
     "trust_remote_code",
     "allow_bad_tokenization",

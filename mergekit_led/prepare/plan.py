@@ -52,6 +52,9 @@ class PlannedStore:
     answer_tokens: int
     max_length: Optional[int]
     material: Dict[str, Any]  # what the key hashes
+    # The longest sample and answer (tokens): what the memory plan needs (not in the key).
+    longest_sample: int = 0
+    longest_answer: int = 0
 
     def describe(self) -> str:
         return (
@@ -97,6 +100,8 @@ def plan_store(request: StoreRequest) -> PlannedStore:
         selection.answer_tokens,
         max_length,
         material,
+        longest_sample=max(len(sample.input_ids) for sample in selection.samples),
+        longest_answer=max(sample.answer_length for sample in selection.samples),
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 from mergekit.common import ModelReference
@@ -34,6 +34,7 @@ from mergekit_led.errors import (
     LocateError,
     StoreError,
 )
+from mergekit_led.location import memory
 from mergekit_led.location.data import SKIP_NONFINITE
 from mergekit_led.location.steps import RunHooks
 from mergekit_led.prepare.cache import StoreCache
@@ -277,6 +278,67 @@ def prepare_config(
             if not item.is_base and _is_hub_store(item.parameters.get(role)):
                 _set_parameter(definition, role, store_path(item.parameters[role]))
     return PreparedConfig(portable, local, list(prepared.values()))
+
+
+@dataclass(frozen=True)
+class StoreMemory:
+    """One store's memory plan, and its time when a rate was measured on this device."""
+
+    planned: PlannedStore
+    cached: bool
+    verdict: memory.Verdict
+    seconds_per_sample: Optional[float]
+
+    @property
+    def seconds(self) -> Optional[float]:
+        if self.seconds_per_sample is None:
+            return None
+        return self.seconds_per_sample * self.planned.samples
+
+
+def plan_config_memory(
+    config: MergeConfiguration,
+    *,
+    cache: Optional[StoreCache] = None,
+    run: Optional[Mapping[str, Any]] = None,
+) -> List[StoreMemory]:
+    """The memory plan of every store ``config`` asks for by ``importance_data``
+    (cached ones included, marked): models' configs, tokenizers and data are
+    read, weights are not. ``run``: the execution options, ``memory`` included."""
+    from mergekit_led.location.rates import estimate_seconds_per_sample
+
+    if config.merge_method != METHOD_NAME:
+        return []
+    preparer = Preparer(cache, run=run, report=lambda line: None, progress=False)
+    wanted = _plan_config(preparer, config.model_copy(deep=True))
+    unique: Dict[str, PlannedStore] = {}
+    for _, planned in wanted:
+        for store in planned.values():
+            unique.setdefault(store.key, store)
+    options = preparer.run
+    device_type = memory.planned_device_type(options.get("device") or "auto", options.get("memory"))
+    budget = memory.device_budget(device_type, options.get("memory"), options.get("device_map"))
+    shapes: Dict[str, memory.ModelShape] = {}
+    plans = []
+    for key, planned in unique.items():
+        request = planned.request
+        path = request.model.path
+        if path not in shapes:
+            shapes[path] = memory.model_shape(
+                path, trust_remote_code=request.options.trust_remote_code
+            )
+        shape = replace(shapes[path], model=request.model.label)
+        setup = memory.setup_for(
+            shape,
+            request.options,
+            device_type,
+            tokens=planned.longest_sample,
+            answer_tokens=planned.longest_answer,
+        )
+        verdict = memory.judge(shape, setup, budget)
+        cached = preparer.cache.lookup(key) is not None
+        plans.append(StoreMemory(planned, cached, verdict, estimate_seconds_per_sample(verdict)))
+    return plans
 
 
 # --------------------------------------------------------------------------- config walk

@@ -94,6 +94,7 @@ def test_every_option_is_in_the_resume_key_unless_marked_otherwise():
     left_out = {f.name for f in fields(LocateOptions) if not f.metadata["resume_key"]}
     assert left_out == {
         "device",
+        "memory",
         "checkpoint_every",
         "resume",
         "overwrite",
