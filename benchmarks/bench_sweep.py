@@ -59,7 +59,7 @@ def eval_spec(workdir: Path, prompts: int, seed: int = 0) -> Path:
             out.append(row)
         return out
 
-    spec = {"generation": {"chat_template": "none", "batch_size": 16}, "tasks": {}}
+    spec = {"generation": {"chat_template": "none"}, "tasks": {}}  # the default batch size
     for name, responses in (("harmful", False), ("benign", False), ("task", True)):
         path = workdir / f"eval-{name}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in rows(prompts, responses)))

@@ -24,6 +24,7 @@ The output folder (``docs/security.md``):
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -107,8 +108,11 @@ def merge_config(
     check_input_models(config)
     preflight(config)
     is_led = config.merge_method == METHOD_NAME
+    # The statistics feed the card section only: without a card (a sweep's scratch
+    # merges, --no-write-model-card) the kernel counts nothing.
+    card = is_led and options.write_model_card
     with staging_area(out_path) as area:
-        with recording_statistics() as recorded:
+        with recording_statistics() if card else contextlib.nullcontext({}) as recorded:
             # run_merge normalises the config in place (models -> modules -> slices);
             # the card section reads the config as the user wrote it.
             run_merge(
@@ -117,7 +121,7 @@ def merge_config(
                 options=options,
                 config_source=config_source,
             )
-        if is_led and options.write_model_card:
+        if card:
             _add_card_section(config, area.path, recorded, out_path)
         _write_record(area.path)
         # The folder may have changed during the merge: judge it again just before.

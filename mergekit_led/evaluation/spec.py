@@ -64,7 +64,7 @@ class RefusalSpec(_Closed):
 
 
 class GenerationSpec(_Closed):
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=32, ge=1)
     chat_template: Literal["auto", "none"] = "auto"
     max_length: Optional[int] = Field(default=None, ge=2)  # prompt tokens kept (from the left)
 
