@@ -369,3 +369,22 @@ def test_an_alias_bomb_spec_is_refused_before_it_is_expanded(tmp_path):
     path.write_text(alias_bomb())
     with pytest.raises(EvalError, match="expands to more than"):
         load_eval_spec(str(path))
+
+
+def test_evaluate_never_writes_into_a_folder_it_did_not_write(noisy_family, eval_files, tmp_path):
+    from mergekit_led.cli import main
+
+    path, _ = eval_files
+    # a folder of the user's (here: the model's own) holds files and no eval.json
+    result = CliRunner().invoke(
+        main, ["evaluate", noisy_family.base, path, "--out", noisy_family.base]
+    )
+    assert result.exit_code == 1 and "not an earlier evaluation's folder" in result.output
+    assert not os.path.exists(os.path.join(noisy_family.base, "eval.json"))
+    # an earlier evaluation's folder is written again
+    out = tmp_path / "out"
+    for _ in range(2):
+        again = CliRunner().invoke(
+            main, ["evaluate", noisy_family.base, path, "--out", str(out), "--quiet"]
+        )
+        assert again.exit_code == 0, again.output

@@ -344,6 +344,16 @@ def test_two_sweeps_on_one_folder_and_a_changed_grid_are_refused(sweep_inputs, t
     assert changed.exit_code == 1 and "holds a sweep of another config" in changed.output
 
 
+def test_a_sweep_never_writes_into_a_folder_no_sweep_wrote(sweep_inputs, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "best.yml").write_text("the user's own file\n")
+    result = sweep_cli(sweep_inputs, out)
+    assert result.exit_code == 1 and "not an earlier sweep's folder" in result.output
+    assert (out / "best.yml").read_text() == "the user's own file\n"
+    assert sorted(os.listdir(out)) == ["best.yml"]
+
+
 def test_too_many_settings_and_bad_grid_keys_fail_before_any_work(sweep_inputs, tmp_path):
     out = tmp_path / "sweep"
     many = sweep_cli(sweep_inputs, out, "--max-settings", "4")

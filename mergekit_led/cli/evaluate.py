@@ -47,8 +47,9 @@ def command(
     (docs/evaluate.md). Writes OUT/eval.json, OUT/answers.jsonl and OUT/summary.md."""
     from mergekit_led.environment import resolve_device
     from mergekit_led.evaluation import Evaluator, load_eval_spec, load_model, write_report
-    from mergekit_led.evaluation.report import summary_markdown
+    from mergekit_led.evaluation.report import check_output_folder, summary_markdown
 
+    check_output_folder(out)  # before the model is loaded: fail in seconds
     spec = load_eval_spec(eval_file)
     torch_device = resolve_device(device)
     loaded, tokenizer = load_model(

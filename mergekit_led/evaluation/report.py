@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
 from mergekit_led.atomic import write_text
+from mergekit_led.errors import EvalError
 from mergekit_led.tables import markdown_table
 
 
@@ -158,9 +159,27 @@ def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+def check_output_folder(out_dir: str) -> None:
+    """``out_dir`` is new, empty or an earlier evaluation's (it holds ``eval.json``):
+    the files written there would replace files of the same name that no
+    evaluation wrote."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise EvalError(f"Evaluation output {out_dir} exists and is not a folder.")
+    if (
+        os.path.isdir(out_dir)
+        and os.listdir(out_dir)
+        and not os.path.isfile(os.path.join(out_dir, "eval.json"))
+    ):
+        raise EvalError(
+            f"Evaluation output {out_dir} holds files and no eval.json (it is not an earlier "
+            "evaluation's folder); write into a new or empty folder."
+        )
+
+
 def write_report(report: EvalReport, out_dir: str) -> Dict[str, str]:
     """``eval.json``, ``answers.jsonl`` and ``summary.md`` in ``out_dir``, each
     written aside and renamed into place (a killed run leaves no half file)."""
+    check_output_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = {
         "eval": os.path.join(out_dir, "eval.json"),

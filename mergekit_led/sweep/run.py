@@ -109,6 +109,13 @@ def run_sweep(
     out = os.path.abspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise SweepError(f"Sweep output {out} exists and is not a folder.")
+    foreign = os.path.isdir(out) and set(os.listdir(out)) - {LOCK}
+    if foreign and not os.path.exists(os.path.join(out, HEADER)):
+        # best.yml, sweep.md ... would replace files of the same name that no sweep wrote.
+        raise SweepError(
+            f"Sweep output {out} holds files and no {HEADER} (it is not an earlier sweep's "
+            "folder); sweep into a new or empty folder."
+        )
     os.makedirs(out, exist_ok=True)
     lock = FileLock(os.path.join(out, LOCK))
     try:
@@ -301,8 +308,11 @@ def _sweep(config, todo, spec, out: str, options: SweepOptions, say):
         )
         _append(out, row)
         yield row
-    if scratch_root.endswith(os.path.join(os.sep, ".scratch")):
-        shutil.rmtree(scratch_root, ignore_errors=True)
+    if scratch_root == os.path.join(out, ".scratch"):
+        try:
+            os.rmdir(scratch_root)  # only when empty: nothing but our own merges was there
+        except OSError:
+            pass
 
 
 def _with_stores(config, settings, options: SweepOptions, say) -> Dict[str, Any]:
