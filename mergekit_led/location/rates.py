@@ -27,15 +27,16 @@ class MeasuredRate:
 # (device name, dtype) -> rate. GPU rates come from benchmarks/bench_gpu_shapes.py
 # once it has run on that GPU (none yet); the CPU's from bench_memory_plan.py.
 MEASURED: Dict[Tuple[str, str], MeasuredRate] = {
-    # A 1.24B Llama-3.2-1B-shaped model, 128-token samples: 43.4 s per sample, the
-    # median of three rounds (35.5-68.0 s) measured beside other jobs (load 6-9 on
-    # 2 cores); checkpointing from one run of each flag set (4 samples). Rough.
+    # A 1.24B Llama-3.2-1B-shaped model, 128-token samples: 6.59 s per sample, the
+    # mean of two rounds of 8 samples (6.52 and 6.66 s) on the idle machine (load
+    # about 1; under load 6-9 a sample took 35-68 s); checkpointing from one run of
+    # each flag set (4 samples) under load. Rough.
     ("cpu:Intel(R) Xeon(R) Processor:2", "float32"): MeasuredRate(
-        parameter_tokens_per_second=1.236e9 * 128 / 43.4,
+        parameter_tokens_per_second=1.236e9 * 128 / 6.59,
         checkpointing_factor=1.53,
         offload_factor=1.0,
-        source="benchmarks/bench_memory_plan.py --sizes 1b --bare, commit 6b4bae5, "
-        "this project's 2-core machine under load",
+        source="benchmarks/bench_memory_plan.py --sizes 1b --flags none --bare --rounds 2 "
+        "--samples 8, commit 335a5f0, this project's 2-core machine, idle",
     ),
 }
 
