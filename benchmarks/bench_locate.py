@@ -221,6 +221,12 @@ def run_child(kind: str, args) -> dict:
         "--authors-samples",
         str(args.authors_samples),
     ] + (["--quick"] if args.quick else [])
+    return run_json_child(kind, command)
+
+
+def run_json_child(kind: str, command: list) -> dict:
+    """Run ``command`` offline in its own process (so its peak RSS is its own) and
+    return the JSON object its last line of output prints."""
     env = dict(
         os.environ,
         HF_HUB_OFFLINE="1",

@@ -27,24 +27,19 @@ import os
 import random
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shapes  # noqa: E402  (the benchmarks' shared shapes; imports nothing heavy)
+from bench_locate import run_json_child  # noqa: E402
 
 SIZES = {
     "tiny": dict(hidden=64, layers=2, vocab=256, intermediate=128, heads=4, kv_heads=2),
     "small": dict(hidden=512, layers=4, vocab=16384, intermediate=1536, heads=8, kv_heads=2),
     "medium": dict(hidden=1024, layers=8, vocab=32000, intermediate=4096, heads=16, kv_heads=4),
-    "1b": dict(
-        hidden=2048,
-        layers=16,
-        vocab=128256,
-        intermediate=8192,
-        heads=32,
-        kv_heads=8,
-        tie_embeddings=True,
-    ),
+    "1b": shapes.ONE_B,
 }
 FLAGS = {
     "plain": {},
@@ -186,17 +181,7 @@ def run_child(kind: str, args, paths=None, size=None, flags="plain", dtype=None)
         "--answer-words",
         str(args.answer_words),
     ]
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(kind, command)
 
 
 # --------------------------------------------------------------------------- plan

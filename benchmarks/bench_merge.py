@@ -49,21 +49,16 @@ from typing import Dict, List
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import shapes  # noqa: E402  (the benchmarks' shared shapes)
+
 from mergekit_led import save_importance
 from mergekit_led.testing import build_llama_family, random_scores
 
 FULL = dict(hidden=1024, layers=12, vocab=8192, intermediate=2816, heads=16)
 QUICK = dict(hidden=64, layers=2, vocab=256, intermediate=128, heads=4)
-# Llama-3.2-1B's shape (--size 1b: the bfloat16 family with bfloat16 stores only).
-ONE_B = dict(
-    hidden=2048,
-    layers=16,
-    vocab=128256,
-    intermediate=8192,
-    heads=32,
-    kv_heads=8,
-    tie_embeddings=True,
-)
+# --size 1b: Llama-3.2-1B's shape, the bfloat16 family with bfloat16 stores only.
+ONE_B = shapes.ONE_B
 FAMILIES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STORE_DTYPES = ("float32", "bfloat16")
 GOAL = 1.25
