@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # build first when torch is absent (pyproject keeps a range that admits it).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv lint format test demo bench real-assets clean
+.PHONY: venv lint format test demo bench real-assets real-quick real-study clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ bench: venv
 real-assets: venv
 	$(BIN)/python -m pip install --quiet ".[real]"
 	$(BIN)/python -m mergekit_led.cli.real_assets $(REAL_ASSETS_ARGS)
+
+# The real-model study (docs/real_model_results.md): `real-quick` runs its whole path on one
+# seed at reduced sizes (about 3 minutes; CI runs it after `make test`), `real-study` the
+# reported study (3 seeds, ablations on the first; every stage cached, a rerun resumes).
+REAL_QUICK_OUT ?= real-quick-output
+REAL_STUDY_OUT ?= real-study-output
+real-quick: real-assets
+	$(BIN)/mergekit-led demo --world smollm2 --quick --seeds 1 --out $(REAL_QUICK_OUT)
+
+real-study: real-assets
+	$(BIN)/mergekit-led demo --world smollm2 --seeds 3 --ablations --out $(REAL_STUDY_OUT)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo-output

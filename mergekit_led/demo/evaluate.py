@@ -93,9 +93,11 @@ def evaluator(spec: EvalSpec, model_path: str) -> Evaluator:
     return Evaluator(spec, AutoTokenizer.from_pretrained(model_path))
 
 
-def evaluate_checkpoint(path: str, sets: Evaluator, device: str) -> Dict[str, float]:
-    """Load a checkpoint folder (a trained model or a merge) and evaluate it."""
-    model, _ = load_model(path, device=device, dtype="float32")
+def evaluate_checkpoint(
+    path: str, sets: Evaluator, device: str, *, dtype: str = "float32"
+) -> Dict[str, float]:
+    """Load a checkpoint folder (a trained model or a merge) in ``dtype`` and evaluate it."""
+    model, _ = load_model(path, device=device, dtype=dtype)
     return demo_metrics(sets.evaluate(model, name=path).metrics())
 
 

@@ -26,6 +26,7 @@ METHODS = ("task_arithmetic", "ties", "breadcrumbs", "model_stock", "led_merging
 METHOD_NAMES = {
     "task_arithmetic": "Task Arithmetic",
     "ties": "TIES",
+    "dare_ties": "DARE-TIES",
     "breadcrumbs": "Breadcrumbs",
     "model_stock": "Model Stock",
     "led_merging": "LED-Merging",
@@ -136,6 +137,7 @@ class Inputs:
     data: Mapping[str, str]  # task -> location data file
     cache: str  # the store cache folder
     stores: Dict[str, Dict[str, Dict[str, str]]] = field(default_factory=dict)
+    out_dtype: Optional[str] = None  # the merged model's dtype (mergekit's ``out_dtype``)
 
 
 def led_parameters(setting: MergeSetting, inputs: Inputs, task: str) -> Dict[str, object]:
@@ -166,10 +168,12 @@ def merge_config(setting: MergeSetting, inputs: Inputs) -> dict:
     """The mergekit configuration (as a dict) of ``setting``: for LED the one
     YAML a user writes (``importance_data`` and ``locate_*`` options)."""
     common = {"merge_method": setting.method, "base_model": inputs.base, "dtype": "float32"}
+    if inputs.out_dtype:
+        common["out_dtype"] = inputs.out_dtype
     models = [inputs.finetuned[t] for t in TASKS]
     if setting.method == "task_arithmetic":
         params = [{"weight": setting.weight} for _ in models]
-    elif setting.method == "ties":
+    elif setting.method in ("ties", "dare_ties"):
         params = [{"weight": setting.weight, "density": setting.density} for _ in models]
     elif setting.method == "breadcrumbs":
         params = [

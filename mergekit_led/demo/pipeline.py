@@ -97,6 +97,8 @@ class Settings:
     ablations: bool = False
     progress: bool = True  # progress bars and one line per phase
     phases: bool = False  # one line per phase even without bars (seeds running in parallel)
+    world: str = "toy"  # or "smollm2": the real model (mergekit_led.realmodel.study)
+    cache_dir: Optional[str] = None  # smollm2: the real assets' cache (make real-assets)
 
     @property
     def recipe(self) -> train.Recipe:
@@ -474,6 +476,30 @@ def _run_seed_quietly(settings: Settings, seed: int) -> dict:
     return run_seed(replace(settings, progress=False, phases=settings.progress), seed)
 
 
+WORLDS = ("toy", "smollm2")
+
+
+def _run_real_seeds(settings: Settings, on_seed_done) -> List[dict]:
+    """The real-model world's seeds, one after the other (each uses every core);
+    its ablations on the last seed only (its budget, docs/real_model_results.md)."""
+    from mergekit_led.realmodel.study import StudyOptions, run_real_seed
+
+    results = []
+    for index, seed in enumerate(settings.seeds):
+        options = StudyOptions(
+            out=settings.out,
+            cache_dir=settings.cache_dir,
+            device=settings.device,
+            quick=settings.quick,
+            ablations=settings.ablations and index == len(settings.seeds) - 1,
+            log=lambda message: _log(settings, message),
+        )
+        results.append(run_real_seed(options, seed))
+        if on_seed_done:
+            on_seed_done(results[-1])
+    return results
+
+
 def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] = None) -> dict:
     """Every seed (``settings.jobs`` at a time), then the aggregated report."""
     settings = replace(settings, device=resolve_device(settings.device).type)
@@ -484,7 +510,9 @@ def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] 
     os.makedirs(out, exist_ok=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     results: List[dict] = []
-    if settings.jobs <= 1 or len(settings.seeds) == 1:
+    if settings.world == WORLDS[1]:
+        results = _run_real_seeds(settings, on_seed_done)
+    elif settings.jobs <= 1 or len(settings.seeds) == 1:
         for seed in settings.seeds:
             results.append(run_seed(settings, seed))
             if on_seed_done:
@@ -514,6 +542,8 @@ def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] 
         "cpu_s": round(time.process_time() - cpu_start + children.ru_utime + children.ru_stime, 1),
         "jobs": settings.jobs,
     }
-    summary = report.summarize(results, timing=timing, quick=settings.quick, device=settings.device)
+    summary = report.summarize(
+        results, timing=timing, quick=settings.quick, device=settings.device, world=settings.world
+    )
     summary["paths"] = report.write_reports(out, summary, results)
     return summary

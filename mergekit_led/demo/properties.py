@@ -63,17 +63,28 @@ def critical_mask(effect: torch.Tensor, share: float = 0.5) -> torch.Tensor:
 
 
 def safety_loss_gradient(model_path: str, samples, device: str) -> Dict[str, torch.Tensor]:
-    """Mean gradient of the answer loss over ``samples`` at the model in ``model_path``."""
+    """Mean gradient of the answer loss over ``samples`` at the model in ``model_path``,
+    each sample tokenised as locate tokenises it (the chat template when the
+    tokenizer has one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergekit_led.demo.train import encode_sample
+    from mergekit_led.location.data import make_tokenization, tokenize_example
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenization = make_tokenization(tokenizer, "auto", None)
     model.eval()
     model.zero_grad(set_to_none=True)
-    for sample in samples:
-        ids, labels = encode_sample(tokenizer, sample.prompt, sample.response)
+    for index, sample in enumerate(samples):
+        encoded = tokenize_example(
+            tokenizer,
+            [{"role": "user", "content": sample.prompt}],
+            sample.response,
+            tokenization,
+            index,
+        )
+        ids = list(encoded.input_ids)
+        labels = [-100] * encoded.prompt_length + ids[encoded.prompt_length :]
         out = model(
             input_ids=torch.tensor([ids], device=device),
             labels=torch.tensor([labels], device=device),
@@ -132,6 +143,16 @@ def led_sets(
     return {t: torch.cat(v) for t, v in elected.items()}, {
         t: torch.cat(v) for t, v in final.items()
     }
+
+
+LAYER_TYPES = {"attention": ".self_attn.", "mlp": ".mlp."}  # Llama's weight-name parts
+
+
+def layer_type_mask(weights: Mapping[str, torch.Tensor], names, part: str) -> torch.Tensor:
+    """Which elements of the flattened ``names`` belong to weights named ``*part*``."""
+    return torch.cat(
+        [torch.full((weights[n].numel(),), part in n, dtype=torch.bool) for n in names]
+    )
 
 
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -206,4 +227,13 @@ def measure(
     out["jaccard20_safety_math"] = jaccard(elected["safety"], elected["math"])
     out["jaccard20_safety_code"] = jaccard(elected["safety"], elected["code"])
     out["jaccard20_math_code"] = jaccard(elected["math"], elected["code"])
+    # The paper's overlap analysis by layer type: attention vs MLP weights.
+    for kind, part in LAYER_TYPES.items():
+        mask = layer_type_mask(weights["base"], names, part)
+        if not bool(mask.any()):
+            continue
+        for first, second in (("safety", "math"), ("safety", "code"), ("math", "code")):
+            out[f"jaccard20_{first}_{second}_{kind}"] = jaccard(
+                elected[first] & mask, elected[second] & mask
+            )
     return out

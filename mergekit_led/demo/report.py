@@ -27,9 +27,13 @@ COLUMNS = (
 )
 SOURCES = ("safety", "math", "code")
 LED = METHOD_NAMES["led_merging"]
-BASELINES = tuple(
-    METHOD_NAMES[m] for m in ("task_arithmetic", "ties", "breadcrumbs", "model_stock")
-)
+BASELINE_METHODS = ("task_arithmetic", "ties", "dare_ties", "breadcrumbs", "model_stock")
+BASELINES = tuple(METHOD_NAMES[m] for m in BASELINE_METHODS)
+# What each world is called in the report's words and title.
+WORLD_WORDS = {
+    "toy": ("this toy", "LED-Merging demo"),
+    "smollm2": ("SmolLM2-135M-Instruct", "LED-Merging on SmolLM2-135M-Instruct"),
+}
 UTILITY_SHARE = 0.9  # "at >= 90 % of its utility"
 BFLOAT16_ROW = f"{LED} (bfloat16 stores)"  # the selected LED setting from bfloat16 stores
 
@@ -41,7 +45,9 @@ def spread(values: Sequence[float]) -> Dict[str, float]:
     return {"mean": mean(values), "min": min(values), "max": max(values)}
 
 
-def summarize(results: Sequence[dict], *, timing: dict, quick: bool, device: str) -> dict:
+def summarize(
+    results: Sequence[dict], *, timing: dict, quick: bool, device: str, world: str = "toy"
+) -> dict:
     """Aggregate per-seed results: mean and min-max of every metric of every row,
     the head-to-head counts, the world's properties, the ablations, the findings."""
     seeds = [r["seed"] for r in results]
@@ -64,6 +70,7 @@ def summarize(results: Sequence[dict], *, timing: dict, quick: bool, device: str
             }
         )
     summary = {
+        "world": world,
         "seeds": seeds,
         "quick": quick,
         "device": device,
@@ -90,7 +97,8 @@ def compare(results: Sequence[dict]) -> Dict[str, dict]:
     safety error (harmful compliance + over-refusal), keeps at least 90 % of the
     baseline's mean utility, and both."""
     out = {}
-    for baseline in BASELINES:
+    present = {row["name"] for row in results[0]["rows"]}
+    for baseline in (b for b in BASELINES if b in present):
         safer = util = both = 0
         for result in results:
             led, other = _metrics(result, LED), _metrics(result, baseline)
@@ -104,7 +112,10 @@ def compare(results: Sequence[dict]) -> Dict[str, dict]:
 
 
 def _ablations(results: Sequence[dict]) -> List[dict]:
-    if not results[0]["ablations"]:
+    """Over the seeds that ran the ablations (every seed of the toy; the first of
+    the real-model world, to keep it within its budget)."""
+    results = [r for r in results if r["ablations"]]
+    if not results:
         return []
     out = []
     for index, first in enumerate(results[0]["ablations"]):
@@ -114,6 +125,7 @@ def _ablations(results: Sequence[dict]) -> List[dict]:
                 "part": first["part"],
                 "variant": first["variant"],
                 "metrics": {key: spread([v[key] for v in values]) for key, _ in COLUMNS},
+                "seeds": [r["seed"] for r in results],
             }
         )
     return out
@@ -205,6 +217,7 @@ def findings(summary: dict) -> List[str]:
     by = {row["name"]: row["metrics"] for row in summary["rows"]}
     n = len(summary["seeds"])
     p = summary["properties"]
+    world_words = WORLD_WORDS[summary.get("world", "toy")][0]
     out: List[str] = []
     safety = by.get("Safety (Instruct + alignment)")
     ta = by.get("Task Arithmetic")
@@ -254,7 +267,7 @@ def findings(summary: dict) -> List[str]:
             f"{p['jaccard20_safety_math']['mean']:.2f} (safety/math), {p['jaccard20_safety_code']['mean']:.2f} "
             f"(safety/code) and {p['jaccard20_math_code']['mean']:.2f} (math/code); at the selected ratios "
             f"the disjoint step drops {_range(p['led_safety_dropped_by_disjoint'])} % of LED-Merging's "
-            "elected safety set."
+            "elected safety set." + _layer_type_text(p)
             if "led_safety_dropped_by_disjoint" in p
             else "Root cause 2, interference: the elected sets overlap (see the properties table)."
         )
@@ -285,7 +298,7 @@ def findings(summary: dict) -> List[str]:
                 for b in losses
             )
             out.append(
-                f"Verdict: {LED} does not win in this toy against {', '.join(losses)} (safer and "
+                f"Verdict: {LED} does not win on {world_words} against {', '.join(losses)} (safer and "
                 f"at ≥ {100 * UTILITY_SHARE:.0f} % of the utility on more than half of the seeds): "
                 f"{reasons}." + (f" It does win against {', '.join(wins)}." if wins else "")
             )
@@ -310,13 +323,33 @@ def findings(summary: dict) -> List[str]:
         }
         less_safe = [v for v, m in variants.items() if _safety_mean(m) > _safety_mean(full)]
         less_useful = [v for v, m in variants.items() if _utility_mean(m) < _utility_mean(full)]
+        ablation_seeds = summary["ablations"][0].get("seeds", summary["seeds"])
+        over = (
+            "means over seeds"
+            if len(ablation_seeds) == n
+            else f"seed{'s' if len(ablation_seeds) > 1 else ''} {', '.join(map(str, ablation_seeds))} only"
+        )
         out.append(
-            "Ablations (means over seeds; the full method: safety error "
+            f"Ablations ({over}; the full method: safety error "
             f"{_pct(_safety_mean(full))} %, utility {_pct(_utility_mean(full))} %): changing one "
             f"component raises the safety error for {_listed(less_safe)} and lowers the utility "
             f"for {_listed(less_useful)}."
         )
     return out
+
+
+def _layer_type_text(p: dict) -> str:
+    """The paper's overlap by layer type, when measured: attention vs MLP weights."""
+    parts = []
+    for kind in ("attention", "mlp"):
+        key = f"jaccard20_safety_math_{kind}"
+        if key in p:
+            parts.append(
+                f"{'MLP' if kind == 'mlp' else kind} weights {p[key]['mean']:.2f} (safety/math), "
+                f"{p[f'jaccard20_safety_code_{kind}']['mean']:.2f} (safety/code), "
+                f"{p[f'jaccard20_math_code_{kind}']['mean']:.2f} (math/code)"
+            )
+    return (" By layer type, the top-20 % Jaccard is: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _score_dtype_findings(summary: dict, by: Dict[str, dict]) -> List[str]:
@@ -446,6 +479,15 @@ PROPERTY_LABELS = (
     ("jaccard20_safety_math", "Jaccard of elected sets at top 20 %: safety / math", False),
     ("jaccard20_safety_code", "Jaccard of elected sets at top 20 %: safety / code", False),
     ("jaccard20_math_code", "Jaccard of elected sets at top 20 %: math / code", False),
+    *(
+        (
+            f"jaccard20_{pair.replace(' / ', '_')}_{kind}",
+            f"Jaccard at top 20 %, {label} weights only: {pair}",
+            False,
+        )
+        for kind, label in (("attention", "attention"), ("mlp", "MLP"))
+        for pair in ("safety / math", "safety / code", "math / code")
+    ),
     (
         "led_safety_dropped_by_disjoint",
         "% of LED's elected safety set dropped by the disjoint step",
@@ -549,7 +591,7 @@ def plot(summary: dict, path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title(
-        f"LED-Merging demo, test split, {len(summary['seeds'])} seeds: dots = seeds, "
+        f"{WORLD_WORDS[summary.get('world', 'toy')][1]}, test split, {len(summary['seeds'])} seeds: dots = seeds, "
         "markers = mean, bars = min–max",
         fontsize=9,
     )
@@ -579,7 +621,7 @@ def markdown_report(summary: dict) -> str:
     seeds = summary["seeds"]
     timing = summary["timing"]
     lines = [
-        "# LED-Merging demo",
+        f"# {WORLD_WORDS[summary.get('world', 'toy')][1]}",
         "",
         f"Seeds {', '.join(map(str, seeds))} ({len(seeds)} seeds), "
         f"{'quick' if summary['quick'] else 'full'} size, device {summary['device']}. "
@@ -634,10 +676,12 @@ def markdown_report(summary: dict) -> str:
             "",
         ]
     if summary["ablations"]:
+        ablation_seeds = summary["ablations"][0].get("seeds", summary["seeds"])
         lines += [
             "## Ablations (the paper's Table 4 in miniature; test split, mean [min–max])",
             "",
-            "Each row changes one component of the selected LED-Merging setting of each seed.",
+            "Each row changes one component of the selected LED-Merging setting of each seed "
+            f"(seeds {', '.join(map(str, ablation_seeds))}).",
             "",
             ablation_table(summary, markdown=True),
             "",
