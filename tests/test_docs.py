@@ -4,7 +4,10 @@ against their one source, so they fail here instead of drifting."""
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -90,3 +93,20 @@ def test_readme_parameter_table_matches_the_merge_method():
 def test_readme_stays_short():
     size = len(README.read_bytes())
     assert size <= README_LIMIT, f"README.md is {size} bytes; move reference material to docs/"
+
+
+def test_the_readme_real_model_table_is_generated_from_the_committed_report():
+    """README's headline numbers come from docs/real_model_report.json, via
+    docs/gen_real_model_results.py, never typed by hand."""
+    report = ROOT / "docs" / "real_model_report.json"
+    if not report.exists():
+        pytest.skip("the real-model study's report is not committed")
+    spec = importlib.util.spec_from_file_location(
+        "gen_real_model_results", ROOT / "docs" / "gen_real_model_results.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    summary = json.loads(report.read_text(encoding="utf-8"))["summary"]
+    assert module.readme_table(summary) in README.read_text(encoding="utf-8"), (
+        "README.md's real-model table is stale: run python docs/gen_real_model_results.py OUT"
+    )

@@ -31,8 +31,8 @@ BASELINE_METHODS = ("task_arithmetic", "ties", "dare_ties", "breadcrumbs", "mode
 BASELINES = tuple(METHOD_NAMES[m] for m in BASELINE_METHODS)
 # What each world is called in the report's words and title.
 WORLD_WORDS = {
-    "toy": ("this toy", "LED-Merging demo"),
-    "smollm2": ("SmolLM2-135M-Instruct", "LED-Merging on SmolLM2-135M-Instruct"),
+    "toy": ("in this toy", "LED-Merging demo"),
+    "smollm2": ("on SmolLM2-135M-Instruct", "LED-Merging on SmolLM2-135M-Instruct"),
 }
 UTILITY_SHARE = 0.9  # "at >= 90 % of its utility"
 BFLOAT16_ROW = f"{LED} (bfloat16 stores)"  # the selected LED setting from bfloat16 stores
@@ -298,7 +298,7 @@ def findings(summary: dict) -> List[str]:
                 for b in losses
             )
             out.append(
-                f"Verdict: {LED} does not win on {world_words} against {', '.join(losses)} (safer and "
+                f"Verdict: {LED} does not win {world_words} against {', '.join(losses)} (safer and "
                 f"at ≥ {100 * UTILITY_SHARE:.0f} % of the utility on more than half of the seeds): "
                 f"{reasons}." + (f" It does win against {', '.join(wins)}." if wins else "")
             )

@@ -27,7 +27,7 @@ import yaml
 from mergekit_led.demo import evaluate, merging, properties
 from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
 from mergekit_led.demo.world import Sample
-from mergekit_led.errors import LEDError
+from mergekit_led.errors import StudyError
 from mergekit_led.realmodel.finetune import (
     FULL_FAMILY,
     QUICK_FAMILY,
@@ -118,10 +118,6 @@ QUICK = RealRecipe(
     grid=QUICK_GRID,
     layers=4,
 )
-
-
-class StudyError(LEDError):
-    """A real-model study folder that cannot be resumed as asked."""
 
 
 # --------------------------------------------------------------------------- data
@@ -323,6 +319,7 @@ def truncated_model(model_dir: str, layers: int, out_dir: str) -> str:
     from mergekit_led.atomic import staged_directory
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    layers = min(layers, model.config.num_hidden_layers)
     model.model.layers = model.model.layers[:layers]
     model.config.num_hidden_layers = layers
     if getattr(model.config, "layer_types", None):
@@ -485,10 +482,14 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
         with open(path, encoding="utf-8") as f:
             world_properties = json.load(f)
     else:
+        from filelock import FileLock
+
         models = {"base": instruct, **family}
-        world_properties = properties.measure(
-            models, stores["snip"], location["safety"], chosen, device=device
-        )
+        # Several GB of flattened weights: seeds run side by side take turns here.
+        with FileLock(os.path.join(os.path.abspath(options.out), ".properties.lock")):
+            world_properties = properties.measure(
+                models, stores["snip"], location["safety"], chosen, device=device
+            )
         world_properties.pop("norm_instruct", None)  # the base is the instruct model: always 0
         from mergekit_led.atomic import write_text
 
