@@ -90,7 +90,7 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
         summary["comparisons"]
     )
     assert study.AUTHORS_ROW in names and summary["world"] == "smollm2"
-    assert [a["seeds"] for a in summary["ablations"]][0] == [1]  # the last seed only
+    assert [a["seeds"] for a in summary["ablations"]][0] == [0]  # the first seed only
     seed0 = json.load(open(tmp_path / "out" / "seed-0" / "result.json"))
     # HarmBench is the harmful test set (quick: its first 4), Do-Not-Answer val selects.
     assert seed0["eval_sizes"]["test"]["harmful"] == 4

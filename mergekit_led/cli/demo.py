@@ -40,7 +40,7 @@ from mergekit_led.environment import DEVICE_CHOICES
     help="toy: a tiny Llama family trained from scratch (minutes). smollm2: "
     "SmolLM2-135M-Instruct fine-tuned into safety, math and code models, evaluated on "
     "HarmBench (needs `make real-assets`; about 20 minutes a seed on 2 cores, every "
-    "stage cached so a rerun resumes; --ablations on the last seed only).",
+    "stage cached so a rerun resumes; --ablations on the first seed only).",
 )
 @click.option(
     "--cache-dir",

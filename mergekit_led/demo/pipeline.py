@@ -481,7 +481,7 @@ WORLDS = ("toy", "smollm2")
 
 def _run_real_seeds(settings: Settings, on_seed_done) -> List[dict]:
     """The real-model world's seeds, one after the other (each uses every core);
-    its ablations on the last seed only (its budget, docs/real_model_results.md)."""
+    its ablations on the first seed only (its budget, docs/real_model_results.md)."""
     from mergekit_led.realmodel.study import StudyOptions, run_real_seed
 
     results = []
@@ -491,7 +491,7 @@ def _run_real_seeds(settings: Settings, on_seed_done) -> List[dict]:
             cache_dir=settings.cache_dir,
             device=settings.device,
             quick=settings.quick,
-            ablations=settings.ablations and index == len(settings.seeds) - 1,
+            ablations=settings.ablations and index == 0,
             log=lambda message: _log(settings, message),
         )
         results.append(run_real_seed(options, seed))
