@@ -37,6 +37,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
 
+from mergekit_led.errors import is_safetensors_error
+
 try:
     import fcntl
 except ImportError:  # not POSIX: liveness falls back to the process id alone
@@ -119,7 +121,7 @@ def _disk_full(error: Exception, target: str) -> Optional[OSError]:
         if error.errno not in codes or error.filename is not None:
             return None
         code = error.errno
-    elif type(error).__name__ == "SafetensorError" and (
+    elif is_safetensors_error(error) and (
         "os error 28" in str(error) or "No space left" in str(error)
     ):
         code = errno.ENOSPC
