@@ -68,6 +68,9 @@ class RunCheckpoint:
             lambda path: save_file(
                 tensors, path, metadata={CHECKPOINT_STATE_KEY: json.dumps(state)}
             ),
+            # Not flushed: written every few samples, it may be large; after a power
+            # loss a torn checkpoint is reported as damaged (docs/store.md).
+            durable=False,
         )
 
     def load(self, accumulator, run_key: Dict[str, Any]) -> Progress:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from mergekit_led._version import __version__
-from mergekit_led.atomic import write_text
+from mergekit_led.atomic import fsync_folder, fsync_tree, write_text
 from mergekit_led.errors import CacheError, StoreError
 
 ENVIRONMENT_VARIABLE = "MERGEKIT_LED_CACHE"
@@ -216,7 +216,10 @@ class StoreCache:
             os.makedirs(self.stores, exist_ok=True)
             if os.path.lexists(target):  # a broken entry: move it aside, then replace it
                 _remove(target)
+            # On disk before it is published: a power loss leaves no torn entry.
+            fsync_tree(folder)
             os.rename(folder, target)
+            fsync_folder(self.stores)
             entry = self.lookup(key)
             if entry is None:  # only if the folder was changed under us
                 raise StoreError(f"Cache entry {target} is incomplete right after writing it.")
