@@ -1,10 +1,14 @@
 """Writes that are one step for readers: written aside, then renamed into place.
 
-Every write to a target ``DIR/NAME`` (a store, a merge output, a checkpoint
-file, a README) happens in a hidden staging area beside it::
+A file ``DIR/NAME`` (a record, a manifest, a card, a checkpoint) is written to a
+hidden temporary file beside it and renamed over it (``os.replace``)::
+
+    DIR/.NAME.partial-<id>-<pid>@<host>.tmp
+
+A folder (a store, a merge output) is written in a hidden staging area beside it::
 
     DIR/.NAME.partial-<id>-<pid>@<host>/
-        writer.lock   locked (flock) by the writing process for as long as it lives
+        writer.lock   locked (filelock) by the writing process for as long as it lives
         NAME          the new content, renamed onto DIR/NAME once complete
         NAME.old      the previous content, only while a replacement is under way
                       on a filesystem without an atomic exchange
@@ -16,10 +20,15 @@ swapped with the new one in one step (``renameat2(RENAME_EXCHANGE)``);
 elsewhere it takes two renames, and the next write to the same target
 finishes a replacement a kill interrupted between them.
 
-A run killed mid-write leaves only its staging area. The next write to the
-same target removes the areas of dead writers (this host, process gone, lock
-free) and reports the ones it cannot judge (another host, an older layout);
-it never touches the area of a live writer.
+Durability: what is published (a file by ``write_file``, a folder by
+``replace_directory``) is flushed to disk (``fsync``) before the rename, and its
+parent folder after it, so a power loss leaves the old or the new content, not
+a torn one; ``durable=False`` (locate's progress checkpoints) skips the flushes.
+
+A run killed mid-write leaves only its temporary file or staging area. The next
+write to the same target removes those of dead writers (this host, process gone,
+lock free) and reports the ones it cannot judge (another host, an older layout);
+it never touches those of a live writer.
 """
 
 from __future__ import annotations
@@ -32,21 +41,20 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: liveness falls back to the process id alone
-    fcntl = None
+from mergekit_led.errors import is_safetensors_error
 
 LOG = logging.getLogger(__name__)
 
 STAGING_MARK = ".partial-"
 LOCK_NAME = "writer.lock"
 OLD_SUFFIX = ".old"
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def _host() -> str:
@@ -83,17 +91,24 @@ def staging_area(target: str) -> Iterator[StagingArea]:
     lock = None
     try:
         lock = _hold_lock(os.path.join(folder, LOCK_NAME))
-        try:
+        with _naming_a_full_disk(target):
             yield StagingArea(folder, os.path.join(folder, os.path.basename(target)))
-        except Exception as error:
-            full = _disk_full(error, target)
-            if full is None:
-                raise
-            raise full from error
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         if lock is not None:
-            os.close(lock)
+            lock.release()
+
+
+@contextlib.contextmanager
+def _naming_a_full_disk(target: str) -> Iterator[None]:
+    """Re-raise a full disk met while writing ``target`` as an OSError naming it."""
+    try:
+        yield
+    except Exception as error:
+        full = _disk_full(error, target)
+        if full is None:
+            raise
+        raise full from error
 
 
 @contextlib.contextmanager
@@ -119,7 +134,7 @@ def _disk_full(error: Exception, target: str) -> Optional[OSError]:
         if error.errno not in codes or error.filename is not None:
             return None
         code = error.errno
-    elif type(error).__name__ == "SafetensorError" and (
+    elif is_safetensors_error(error) and (
         "os error 28" in str(error) or "No space left" in str(error)
     ):
         code = errno.ENOSPC
@@ -128,15 +143,24 @@ def _disk_full(error: Exception, target: str) -> Optional[OSError]:
     return OSError(code, os.strerror(code), target)
 
 
-def replace_directory(source: str, target: str) -> None:
+def replace_directory(source: str, target: str, *, durable: bool = True) -> None:
     """Move folder ``source`` to ``target``, replacing a folder already there.
 
     With an existing target: one atomic exchange where the OS supports it (the
     old folder ends up at ``source``, for the caller's clean-up to remove);
     otherwise two renames through ``source + ".old"``, undone if the second
     fails. ``source`` must sit in a staging area beside ``target`` so that a
-    kill between the two renames is recovered by the next writer.
+    kill between the two renames is recovered by the next writer. ``durable``:
+    ``source``'s files are flushed to disk first, ``target``'s folder after.
     """
+    if durable:
+        fsync_tree(source)
+    _move_directory(source, target)
+    if durable:
+        fsync_folder(os.path.dirname(os.path.abspath(target)))
+
+
+def _move_directory(source: str, target: str) -> None:
     if not os.path.lexists(target):
         try:
             os.rename(source, target)
@@ -158,21 +182,67 @@ def replace_directory(source: str, target: str) -> None:
     _remove(old)
 
 
-def write_file(target: str, write: Callable[[str], None]) -> None:
-    """Call ``write(path)`` on a path in a staging area beside ``target``, then
-    rename it over ``target`` (one step on POSIX filesystems)."""
+def write_file(target: str, write: Callable[[str], None], *, durable: bool = True) -> None:
+    """Call ``write(path)`` on a temporary path beside ``target``, then rename it
+    over ``target`` (one step on POSIX filesystems). ``durable``: the file is
+    flushed to disk before the rename, its folder after. A failure removes the
+    temporary file and leaves ``target`` as it was."""
     target = os.path.abspath(target)
-    with staging_area(target) as area:
-        write(area.path)
-        os.replace(area.path, target)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    clean_stale_staging(target)
+    temporary = staging_path(target) + TEMPORARY_SUFFIX
+    try:
+        with _naming_a_full_disk(target):
+            write(temporary)
+            if durable:
+                _fsync_path(temporary)
+            os.replace(temporary, target)
+    except BaseException:
+        _remove(temporary)
+        raise
+    if durable:
+        fsync_folder(parent)
 
 
-def write_text(target: str, text: str) -> None:
+def write_text(target: str, text: str, *, durable: bool = True) -> None:
     def write(path: str) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
 
-    write_file(target, write)
+    write_file(target, write, durable=durable)
+
+
+def fsync_tree(path: str) -> None:
+    """Flush every regular file and folder under ``path`` (and ``path`` itself) to
+    disk; symbolic links are not followed."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        _fsync_path(path)
+        return
+    for folder, _, files in os.walk(path):
+        for name in files:
+            file = os.path.join(folder, name)
+            if stat.S_ISREG(os.lstat(file).st_mode):
+                _fsync_path(file)
+        fsync_folder(folder)
+
+
+def fsync_folder(path: str) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders
+    cannot be opened (Windows)."""
+    if os.name == "posix":
+        _fsync_path(path)
+
+
+def _fsync_path(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)  # a carried-over file may not be writable
+    try:
+        os.fsync(descriptor)
+    except OSError as error:  # a platform or filesystem that cannot flush this way
+        if error.errno not in (errno.EINVAL, errno.EBADF, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(descriptor)
 
 
 # --------------------------------------------------------------------------- stale areas
@@ -252,26 +322,6 @@ def clean_stale_staging(target: str) -> List[str]:
     return messages
 
 
-def leftover_copies(target: str) -> Optional[str]:
-    """When ``target`` is missing but an interrupted replacement holds its
-    copies: a sentence saying where they are (for "does not exist" errors)."""
-    if os.path.lexists(target):
-        return None
-    name = os.path.basename(os.path.abspath(target))
-    copies = []
-    for area in stale_areas(target):
-        for candidate in (name, name + OLD_SUFFIX):
-            path = os.path.join(area.path, candidate)
-            if os.path.isdir(path):
-                copies.append(path)
-    if not copies:
-        return None
-    return (
-        f"An interrupted write to {target} left copies at {', '.join(copies)} "
-        f"(the next write to {target} recovers them)."
-    )
-
-
 def _clean_dead_area(area: StaleArea, target: str) -> str:
     name = os.path.basename(target)
     new, old = os.path.join(area.path, name), os.path.join(area.path, name + OLD_SUFFIX)
@@ -304,39 +354,37 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     except OSError:
-        return True  # cannot tell: treat as alive, never delete
+        return True  # not ours (PermissionError), or cannot tell: treat as alive, never delete
     return True
 
 
-def _hold_lock(path: str) -> Optional[int]:
-    """An open, exclusively locked file: released by the OS when this process dies."""
-    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    if fcntl is not None:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass  # a filesystem without locks (some NFS): the process id alone tells
-    return descriptor
+def _hold_lock(path: str):
+    """A held ``filelock`` lock on ``path``: released by the OS when this process
+    dies. None on a filesystem without locks (some NFS): the process id alone tells."""
+    from filelock import FileLock
+
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Exception:  # Timeout cannot happen on a fresh file; a filesystem without locks
+        return None
+    return lock
 
 
 def _lock_is_held(path: str) -> bool:
-    if fcntl is None or not os.path.isfile(path):
+    if not os.path.isfile(path):
         return False
+    from filelock import FileLock, Timeout
+
+    probe = FileLock(path)
     try:
-        descriptor = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        probe.acquire(timeout=0)
+    except Timeout:
         return True
-    except OSError:
+    except Exception:
         return True  # cannot tell: treat as held, never delete
-    finally:
-        os.close(descriptor)
+    probe.release()
     return False
 
 

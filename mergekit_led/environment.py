@@ -62,7 +62,7 @@ def check_device(device: str, *, asked: Optional[str] = None) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
-        raise LEDError(f"{asked}: not a device torch knows ({error}).") from None
+        raise LEDError(f"{asked}: not a device torch knows ({error}).") from error
     available = {
         "cpu": lambda: True,
         "meta": lambda: True,

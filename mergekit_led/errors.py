@@ -1,4 +1,9 @@
-"""Errors raised by mergekit-led. Every message names what is wrong and where."""
+"""Errors raised by mergekit-led, all under ``LEDError``. Every message names what is wrong
+and where. The classes are defined here only (docs/errors.md lists them)."""
+
+from __future__ import annotations
+
+import sys
 
 
 class LEDError(ValueError):
@@ -40,3 +45,69 @@ class AssetError(LEDError):
 
 class StudyError(LEDError):
     """A real-model study folder (``demo --world smollm2``) that cannot be resumed as asked."""
+
+
+class MemoryPlanError(LocateError):
+    """A locate run whose memory plan does not fit, or a plan that cannot be made."""
+
+
+class NonFiniteSample(LocateError):
+    """A sample whose loss or gradient is not finite (caught to skip, or reported).
+
+    ``sample`` is the ``TokenizedSample``; ``what`` says which value is not finite.
+    """
+
+    def __init__(self, sample, what: str):
+        super().__init__(what)
+        self.sample = sample
+        self.what = what
+
+
+class StoresNotComputed(ConfigError):
+    """A config's ``importance_data`` stores are not in the cache and may not be computed here."""
+
+
+class CacheError(LEDError):
+    """The store cache cannot be used as asked (a key in use, an unknown key, ...)."""
+
+
+class ScoreDomainError(LEDError):
+    """Scores that are not all finite and non-negative (what election assumes).
+
+    ``lowest`` is the smallest score when it is known (negative scores), else None.
+    Like every ``LEDError`` it is also a ``ValueError``.
+    """
+
+    def __init__(self, message: str, lowest: float | None = None):
+        super().__init__(message)
+        self.lowest = lowest
+
+
+class DemoOptionError(LEDError):
+    """A bad ``mergekit-led demo`` option."""
+
+
+class MissingPlotLibrary(LEDError):
+    """matplotlib (the ``demo`` extra) is not installed."""
+
+
+# --------------------------------------------------------------------------- library errors
+
+
+def _loaded_class(module: str, name: str):
+    """The class ``module.name`` if ``module`` is imported already, else None: an error
+    of a library this process never loaded cannot have been raised, and looking it up
+    here must not import safetensors or torch (the command line starts without them)."""
+    return getattr(sys.modules.get(module), name, None)
+
+
+def is_safetensors_error(error: BaseException) -> bool:
+    """Whether ``error`` is safetensors' own ``SafetensorError``."""
+    kind = _loaded_class("safetensors", "SafetensorError")
+    return kind is not None and isinstance(error, kind)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is Python's ``MemoryError`` or torch's ``OutOfMemoryError``."""
+    kind = _loaded_class("torch", "OutOfMemoryError")
+    return isinstance(error, MemoryError) or (kind is not None and isinstance(error, kind))

@@ -129,7 +129,9 @@ def merge_config(
             check_output_path(config, out_path, overwrite=overwrite)
         except ConfigError as error:
             kept = _keep_aside(area.path, out_path)
-            raise ConfigError(f"{error} The finished merge was kept at {kept}.") from None
+            raise ConfigError(
+                f"{error} The finished merge was kept at {kept}."
+            ) from None  # cause: the same error, extended
         carried = carry_over(out_path, area.path)
         if carried:
             LOG.info(
@@ -336,7 +338,7 @@ def check_input_models(config: MergeConfiguration) -> None:
             except Exception as error:  # SafetensorError, OSError
                 raise ConfigError(
                     f"Cannot read weights file {file} of model {path}: {error}"
-                ) from None
+                ) from error
 
 
 def _safetensors_files(path: str) -> List[str]:
@@ -351,7 +353,7 @@ def _safetensors_files(path: str) -> List[str]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise ConfigError(
                 f"Cannot read the shard index {index} of model {path}: {error}"
-            ) from None
+            ) from error
     return ["model.safetensors"] if os.path.isfile(os.path.join(path, "model.safetensors")) else []
 
 

@@ -17,9 +17,9 @@ import yaml
 from click.testing import CliRunner
 
 import mergekit_led
+from mergekit_led.errors import CacheError
 from mergekit_led.prepare.cache import (
     RECORD_NAME,
-    CacheError,
     StoreCache,
     default_cache_dir,
 )

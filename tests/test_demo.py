@@ -13,9 +13,10 @@ from click.testing import CliRunner
 
 from mergekit_led.demo import world as wd
 from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting, merge_config
-from mergekit_led.demo.pipeline import DemoOptionError, parse_seeds
+from mergekit_led.demo.pipeline import parse_seeds
 from mergekit_led.demo.report import BFLOAT16_ROW, COLUMNS, summarize
 from mergekit_led.demo.score_dtype import Overlap, elected_overlap, rounded_once
+from mergekit_led.errors import DemoOptionError
 from mergekit_led.store import save_importance
 
 MODEL_ROWS = ["Base", "Instruct", "Safety (Instruct + alignment)", "Math", "Code"]

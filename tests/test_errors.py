@@ -447,3 +447,73 @@ def test_shifted_slices_refused_by_mergekit_led_preflight(tmp_path, four_layer_f
     assert "layer_range" in text, text
     assert "Traceback" not in text
     assert os.listdir(out_parent) == []
+
+
+# --------------------------------------------------------------------------- the hierarchy
+
+
+def test_every_error_class_is_defined_in_errors_and_is_an_led_error():
+    """One hierarchy: every class of ``mergekit_led.errors`` is an ``LEDError`` (and so a
+    ``ValueError``), and no other module of the package defines an exception class."""
+    import ast
+    import inspect
+    import pathlib
+
+    from mergekit_led import errors
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)]
+    assert classes and all(
+        c.__module__ == errors.__name__ and issubclass(c, LEDError) for c in classes
+    ), classes
+    assert issubclass(LEDError, ValueError)
+    package = pathlib.Path(errors.__file__).parent
+    defined_elsewhere = []
+    for path in package.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = [ast.unparse(b) for b in node.bases]
+                if any(b.endswith(("Error", "Exception", "Mismatch")) for b in bases):
+                    defined_elsewhere.append(f"{path.relative_to(package)}: {node.name}")
+    assert defined_elsewhere == []
+
+
+def _cli_output_of(error: BaseException):
+    import click
+    from click.testing import CliRunner
+
+    from mergekit_led.cli import run_cli_errors_cleanly
+
+    @click.command()
+    @run_cli_errors_cleanly
+    def command():
+        raise error
+
+    return CliRunner().invoke(command, [])
+
+
+def test_cli_prints_one_line_for_a_real_safetensors_error(tmp_path):
+    from safetensors import SafetensorError, safe_open
+
+    damaged = tmp_path / "model.safetensors"
+    damaged.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(SafetensorError) as caught:
+        safe_open(str(damaged), framework="pt")
+    result = _cli_output_of(caught.value)
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: Cannot read a safetensors file ("), lines
+
+
+def test_cli_prints_one_line_for_torch_out_of_memory():
+    result = _cli_output_of(torch.OutOfMemoryError("CUDA out of memory\nTried to allocate 2 GiB"))
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == ["Error: Out of memory: CUDA out of memory."]
+
+
+def test_a_class_named_like_a_library_error_is_not_taken_for_one():
+    """Errors are matched by class, not by name: an unknown error keeps its traceback."""
+    SafetensorError = type("SafetensorError", (Exception,), {})
+    result = _cli_output_of(SafetensorError("something else"))
+    assert result.exit_code == 1 and isinstance(result.exception, SafetensorError)

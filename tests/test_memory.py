@@ -15,10 +15,10 @@ import yaml
 from click.testing import CliRunner
 
 import mergekit_led
+from mergekit_led.errors import MemoryPlanError
 from mergekit_led.location import memory
 from mergekit_led.location.memory import (
     GIB,
-    MemoryPlanError,
     ModelShape,
     Setup,
     judge,

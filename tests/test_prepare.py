@@ -412,7 +412,7 @@ def test_plain_mergekit_yaml_uses_the_cache_or_says_what_to_run(
     )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("mergekit_led.prepare.run.StoresNotComputed: led_merging cannot merge")
+    assert last.startswith("mergekit_led.errors.StoresNotComputed: led_merging cannot merge")
     assert f"`mergekit-led prepare {config}`" in last
     assert f"`mergekit-led merge {config} {out} --no-copy-tokenizer`" in last
     assert not out.exists() or not any(p.suffix == ".safetensors" for p in out.iterdir())

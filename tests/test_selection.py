@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from mergekit_led.core import selection as sel
+from mergekit_led.errors import ScoreDomainError
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 RATIOS = (0.0, 1e-9, 0.001, 0.1, 0.2, 1 / 3, 0.5, 0.77, 0.999, 1.0)
@@ -269,7 +270,7 @@ def _poisoned(dtype, value, numel=5000, seed=3):
 def test_validate_refuses_values_outside_the_domain_on_every_path(path, dtype, bad):
     scores = _poisoned(dtype, bad)
     for ratio in (0.0, 0.1, 0.5, 1.0):
-        with pytest.raises(sel.ScoreDomainError):
+        with pytest.raises(ScoreDomainError):
             sel.top_mask(scores, ratio, validate=True)
 
 
@@ -283,10 +284,10 @@ def test_validate_accepts_negative_zero_and_the_largest_finite_score(path, dtype
 
 
 def test_validate_reports_the_lowest_negative_score():
-    with pytest.raises(sel.ScoreDomainError) as caught:
+    with pytest.raises(ScoreDomainError) as caught:
         sel.check_score_domain(torch.tensor([0.5, -2.0, 0.0]))
     assert caught.value.lowest == -2.0
-    with pytest.raises(sel.ScoreDomainError) as caught:
+    with pytest.raises(ScoreDomainError) as caught:
         sel.check_score_domain(torch.tensor([0.5, float("nan")]))
     assert caught.value.lowest is None
 

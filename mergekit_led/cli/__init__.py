@@ -15,7 +15,7 @@ from typing import Optional
 import click
 
 from mergekit_led._version import __version__
-from mergekit_led.errors import LEDError
+from mergekit_led.errors import LEDError, is_out_of_memory, is_safetensors_error
 
 # name -> (module, one-line help shown by `mergekit-led --help` without importing it)
 _SUBCOMMANDS = {
@@ -120,12 +120,11 @@ def describe_os_error(error: OSError, *, writing: Optional[str] = None) -> str:
 
 def describe_library_error(error: Exception) -> Optional[str]:
     """One line for a safetensors or out-of-memory error; None for anything else."""
-    kind = type(error)
-    if kind.__name__ == "SafetensorError":
+    if is_safetensors_error(error):
         return (
             f"Cannot read a safetensors file ({error}); it is truncated or not a safetensors file."
         )
-    if isinstance(error, MemoryError) or kind.__name__ == "OutOfMemoryError":
+    if is_out_of_memory(error):
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return f"Out of memory{': ' + first if first else ''}."
     return None

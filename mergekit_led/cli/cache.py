@@ -78,7 +78,7 @@ def list_entries(cache_dir: Optional[str]) -> None:
 @run_cli_errors_cleanly
 def remove(keys: Tuple[str, ...], remove_all: bool, cache_dir: Optional[str]) -> None:
     """Remove the entries whose keys start with KEYS (as `cache ls` shows them)."""
-    from mergekit_led.prepare.cache import CacheError
+    from mergekit_led.errors import CacheError
 
     cache = _cache(cache_dir)
     if remove_all == bool(keys):

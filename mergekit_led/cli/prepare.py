@@ -25,8 +25,9 @@ def cache_dir_option(function):
 def stores_from_cache(config, config_file: str, cache_dir: Optional[str]):
     """``config`` with its ``importance_data`` stores taken from the store cache
     and its Hub stores fetched; nothing is computed (inspect, card)."""
+    from mergekit_led.errors import StoresNotComputed
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import StoresNotComputed, needs_preparing, prepare_config
+    from mergekit_led.prepare.run import needs_preparing, prepare_config
 
     if not needs_preparing(config):
         return config
@@ -38,7 +39,7 @@ def stores_from_cache(config, config_file: str, cache_dir: Optional[str]):
         where = f" --cache-dir {shlex.quote(cache_dir)}" if cache_dir else ""
         raise StoresNotComputed(
             f"{error} Compute them first: `mergekit-led prepare {shlex.quote(config_file)}{where}`."
-        ) from None
+        ) from None  # cause: the same error, extended
     return prepared.merge_config
 
 
@@ -114,8 +115,9 @@ def command(
     """
     from mergekit_led.atomic import write_text
     from mergekit_led.config.walker import load_config
+    from mergekit_led.errors import StoresNotComputed
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import StoresNotComputed, check_resolved_output, prepare_config
+    from mergekit_led.prepare.run import check_resolved_output, prepare_config
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,

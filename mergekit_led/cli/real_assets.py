@@ -46,7 +46,7 @@ def command(cache_dir, split_seeds, dtype, find_links, no_index):
     except ValueError:
         raise AssetError(
             f"--split-seeds must be integers separated by commas, not {split_seeds!r}."
-        ) from None
+        ) from None  # cause: int()'s message adds nothing
     pip_options = (["--find-links", find_links] if find_links else []) + (
         ["--no-index"] if no_index else []
     )

@@ -52,7 +52,7 @@ def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
     except OSError as error:
         raise ConfigError(
             f"Cannot read merge config {config_file}: {error.strerror or error}"
-        ) from None
+        ) from error
     try:
         source = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -60,24 +60,26 @@ def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
         raise ConfigError(
             f"Merge config {config_file} is not UTF-8 text: line {line} ({error.reason}). "
             "Save it as UTF-8."
-        ) from None
+        ) from error
     try:
         data = load_yaml_bounded(source, what=f"Merge config {config_file}")
     except ConfigError:
         raise
     except Exception as error:
-        raise ConfigError(f"Invalid merge config {config_file}: {error}") from None
+        raise ConfigError(f"Invalid merge config {config_file}: {error}") from error
     try:
         config = MergeConfiguration.model_validate(data)
     except Exception as error:
-        raise ConfigError(f"Invalid merge config {config_file}: {error}") from None
+        raise ConfigError(f"Invalid merge config {config_file}: {error}") from error
     from mergekit_led.config.names import check_duplicate_inputs, check_parameter_names
 
     try:
         check_parameter_names(config)
         check_duplicate_inputs(config)
     except ConfigError as error:
-        raise ConfigError(f"Merge config {config_file}: {error}") from None
+        raise ConfigError(
+            f"Merge config {config_file}: {error}"
+        ) from None  # cause: the same error, prefixed
     return config, source
 
 

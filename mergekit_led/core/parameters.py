@@ -55,7 +55,7 @@ def parse_election(value: Any) -> Election:
         choices = ", ".join(e.value for e in Election)
         raise ConfigError(
             f"Unknown election {value!r} for led_merging; choose one of: {choices}."
-        ) from None
+        ) from None  # cause: the message lists the choices
 
 
 def parse_number(value: Any, *, parameter: str, model: str) -> float:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mergekit_led.core import chunked
+from mergekit_led.errors import ScoreDomainError
 
 # Float dtype -> the signed integer dtype of the same width (the bit-pattern view;
 # the merge's bit blend in ``election`` uses it too).
@@ -73,17 +74,6 @@ _VALID_BITS = {
     torch.bfloat16: (-(1 << 15), 0x7F7F),
     torch.float16: (-(1 << 15), 0x7BFF),
 }
-
-
-class ScoreDomainError(ValueError):
-    """Scores that are not all finite and non-negative (what election assumes).
-
-    ``lowest`` is the smallest score when it is known (negative scores), else None.
-    """
-
-    def __init__(self, message: str, lowest: float | None = None):
-        super().__init__(message)
-        self.lowest = lowest
 
 
 def check_score_domain(scores: torch.Tensor) -> None:

@@ -39,7 +39,7 @@ from mergekit_led.demo import (
 )
 from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
 from mergekit_led.environment import resolve_device
-from mergekit_led.errors import LEDError
+from mergekit_led.errors import DemoOptionError
 
 FULL = train.Recipe(
     train.ModelSize(64, 2, 4, 192),
@@ -120,10 +120,6 @@ def write_jsonl(path: str, samples: Sequence[world.Sample]) -> str:
         for s in samples:
             f.write(json.dumps(s.as_dict()) + "\n")
     return path
-
-
-class DemoOptionError(LEDError):
-    """A bad ``mergekit-led demo`` option."""
 
 
 def parse_seeds(text: str) -> List[int]:

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 from mergekit_led.demo import score_dtype
 from mergekit_led.demo.evaluate import mean_utility
 from mergekit_led.demo.merging import METHOD_NAMES
-from mergekit_led.errors import LEDError
+from mergekit_led.errors import MissingPlotLibrary
 from mergekit_led.sweep.selection import safety_error
 from mergekit_led.tables import markdown_table, text_table
 
@@ -538,10 +538,6 @@ def ablation_table(summary: dict, *, markdown: bool) -> str:
 
 
 # --------------------------------------------------------------------------- files
-
-
-class MissingPlotLibrary(LEDError):
-    """matplotlib (the ``demo`` extra) is not installed."""
 
 
 def require_matplotlib() -> None:

@@ -75,7 +75,7 @@ def load_set(name: str, spec: SetSpec) -> EvalSet:
         try:
             items.append(read(rows.rows[index], index))
         except ValueError as error:
-            raise EvalError(f"Row {index} of {where}: {error}") from None
+            raise EvalError(f"Row {index} of {where}: {error}") from error
     if not items:
         raise EvalError(f"{where} is empty.")
     if needs_reference:

@@ -51,7 +51,7 @@ class TaskSpec(SetSpec):
             try:
                 re.compile(value)
             except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from None
+                raise ValueError(f"not a valid regular expression: {error}") from error
         return value
 
 

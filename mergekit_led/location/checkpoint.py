@@ -68,6 +68,9 @@ class RunCheckpoint:
             lambda path: save_file(
                 tensors, path, metadata={CHECKPOINT_STATE_KEY: json.dumps(state)}
             ),
+            # Not flushed: written every few samples, it may be large; after a power
+            # loss a torn checkpoint is reported as damaged (docs/store.md).
+            durable=False,
         )
 
     def load(self, accumulator, run_key: Dict[str, Any]) -> Progress:
@@ -91,7 +94,7 @@ class RunCheckpoint:
             torch.set_rng_state(tensors["rng_state"])
             return Progress(**state["progress"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise self._corrupt(f"its tensors do not fit this run: {error}") from None
+            raise self._corrupt(f"its tensors do not fit this run: {error}") from error
 
     def _read(self) -> Tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
         """The checkpoint's state and tensors; a damaged file is named, not a traceback."""
@@ -100,13 +103,13 @@ class RunCheckpoint:
                 metadata = handle.metadata() or {}
                 tensors = {k: handle.get_tensor(k) for k in handle.keys()}
         except Exception as error:  # SafetensorError, OSError: truncated or not safetensors
-            raise self._corrupt(str(error)) from None
+            raise self._corrupt(str(error)) from error
         try:
             state = json.loads(metadata[CHECKPOINT_STATE_KEY])
             if not all(isinstance(state.get(key), dict) for key in ("run", "progress")):
                 raise ValueError("no run key or progress")
         except (KeyError, ValueError, AttributeError) as error:
-            raise self._corrupt(f"its progress record is unreadable ({error})") from None
+            raise self._corrupt(f"its progress record is unreadable ({error})") from error
         return state, tensors
 
     def _corrupt(self, why: str) -> LocateError:

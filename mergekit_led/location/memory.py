@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from mergekit_led.errors import LocateError
+from mergekit_led.errors import MemoryPlanError
 
 GIB = 2**30
 # What a locate process holds besides the model's tensors. CPU: the peak RSS
@@ -81,10 +81,6 @@ _UNITS = {
     "tb": 10**12,
     "tib": 2**40,
 }
-
-
-class MemoryPlanError(LocateError):
-    """A locate run whose memory plan does not fit, or a plan that cannot be made."""
 
 
 @dataclass(frozen=True)
@@ -360,14 +356,14 @@ def shape_from_config(config: Any, model: str) -> ModelShape:
         raise MemoryPlanError(
             f"Cannot plan the memory of {model}: its config does not build a causal LM "
             f"({_one_line(error)})."
-        ) from None
+        ) from error
     try:
         return _shape(config, built, model)
     except (AttributeError, TypeError, ValueError, IndexError) as error:
         raise MemoryPlanError(
             f"Cannot plan the memory of {model}: its config lacks a size the plan needs "
             f"({_one_line(error)})."
-        ) from None
+        ) from error
 
 
 def _shape(config: Any, built: Any, model: str) -> ModelShape:
@@ -422,7 +418,7 @@ def model_shape(model: str, *, trust_remote_code: bool = False) -> ModelShape:
     except Exception as error:  # OSError, ValueError, KeyError, hub errors
         raise MemoryPlanError(
             f"Cannot plan the memory of {model}: its config cannot be read ({_one_line(error)})."
-        ) from None
+        ) from error
     return shape_from_config(config, model)
 
 

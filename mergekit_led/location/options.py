@@ -173,7 +173,7 @@ def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str]
     try:
         check_replaceable(out)  # before the scoring, not when the store is written
     except StoreError as error:
-        raise LocateError(str(error)) from None
+        raise LocateError(str(error)) from None  # cause: the same message, as a LocateError
     checkpoint = out + CHECKPOINT_SUFFIX
     if os.path.exists(checkpoint) and not opts.resume:
         raise LocateError(

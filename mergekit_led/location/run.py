@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 from mergekit_led.atomic import clean_stale_staging
-from mergekit_led.errors import LocateError
+from mergekit_led.errors import (
+    LocateError,
+    MemoryPlanError,
+    NonFiniteSample,
+    is_safetensors_error,
+)
 from mergekit_led.location import data as location_data
 from mergekit_led.location import memory
 from mergekit_led.location.checkpoint import Progress, RunCheckpoint
@@ -48,7 +53,7 @@ from mergekit_led.location.scores import (
     magnitude_scores,
     random_scores,
 )
-from mergekit_led.location.steps import NonFiniteSample, RunHooks, input_device
+from mergekit_led.location.steps import RunHooks, input_device
 from mergekit_led.location.tokenization import check_answers, check_tokenizer_class
 from mergekit_led.store import mergekit_weights
 
@@ -260,7 +265,7 @@ def _shape_for_check(model: str, opts: LocateOptions) -> Optional[memory.ModelSh
     config cannot be planned: loading it then reports what is wrong."""
     try:
         return memory.model_shape(model, trust_remote_code=opts.trust_remote_code)
-    except memory.MemoryPlanError as error:
+    except MemoryPlanError as error:
         LOG.info("No memory check before loading: %s", error)
         return None
 
@@ -285,18 +290,18 @@ def _check_memory(
     for line in memory.render(verdict):
         LOG.info(line)
     if not verdict.fits:
-        raise memory.MemoryPlanError(memory.refusal(verdict))
+        raise MemoryPlanError(memory.refusal(verdict))
 
 
 def _load_model(hooks: RunHooks, model: str, opts: LocateOptions, dist: Distributed) -> nn.Module:
     try:
         return hooks.load_model(model, opts, dist.device)
     except Exception as error:
-        if type(error).__name__ != "SafetensorError":
+        if not is_safetensors_error(error):
             raise
         raise LocateError(
             f"Cannot load model {model}: one of its weights files is damaged ({error})."
-        ) from None
+        ) from error
 
 
 def _model_max_length(model: nn.Module) -> Optional[int]:
@@ -488,7 +493,7 @@ def _score_shard(loaded, accumulator, step, shard, progress, opts, dist, checkpo
                         f"Sample {bad.sample.index} of the location data gives a non-finite "
                         f"result ({bad.what}); pass --skip-nonfinite to skip such samples, or "
                         "use --dtype fp32."
-                    ) from None
+                    ) from None  # cause: its text is in the message
                 progress.nonfinite.append(bad.sample.index)
                 LOG.warning("Skipping sample %d: %s.", bad.sample.index, bad.what)
             else:

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Mapping
 import torch
 from torch import nn
 
+from mergekit_led.errors import NonFiniteSample
 from mergekit_led.location.data import TokenizedSample
 from mergekit_led.location.model import load_model
 from mergekit_led.location.scores import SnipAccumulator, WandaAccumulator
@@ -41,15 +42,6 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
         cached = "logits_to_keep" in inspect.signature(model.forward).parameters
         model._led_accepts_logits_to_keep = cached
     return cached
-
-
-class NonFiniteSample(Exception):
-    """A sample whose loss or gradient is not finite (caught to skip, or reported)."""
-
-    def __init__(self, sample: TokenizedSample, what: str):
-        super().__init__(what)
-        self.sample = sample
-        self.what = what
 
 
 def snip_step(

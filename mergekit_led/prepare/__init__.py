@@ -17,7 +17,7 @@ from typing import Any
 
 _EXPORTS = {
     "PreparedConfig": "mergekit_led.prepare.run",
-    "StoresNotComputed": "mergekit_led.prepare.run",
+    "StoresNotComputed": "mergekit_led.errors",
     "prepare_config": "mergekit_led.prepare.run",
     "StoreCache": "mergekit_led.prepare.cache",
     "default_cache_dir": "mergekit_led.prepare.cache",

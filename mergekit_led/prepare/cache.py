@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from mergekit_led._version import __version__
-from mergekit_led.atomic import write_text
-from mergekit_led.errors import LEDError, StoreError
+from mergekit_led.atomic import fsync_folder, fsync_tree, write_text
+from mergekit_led.errors import CacheError, StoreError
 
 ENVIRONMENT_VARIABLE = "MERGEKIT_LED_CACHE"
 RECORD_NAME = "led_cache.json"
@@ -46,10 +46,6 @@ RECORD_FORMAT = "mergekit-led-cache-entry"
 # 2: every file's SHA-256 besides its size (version 1 entries are recomputed).
 RECORD_VERSION = 2
 _KEY = re.compile(r"^[0-9a-f]{8,64}$")
-
-
-class CacheError(LEDError):
-    """The store cache cannot be used as asked (a key in use, an unknown key, ...)."""
 
 
 def default_cache_dir() -> str:
@@ -170,7 +166,7 @@ class StoreCache:
                 raise CacheError(
                     f"Cache entry {key} is in use by another mergekit-led process "
                     f"(lock {lock.lock_file}); try again when it has finished."
-                ) from None
+                ) from None  # cause: filelock's Timeout adds nothing
             if on_wait is not None:
                 on_wait()
             lock.acquire()
@@ -220,7 +216,10 @@ class StoreCache:
             os.makedirs(self.stores, exist_ok=True)
             if os.path.lexists(target):  # a broken entry: move it aside, then replace it
                 _remove(target)
+            # On disk before it is published: a power loss leaves no torn entry.
+            fsync_tree(folder)
             os.rename(folder, target)
+            fsync_folder(self.stores)
             entry = self.lookup(key)
             if entry is None:  # only if the folder was changed under us
                 raise StoreError(f"Cache entry {target} is incomplete right after writing it.")

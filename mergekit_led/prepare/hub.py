@@ -80,7 +80,7 @@ def snapshot(
         raise StoreError(
             f"{what} cannot be fetched from the Hugging Face Hub (repo {repo_id}{at}): "
             f"{one_line(error)}"
-        ) from None
+        ) from error
 
 
 def commit_of(snapshot_folder: str) -> str:

@@ -86,7 +86,7 @@ def resolve_model(
     try:
         folder = snapshot(hub.repo_id, revision, patterns, what=f"Model {label}")
     except LEDError as error:
-        raise LocateError(f"{error}") from None
+        raise LocateError(f"{error}") from None  # cause: the same message, as a LocateError
     commit = commit_of(folder)
     return ResolvedModel(label, folder, f"hub:{hub.repo_id}@{commit}", hub.repo_id, commit)
 
@@ -105,7 +105,7 @@ def with_weights(model: ResolvedModel) -> ResolvedModel:
                 what=f"Model {model.label}",
             )
         except LEDError as error:
-            raise LocateError(f"{error}") from None
+            raise LocateError(f"{error}") from None  # cause: the same message, as a LocateError
         if fingerprint.is_local_checkpoint(folder):
             return ResolvedModel(model.label, folder, model.identity, model.repo_id, model.commit)
     raise LocateError(
@@ -124,7 +124,7 @@ def local_files_digest(label: str, path: str) -> str:
     except OSError as error:
         raise LocateError(
             f"Model {label} cannot be loaded from {path}: {error.strerror or error}"
-        ) from None
+        ) from error
 
 
 def local_identity(label: str, path: str) -> str:
@@ -151,7 +151,7 @@ def local_identity(label: str, path: str) -> str:
     except Exception as error:  # safetensors, torch and mergekit raise many types here
         raise LocateError(
             f"Model {label} cannot be loaded from {path}: {one_line(error)}"
-        ) from None
+        ) from error
     with _IDENTITY_LOCK:
         _IDENTITIES[(path, stamp)] = identity
     return identity

@@ -92,7 +92,7 @@ def locate_options_from(
             raise ConfigError(
                 f"Parameter `{key}` of model {model} must be "
                 f"{_KIND_NAMES[LOCATE_CONFIG_OPTIONS[name]]}, not {value!r}."
-            ) from None
+            ) from None  # cause: the message says what is expected
     opts = LocateOptions(**values, **dict(run or {}))
     _check(opts, model)
     return opts

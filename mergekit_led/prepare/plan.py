@@ -78,7 +78,7 @@ def plan_store(request: StoreRequest) -> PlannedStore:
             rows, tokenizer, tokenization, fields, max_samples=opts.max_samples, seed=opts.seed
         )
     except LEDError as error:
-        raise type(error)(f"{where}: {error}") from None
+        raise type(error)(f"{where}: {error}") from None  # cause: the same error, prefixed
     tokens = hashlib.sha256()
     for sample in selection.samples:
         tokens.update(json.dumps([sample.answer_length, list(sample.input_ids)]).encode())
@@ -115,6 +115,6 @@ def model_max_length(model: ResolvedModel, opts: LocateOptions) -> Optional[int]
         raise LocateError(
             f"Model {model.label} cannot be loaded: its config.json is unreadable: "
             f"{one_line(error)}"
-        ) from None
+        ) from error
     value = getattr(config, "max_position_embeddings", None)
     return int(value) if isinstance(value, int) and value > 1 else None

@@ -33,6 +33,7 @@ from mergekit_led.errors import (
     LEDError,
     LocateError,
     StoreError,
+    StoresNotComputed,
 )
 from mergekit_led.location import memory
 from mergekit_led.location.data import SKIP_NONFINITE
@@ -51,10 +52,6 @@ from mergekit_led.prepare.plan import PlannedStore, StoreRequest, plan_store
 from mergekit_led.store.manifest import read_manifest
 
 LOG = logging.getLogger(__name__)
-
-
-class StoresNotComputed(ConfigError):
-    """A config's ``importance_data`` stores are not in the cache and may not be computed here."""
 
 
 @dataclass
@@ -154,7 +151,7 @@ class Preparer:
             except LEDError as error:
                 raise type(error)(
                     f"{str(error).rstrip('.')} (to score it on importance_data {data})."
-                ) from None
+                ) from None  # cause: the same error, extended
             planned[role] = self.plan(StoreRequest(scored, data, options))
         return planned
 
@@ -246,7 +243,9 @@ def prepare_config(
     except LEDError as error:
         if command is None:
             raise
-        raise type(error)(f"{error} Fix it and run `{command}` again.") from None
+        raise type(error)(
+            f"{error} Fix it and run `{command}` again."
+        ) from None  # cause: the same error, extended
 
     unique: Dict[str, PlannedStore] = {}
     for _, planned in wanted:

@@ -159,7 +159,7 @@ def open_in_store(store: str, file_name: str, *, role: str) -> int:
     except OSError as error:
         raise StoreError(
             f"Importance store {store}: cannot open {role} {file_name}: {error}"
-        ) from None
+        ) from error
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise StoreError(f"Importance store {store}: {role} {file_name} is not a regular file.")
@@ -218,7 +218,7 @@ class PinnedFile:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise StoreError(
                 f"The {self.where} has a corrupt safetensors header: {error}."
-            ) from None
+            ) from error
         if not isinstance(raw, dict):
             raise StoreError(f"The {self.where} has a corrupt safetensors header (not an object).")
         metadata = raw.pop("__metadata__", None) or {}
@@ -311,7 +311,9 @@ class PinnedFile:
         try:
             fd = open_in_store(self.store, self.file_name, role=self.role)
         except StoreError as error:
-            raise self._changed(weight, f"it can no longer be opened ({error})") from None
+            raise self._changed(
+                weight, f"it can no longer be opened ({error})"
+            ) from None  # cause: its text is in the message
         try:
             self._check(fd, weight)
             yield fd
@@ -378,7 +380,7 @@ class PinnedFile:
         try:
             return torch.empty(size, dtype=torch.uint8)
         except RuntimeError as error:  # torch's allocator: "can't allocate memory"
-            raise StoreError(f"{claim}, which cannot be allocated: {error}") from None
+            raise StoreError(f"{claim}, which cannot be allocated: {error}") from error
 
     def sha256(self) -> str:
         """``sha256:<hex>`` of the whole file at the pinned version."""

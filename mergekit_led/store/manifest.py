@@ -119,7 +119,7 @@ def read_manifest_pinned(path: str) -> Tuple[Manifest, FileIdentity]:
     try:
         raw = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise StoreError(f"Cannot read manifest {manifest_path}: {error}") from None
+        raise StoreError(f"Cannot read manifest {manifest_path}: {error}") from error
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise StoreError(
@@ -134,7 +134,7 @@ def read_manifest_pinned(path: str) -> Tuple[Manifest, FileIdentity]:
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as error:
-        raise StoreError(f"Manifest {manifest_path} is malformed: {error}") from None
+        raise StoreError(f"Manifest {manifest_path} is malformed: {error}") from error
     check_manifest(manifest, path)
     return manifest, FileIdentity.of(status)
 

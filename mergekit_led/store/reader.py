@@ -19,8 +19,8 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
-from mergekit_led.core.selection import ScoreDomainError, top_mask
-from mergekit_led.errors import FingerprintMismatch, StoreError
+from mergekit_led.core.selection import top_mask
+from mergekit_led.errors import FingerprintMismatch, ScoreDomainError, StoreError
 from mergekit_led.store import fingerprint
 from mergekit_led.store.files import FileIdentity, PinnedFile
 from mergekit_led.store.manifest import MANIFEST_NAME, read_manifest_pinned
@@ -117,7 +117,9 @@ class ImportanceStore(Mapping):
         except ScoreDomainError as error:
             where = f"weight {stored!r} (model {model}, importance store {self.path})"
             check_score_values(scores, where=where)  # the message with the offending value
-            raise score_value_error(error, where=where) from None
+            raise score_value_error(
+                error, where=where
+            ) from None  # cause: its text is in the message
 
     def check_weight(self, name: str, weight: torch.Tensor, *, model: str) -> None:
         """Refuse a weight that is not the one these scores were computed on."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mergekit_led.core.selection import ScoreDomainError, check_score_domain
-from mergekit_led.errors import StoreError
+from mergekit_led.core.selection import check_score_domain
+from mergekit_led.errors import ScoreDomainError, StoreError
 
 
 def check_score_values(scores: torch.Tensor, *, where: str) -> None:
@@ -13,7 +13,7 @@ def check_score_values(scores: torch.Tensor, *, where: str) -> None:
     try:
         check_score_domain(scores)
     except ScoreDomainError as error:
-        raise score_value_error(error, where=where) from None
+        raise score_value_error(error, where=where) from None  # cause: its text is in the message
 
 
 def score_value_error(error: ScoreDomainError, *, where: str) -> StoreError:

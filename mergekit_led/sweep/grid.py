@@ -246,7 +246,7 @@ def _checked(values: List[Any], parameter, where: str) -> List[Any]:
             reason = error.errors()[0]["msg"]
             raise SweepError(
                 f"{where}: {value!r} is not a valid {parameter.name}: {reason}."
-            ) from None
+            ) from error
     return values
 
 

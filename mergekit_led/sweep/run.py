@@ -124,7 +124,7 @@ def run_sweep(
         raise SweepError(
             f"Another sweep is running on {out} (lock {os.path.join(out, LOCK)}); wait for it "
             "to finish or sweep into another folder."
-        ) from None
+        ) from None  # cause: filelock's Timeout adds nothing
     try:
         identity = identity or {
             "config": config,
@@ -197,10 +197,10 @@ def _claim(out: str, identity: Dict[str, Any]) -> None:
             with open(path, encoding="utf-8") as f:
                 old = json.load(f)
             old_digest = old["digest"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise SweepError(
                 f"{path} is not a sweep header written by mergekit-led; sweep into another folder."
-            ) from None
+            ) from error
         if old_digest != digest:
             raise SweepError(
                 f"{out} holds a sweep of another config, grid, evaluation or rule ({path}); "
@@ -226,13 +226,13 @@ def _read_rows(out: str, keys: set) -> Dict[str, SweepRow]:
             continue
         try:
             row = SweepRow.model_validate(json.loads(line))
-        except (ValueError, TypeError, ValidationError):
+        except (ValueError, TypeError, ValidationError) as error:
             if number == len(lines):  # no newline after it: the append was cut short
                 torn = True
                 continue
             raise SweepError(
                 f"{path} line {number} is not a sweep row; was the file edited?"
-            ) from None
+            ) from error
         if row.key in keys:
             rows[row.key] = row
     if torn:
@@ -276,7 +276,7 @@ def _sweep(config, todo, spec, out: str, options: SweepOptions, say):
             reason = " ".join(str(error).split())
             raise SweepError(
                 f"Setting {index} ({setting.method}: {text}) is not a valid config: {reason}"
-            ) from None
+            ) from error
         holder = tempfile.mkdtemp(prefix=f"sweep-setting-{index}-", dir=scratch_root)
         folder = os.path.join(holder, "model")
         try:

@@ -50,8 +50,8 @@ def run_python(code: str, **kwargs):
 
 
 def test_killed_write_is_cleaned_by_the_next_write(tmp_path):
-    """A writer SIGKILLed mid-write leaves its staging area; the next write to the
-    same target removes it (main left `.NAME.partial-*.tmp` files for good)."""
+    """A writer SIGKILLed mid-write leaves its temporary file, named by its process; the
+    next write to the same target removes it (older versions left theirs for good)."""
     target = tmp_path / "state.json"
     killed = run_python(f"""
         import os, signal
@@ -70,6 +70,67 @@ def test_killed_write_is_cleaned_by_the_next_write(tmp_path):
     atomic.write_text(str(target), "whole")
     assert target.read_text() == "whole"
     assert hidden_leftovers(tmp_path, "state.json") == []
+
+
+def test_a_file_is_written_beside_its_target_and_flushed(tmp_path, monkeypatch):
+    """One temporary file in the target's folder (no staging folder per file), renamed
+    over the target; the file is flushed before the rename, its folder after."""
+    target = tmp_path / "record.json"
+    target.write_text("old")
+    flushed, seen = [], []
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        flushed.append(os.readlink(f"/proc/self/fd/{descriptor}"))
+        real_fsync(descriptor)
+
+    if os.path.isdir("/proc/self/fd"):
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def write(path):
+        seen.append(path)
+        assert os.path.dirname(path) == str(tmp_path)
+        assert os.path.basename(path).startswith(".record.json.partial-")
+        assert path.endswith(f"-{os.getpid()}@{atomic._host()}.tmp")
+        with open(path, "w") as f:
+            f.write("new")
+
+    atomic.write_file(str(target), write)
+    assert target.read_text() == "new"
+    assert hidden_leftovers(tmp_path, "record.json") == []
+    if os.path.isdir("/proc/self/fd"):
+        assert flushed == [seen[0], str(tmp_path)]
+
+
+def test_a_failed_file_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "record.json"
+    target.write_text("old")
+
+    def write(path):
+        with open(path, "w") as f:
+            f.write("half")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic.write_file(str(target), write)
+    assert target.read_text() == "old"
+    assert hidden_leftovers(tmp_path, "record.json") == []
+
+
+def test_a_published_folder_is_flushed_whole(tmp_path, monkeypatch):
+    """replace_directory flushes every file and folder of the new content, then the
+    folder that holds the target (the rename)."""
+    source = tmp_path / ".out.partial-x" / "out"
+    (source / "sub").mkdir(parents=True)
+    (source / "a").write_text("a")
+    (source / "sub" / "b").write_text("b")
+    flushed = []
+    monkeypatch.setattr(atomic, "_fsync_path", flushed.append)
+    atomic.replace_directory(str(source), str(tmp_path / "out"))
+    expected = {str(source / "a"), str(source / "sub" / "b"), str(source), str(source / "sub")}
+    if os.name == "posix":
+        assert set(flushed[:-1]) == expected and flushed[-1] == str(tmp_path)
+    assert (tmp_path / "out" / "sub" / "b").read_text() == "b"
 
 
 def test_only_dead_writers_areas_are_removed(tmp_path):
@@ -118,12 +179,12 @@ def test_area_whose_lock_is_held_is_kept_even_if_its_pid_looks_dead(tmp_path):
     id this process cannot see; its lock still proves it alive."""
     target = tmp_path / "out"
     folder = fake_area(target, dead_pid())
-    descriptor = atomic._hold_lock(os.path.join(folder, atomic.LOCK_NAME))
+    lock = atomic._hold_lock(os.path.join(folder, atomic.LOCK_NAME))
     try:
         assert atomic.clean_stale_staging(str(target)) == []
         assert os.path.isdir(folder)
     finally:
-        os.close(descriptor)
+        lock.release()
     atomic.clean_stale_staging(str(target))
     assert not os.path.exists(folder)
 
@@ -131,12 +192,10 @@ def test_area_whose_lock_is_held_is_kept_even_if_its_pid_looks_dead(tmp_path):
 def test_interrupted_replacement_is_finished_by_the_next_writer(tmp_path):
     """Killed between the two renames of a replacement (filesystems without an
     atomic exchange): no folder at the path, both copies in the staging area. The
-    copies are named, then the next write finishes the replacement."""
+    next write finishes the replacement."""
     target = tmp_path / "store"
     folder = fake_area(target, dead_pid(), content="new")
     os.makedirs(os.path.join(folder, "store.old"))
-    message = atomic.leftover_copies(str(target))
-    assert message is not None and os.path.join(folder, "store") in message
     messages = atomic.clean_stale_staging(str(target))
     assert (target / "payload").read_text() == "new"
     assert not os.path.exists(folder)
