@@ -81,7 +81,7 @@ def _settings(out, cache, **changes):
 
 
 def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatch):
-    from mergekit_led.demo.pipeline import run_demo
+    from mergekit_led.realmodel.study import run_real_demo as run_demo
 
     summary = run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
     names = [row["name"] for row in summary["rows"]]
@@ -118,7 +118,7 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
 
 
 def test_a_seed_folder_of_another_study_is_refused(tmp_path, fake_assets):
-    from mergekit_led.demo.pipeline import run_demo
+    from mergekit_led.realmodel.study import run_real_demo as run_demo
 
     out = tmp_path / "out"
     (out / "seed-0").mkdir(parents=True)

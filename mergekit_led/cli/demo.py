@@ -87,6 +87,8 @@ def command(out, seeds, jobs, device, ablations, world, cache_dir, quick, quiet)
         world=world,
         cache_dir=cache_dir,
     )
+    if world == "smollm2":
+        from mergekit_led.realmodel.study import run_real_demo as run_demo
     summary = run_demo(settings)
     click.echo("")
     if quick:

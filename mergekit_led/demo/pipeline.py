@@ -97,7 +97,7 @@ class Settings:
     ablations: bool = False
     progress: bool = True  # progress bars and one line per phase
     phases: bool = False  # one line per phase even without bars (seeds running in parallel)
-    world: str = "toy"  # or "smollm2": the real model (mergekit_led.realmodel.study)
+    world: str = "toy"  # the report's world; "smollm2" runs through realmodel.study.run_real_demo
     cache_dir: Optional[str] = None  # smollm2: the real assets' cache (make real-assets)
 
     @property
@@ -472,32 +472,19 @@ def _run_seed_quietly(settings: Settings, seed: int) -> dict:
     return run_seed(replace(settings, progress=False, phases=settings.progress), seed)
 
 
-WORLDS = ("toy", "smollm2")
+SeedsRunner = Callable[[Settings, Optional[Callable[[dict], None]]], List[dict]]
 
 
-def _run_real_seeds(settings: Settings, on_seed_done) -> List[dict]:
-    """The real-model world's seeds, one after the other (each uses every core);
-    its ablations on the first seed only (its budget, docs/real_model_results.md)."""
-    from mergekit_led.realmodel.study import StudyOptions, run_real_seed
+def run_demo(
+    settings: Settings,
+    on_seed_done: Optional[Callable[[dict], None]] = None,
+    *,
+    run_seeds: Optional[SeedsRunner] = None,
+) -> dict:
+    """Every seed (``settings.jobs`` at a time), then the aggregated report.
 
-    results = []
-    for index, seed in enumerate(settings.seeds):
-        options = StudyOptions(
-            out=settings.out,
-            cache_dir=settings.cache_dir,
-            device=settings.device,
-            quick=settings.quick,
-            ablations=settings.ablations and index == 0,
-            log=lambda message: _log(settings, message),
-        )
-        results.append(run_real_seed(options, seed))
-        if on_seed_done:
-            on_seed_done(results[-1])
-    return results
-
-
-def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] = None) -> dict:
-    """Every seed (``settings.jobs`` at a time), then the aggregated report."""
+    ``run_seeds`` runs another world's seeds (``realmodel.study.run_real_demo``
+    passes its own), so this layer does not import the worlds above it."""
     settings = replace(settings, device=resolve_device(settings.device).type)
     report.require_matplotlib()
     out = os.path.abspath(settings.out)
@@ -506,8 +493,8 @@ def run_demo(settings: Settings, on_seed_done: Optional[Callable[[dict], None]] 
     os.makedirs(out, exist_ok=True)
     start, cpu_start = time.perf_counter(), time.process_time()
     results: List[dict] = []
-    if settings.world == WORLDS[1]:
-        results = _run_real_seeds(settings, on_seed_done)
+    if run_seeds is not None:
+        results = run_seeds(settings, on_seed_done)
     elif settings.jobs <= 1 or len(settings.seeds) == 1:
         for seed in settings.seeds:
             results.append(run_seed(settings, seed))

@@ -548,3 +548,37 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
         json.dump(result, f, indent=2, sort_keys=True)
         f.write("\n")
     return result
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def run_real_seeds(settings, on_seed_done=None) -> List[dict]:
+    """The seeds of ``settings`` (a ``demo.pipeline.Settings``), one after the
+    other (each uses every core); the ablations on the first seed only (the
+    budget, docs/real_model_results.md)."""
+    from mergekit_led.demo.pipeline import _log
+
+    results = []
+    for index, seed in enumerate(settings.seeds):
+        options = StudyOptions(
+            out=settings.out,
+            cache_dir=settings.cache_dir,
+            device=settings.device,
+            quick=settings.quick,
+            ablations=settings.ablations and index == 0,
+            log=lambda message: _log(settings, message),
+        )
+        results.append(run_real_seed(options, seed))
+        if on_seed_done:
+            on_seed_done(results[-1])
+    return results
+
+
+def run_real_demo(settings, on_seed_done=None) -> dict:
+    """``mergekit-led demo --world smollm2``: the demo's run and report over this world's seeds."""
+    from dataclasses import replace as replaced
+
+    from mergekit_led.demo.pipeline import run_demo
+
+    return run_demo(replaced(settings, world=WORLD, jobs=1), on_seed_done, run_seeds=run_real_seeds)
