@@ -79,21 +79,6 @@ def results_section(report_md: str) -> str:
     return "\n".join(out).strip() + "\n"
 
 
-STAGES = ("train", "locate", "select", "evaluate", "properties", "ablations", "total", "cpu")
-
-
-def cost_table(summary: dict) -> str:
-    """Each seed's stage times as its run recorded them (a resumed stage counts
-    only the run that finished it)."""
-    per_seed = summary["timing"]["per_seed"]
-    head = ["seed", *(f"{s} (s)" if s != "cpu" else "CPU (s)" for s in STAGES)]
-    body = [
-        [seed, *(f"{t[f'{s}_s']:.0f}" if f"{s}_s" in t else "–" for s in STAGES)]
-        for seed, t in per_seed.items()
-    ]
-    return markdown_table(head, body, align="center")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", help="the study's --out folder")
@@ -119,11 +104,6 @@ def main() -> int:
     rest = page[page.index(RESULTS_HEADING) + len(RESULTS_HEADING) :]
     tail = rest[rest.index("\n## ") :] if "\n## " in rest else "\n"
     body = results_section((out / "report.md").read_text(encoding="utf-8"))
-    body += (
-        "\n### Time per stage (generated from the report's timings)\n\n"
-        + cost_table(summary)
-        + "\n"
-    )
     RESULTS.write_text(
         head + "\n\nThe study's report (`OUT/report.md`), verbatim:\n\n" + body + tail,
         encoding="utf-8",
