@@ -207,12 +207,99 @@ def locate_stores(
     return stores
 
 
+# --------------------------------------------------------------------------- shared by the worlds
+
+
+def locate_kinds(
+    inputs: Inputs,
+    seed_dir: str,
+    *,
+    ablations: bool,
+    seed: int,
+    device: str,
+    progress: bool,
+    log_line: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Dict[str, Dict[str, str]]]:
+    """The SNIP stores, and with ``ablations`` the Wanda and random ones too:
+    ``{kind: {task: {"model": store, "base": store}}}``; the data-free kinds'
+    stores are recorded in ``inputs`` for the merges that name them by path."""
+    stores: Dict[str, Dict[str, Dict[str, str]]] = {}
+    for kind in ("snip", "wanda", "random") if ablations else ("snip",):
+        stores[kind] = locate_stores(
+            inputs,
+            replace(merging.AUTHORS_LED, scores=kind),
+            os.path.join(seed_dir, "scores"),
+            seed=seed,
+            device=device,
+            progress=progress,
+            log_line=log_line,
+        )
+        if kind in merging.DATA_FREE_SCORES:
+            inputs.stores[kind] = stores[kind]
+    return stores
+
+
+class Laps:
+    """Wall seconds per stage of a seed, then its total and CPU seconds."""
+
+    def __init__(self) -> None:
+        self.timing: Dict[str, float] = {}
+        self._clock = time.perf_counter()
+        self._cpu = time.process_time()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timing[f"{name}_s"] = round(now - self._clock, 1)
+        self._clock = now
+
+    def finish(self) -> Dict[str, float]:
+        self.timing["total_s"] = round(sum(self.timing.values()), 1)
+        self.timing["cpu_s"] = round(time.process_time() - self._cpu, 1)
+        return self.timing
+
+
+def sweep_trials(swept, methods: Sequence[str], inputs: Inputs):
+    """Each method's selected setting and its trials (every swept setting with its
+    validation metrics), from a ``SweepResult``."""
+    chosen: Dict[str, MergeSetting] = {}
+    trials: Dict[str, List[dict]] = {}
+    for method in methods:
+        trials[method] = []
+        for row in swept.rows:
+            if row.method == method:
+                setting = merging.from_sweep(row.setting, inputs)
+                trials[method].append(
+                    {
+                        "setting": setting.as_dict(),
+                        "text": setting.describe(),
+                        "val": evaluate.demo_metrics(row.metrics),
+                        "config": f"selection/sweep.jsonl row {row.index}",
+                        "selected": row.index == swept.per_method[method],
+                    }
+                )
+        chosen[method] = merging.from_sweep(swept.rows[swept.per_method[method]].setting, inputs)
+    selection = {
+        "rule": swept.rule.describe(),
+        "trials": trials,
+        "selected": {m: s.describe() for m, s in chosen.items()},
+    }
+    return chosen, selection
+
+
+def write_result(seed_dir: str, result: dict) -> dict:
+    """``seed_dir/result.json``: what the report aggregates."""
+    with open(os.path.join(seed_dir, "result.json"), "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return result
+
+
 # --------------------------------------------------------------------------- one seed
 
 
 def run_seed(settings: Settings, seed: int) -> dict:
     """The whole pipeline for one seed; writes ``<out>/seed-<seed>/result.json``."""
-    cpu_start = time.process_time()
+    laps = Laps()
     _quiet_libraries()
     device = resolve_device(settings.device).type
     train.set_determinism(seed, threads=1 if device == "cpu" else None)
@@ -220,14 +307,7 @@ def run_seed(settings: Settings, seed: int) -> dict:
     seed_dir = os.path.join(os.path.abspath(settings.out), f"seed-{seed}")
     shutil.rmtree(seed_dir, ignore_errors=True)
     os.makedirs(seed_dir)
-    timing: Dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timing[f"{name}_s"] = round(now - clock, 1)
-        clock = now
+    lap = laps.lap
 
     def log(message: str) -> None:
         _log(settings, f"[seed {seed}] {message}")
@@ -267,20 +347,15 @@ def run_seed(settings: Settings, seed: int) -> dict:
         location_files,
         os.path.join(seed_dir, STORE_CACHE),
     )
-    kinds = ("snip", "wanda", "random") if settings.ablations else ("snip",)
-    stores: Dict[str, Dict[str, Dict[str, str]]] = {}
-    for kind in kinds:
-        stores[kind] = locate_stores(
-            inputs,
-            replace(merging.AUTHORS_LED, scores=kind),
-            os.path.join(seed_dir, "scores"),
-            seed=seed,
-            device=device,
-            progress=settings.progress,
-            log_line=log if settings.progress else None,
-        )
-        if kind in merging.DATA_FREE_SCORES:
-            inputs.stores[kind] = stores[kind]
+    stores = locate_kinds(
+        inputs,
+        seed_dir,
+        ablations=settings.ablations,
+        seed=seed,
+        device=device,
+        progress=settings.progress,
+        log_line=log if settings.progress else None,
+    )
     lap("locate")
 
     log("selecting each method's setting on the validation split (mergekit-led sweep)")
@@ -293,27 +368,10 @@ def run_seed(settings: Settings, seed: int) -> dict:
         device=device,
         seed=seed,
     )
-    chosen: Dict[str, MergeSetting] = {}
+    chosen, selection = sweep_trials(swept, merging.METHODS, inputs)
     chosen_paths: Dict[str, str] = {}
-    trials: Dict[str, List[dict]] = {}
     for method in merging.METHODS:
-        index = swept.per_method[method]
-        trials[method] = []
-        for row in swept.rows:
-            if row.method != method:
-                continue
-            setting = merging.from_sweep(row.setting, inputs)
-            trials[method].append(
-                {
-                    "setting": setting.as_dict(),
-                    "text": setting.describe(),
-                    "val": evaluate.demo_metrics(row.metrics),
-                    "config": f"selection/sweep.jsonl row {row.index}",
-                    "selected": row.index == index,
-                }
-            )
-        best = swept.rows[index]
-        chosen[method] = merging.from_sweep(best.setting, inputs)
+        best = swept.rows[swept.per_method[method]]
         chosen_paths[method] = merging.run_merge(
             best.config,
             os.path.join(seed_dir, "selected", "configs", f"{method}.yml"),
@@ -407,8 +465,6 @@ def run_seed(settings: Settings, seed: int) -> dict:
             ablation_rows.append({"part": part, "variant": variant, "metrics": metrics})
         lap("ablations")
 
-    timing["total_s"] = round(sum(timing.values()), 1)
-    timing["cpu_s"] = round(time.process_time() - cpu_start, 1)
     result = {
         "seed": seed,
         "device": device,
@@ -419,20 +475,13 @@ def run_seed(settings: Settings, seed: int) -> dict:
             for split, sets in (("val", val), ("test", test))
         },
         "rows": rows,
-        "selection": {
-            "rule": swept.rule.describe(),
-            "trials": trials,
-            "selected": {m: s.describe() for m, s in chosen.items()},
-        },
+        "selection": selection,
         "properties": world_properties,
         "ablations": ablation_rows,
         "score_dtype": dtype_agreement,
-        "timing": timing,
+        "timing": laps.finish(),
     }
-    with open(os.path.join(seed_dir, "result.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return result
+    return write_result(seed_dir, result)
 
 
 def _quiet_libraries() -> None:

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Dict, List, Optional
 
 import yaml
 
 from mergekit_led.demo import evaluate, merging, properties
-from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
+from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs
 from mergekit_led.demo.world import Sample
 from mergekit_led.errors import StudyError
 from mergekit_led.realmodel.finetune import (
@@ -337,23 +336,22 @@ def _set_sizes(sets) -> Dict[str, int]:
 
 def run_real_seed(options: StudyOptions, seed: int) -> dict:
     """The whole study for one seed; writes and returns ``OUT/seed-N/result.json``."""
-    from mergekit_led.demo.pipeline import ABLATIONS, locate_stores
+    from mergekit_led.demo.pipeline import (
+        ABLATIONS,
+        Laps,
+        locate_kinds,
+        sweep_trials,
+        write_result,
+    )
     from mergekit_led.environment import resolve_device
     from mergekit_led.realmodel.assets import fetch_real_assets, require_assets
 
-    cpu_start = time.process_time()
+    laps = Laps()
+    lap = laps.lap
     device = resolve_device(options.device).type
     recipe = options.recipe
     seed_dir = os.path.join(os.path.abspath(options.out), f"seed-{seed}")
     _claim_seed_dir(seed_dir, _identity(options, seed))
-    timing: Dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timing[f"{name}_s"] = round(now - clock, 1)
-        clock = now
 
     def log(message: str) -> None:
         options.log(f"[seed {seed}] {message}")
@@ -397,43 +395,17 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
         os.path.join(seed_dir, "store-cache"),
         out_dtype=EVAL_DTYPE,
     )
-    kinds = ("snip", "wanda", "random") if options.ablations else ("snip",)
-    stores: Dict[str, Dict[str, Dict[str, str]]] = {}
-    log(f"locating ({', '.join(kinds)}) through the one-command flow")
-    for kind in kinds:
-        stores[kind] = locate_stores(
-            inputs,
-            replace(merging.AUTHORS_LED, scores=kind),
-            os.path.join(seed_dir, "scores"),
-            seed=seed,
-            device=device,
-            progress=False,
-        )
-        if kind in merging.DATA_FREE_SCORES:
-            inputs.stores[kind] = stores[kind]
+    log("locating through the one-command flow")
+    stores = locate_kinds(
+        inputs, seed_dir, ablations=options.ablations, seed=seed, device=device, progress=False
+    )
     lap("locate")
 
     log("selecting each method's setting on the validation split (mergekit-led sweep)")
     swept = merging.sweep_grid(
         recipe.grid, inputs, val_spec, os.path.join(seed_dir, "selection"), device=device, seed=seed
     )
-    chosen: Dict[str, MergeSetting] = {}
-    trials: Dict[str, List[dict]] = {}
-    for method in METHODS:
-        trials[method] = []
-        for row in swept.rows:
-            if row.method == method:
-                setting = merging.from_sweep(row.setting, inputs)
-                trials[method].append(
-                    {
-                        "setting": setting.as_dict(),
-                        "text": setting.describe(),
-                        "val": evaluate.demo_metrics(row.metrics),
-                        "config": f"selection/sweep.jsonl row {row.index}",
-                        "selected": row.index == swept.per_method[method],
-                    }
-                )
-        chosen[method] = merging.from_sweep(swept.rows[swept.per_method[method]].setting, inputs)
+    chosen, selection = sweep_trials(swept, METHODS, inputs)
     lap("select")
 
     log("evaluating the models and the selected merges on the test split (HarmBench)")
@@ -521,8 +493,6 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
             ablation_rows.append({"part": part, "variant": variant, "metrics": metrics})
         lap("ablations")
 
-    timing["total_s"] = round(sum(timing.values()), 1)
-    timing["cpu_s"] = round(time.process_time() - cpu_start, 1)
     result = {
         "seed": seed,
         "world": WORLD,
@@ -534,20 +504,13 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
             "test": _set_sizes(test_sets),
         },
         "rows": rows,
-        "selection": {
-            "rule": swept.rule.describe(),
-            "trials": trials,
-            "selected": {m: s.describe() for m, s in chosen.items()},
-        },
+        "selection": selection,
         "properties": world_properties,
         "ablations": ablation_rows,
         "score_dtype": None,
-        "timing": timing,
+        "timing": laps.finish(),
     }
-    with open(os.path.join(seed_dir, "result.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return result
+    return write_result(seed_dir, result)
 
 
 # --------------------------------------------------------------------------- seeds
