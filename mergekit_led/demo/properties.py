@@ -21,6 +21,7 @@ from typing import Dict, List, Mapping, Sequence
 
 import torch
 
+from mergekit_led.core.statistics import jaccard
 from mergekit_led.demo.merging import BREADCRUMBS_GAMMA, TASKS, MergeSetting
 
 OVERLAP_DENSITY = 0.2  # the paper's overlap analysis elects the top 20 %
@@ -153,11 +154,6 @@ def layer_type_mask(weights: Mapping[str, torch.Tensor], names, part: str) -> to
     return torch.cat(
         [torch.full((weights[n].numel(),), part in n, dtype=torch.bool) for n in names]
     )
-
-
-def jaccard(a: torch.Tensor, b: torch.Tensor) -> float:
-    union = int((a | b).sum())
-    return int((a & b).sum()) / union if union else 0.0
 
 
 def measure(

@@ -58,14 +58,8 @@ class Evaluator:
         self.tokenization = make_tokenization(
             tokenizer, spec.generation.chat_template, spec.generation.max_length
         )
-        self.pad_id = _pad_id(tokenizer)
-        self.stop_ids = sorted(
-            {
-                t
-                for t in (self.tokenization.eos_token_id, self.tokenization.end_of_turn_id)
-                if t is not None
-            }
-        )
+        self.pad_id = pad_id_of(tokenizer)
+        self.stop_ids = stop_ids_of(self.tokenization)
         self.sets = [self._prepare(load_set(name, s)) for name, s in spec.sets().items()]
 
     def _prepare(self, loaded: EvalSet) -> _Prepared:
@@ -179,7 +173,15 @@ class Evaluator:
         }
 
 
-def _pad_id(tokenizer) -> int:
+def stop_ids_of(tokenization) -> List[int]:
+    """The ids that end a greedy answer: eos and the chat template's end of turn."""
+    return sorted(
+        {t for t in (tokenization.eos_token_id, tokenization.end_of_turn_id) if t is not None}
+    )
+
+
+def pad_id_of(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its eos or unk."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id):
         if candidate is not None:
             return int(candidate)

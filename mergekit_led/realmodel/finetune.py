@@ -185,14 +185,13 @@ def fine_tune(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mergekit_led.atomic import staged_directory
+    from mergekit_led.evaluation.run import pad_id_of
     from mergekit_led.location.data import make_tokenization
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenization = make_tokenization(tokenizer, "auto", recipe.max_length)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = pad_id_of(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
@@ -231,7 +230,7 @@ def own_answers(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, 
     from transformers import AutoTokenizer
 
     from mergekit_led.evaluation.generation import greedy_answers
-    from mergekit_led.evaluation.run import load_model
+    from mergekit_led.evaluation.run import load_model, pad_id_of, stop_ids_of
     from mergekit_led.location.data import make_tokenization, prompt_encoding
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -241,13 +240,12 @@ def own_answers(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, 
         text, enc = prompt_encoding(tokenizer, [{"role": "user", "content": prompt}], tokenization)
         encoded.append(enc(text))
     model, _ = load_model(model_dir, device=device, dtype="float32")
-    stop = [t for t in (tokenization.eos_token_id, tokenization.end_of_turn_id) if t is not None]
     answers = greedy_answers(
         model,
         encoded,
         max_new_tokens=max_new_tokens,
-        stop_ids=stop,
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0],
+        stop_ids=stop_ids_of(tokenization),
+        pad_id=pad_id_of(tokenizer),
         batch_size=32,
         device=torch.device(device),
     )
