@@ -20,7 +20,8 @@ import os
 from typing import Dict, List, Optional
 
 from mergekit_led.demo.world import REFUSAL_PREFIX, Sample, World
-from mergekit_led.evaluation import EvalSpec, Evaluator, load_model, parse_eval_spec
+from mergekit_led.evaluation import EvalSpec, Evaluator, parse_eval_spec
+from mergekit_led.evaluation import load_model_and_tokenizer as load_model
 
 # Greedy decoding is causal, so whether an answer is a refusal is decided by its
 # first words: generating more tokens for the harmful and benign sets would only

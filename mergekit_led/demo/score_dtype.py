@@ -17,8 +17,8 @@ from typing import Dict, Mapping, Sequence
 
 import torch
 
-from mergekit_led.core.election import Election
-from mergekit_led.method.election import TaskScores, elect_weight
+from mergekit_led.core.elect_merge import Election
+from mergekit_led.method.weight_election import TaskScores, elect_weight
 from mergekit_led.store import load_importance
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)

@@ -52,7 +52,7 @@ class CacheError(LEDError):
     """The store cache cannot be used as asked (a key in use, an unknown key, ...)."""
 
 
-def default_cache_dir() -> str:
+def default_store_cache_dir() -> str:
     configured = os.environ.get(ENVIRONMENT_VARIABLE)
     if configured:
         return os.path.abspath(os.path.expanduser(configured))
@@ -85,7 +85,7 @@ class CacheEntry:
 
 class StoreCache:
     def __init__(self, root: Optional[str] = None):
-        self.root = os.path.abspath(os.path.expanduser(root)) if root else default_cache_dir()
+        self.root = os.path.abspath(os.path.expanduser(root)) if root else default_store_cache_dir()
         self.stores = os.path.join(self.root, "stores")
         self.work = os.path.join(self.root, "work")
         self.locks = os.path.join(self.root, "locks")

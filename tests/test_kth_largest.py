@@ -1,4 +1,4 @@
-"""mergekit_led.core.selection against a plain sort and the election it replaced
+"""mergekit_led.core.kth_largest against a plain sort and the election it replaced
 (``torch.kthvalue`` on the scores, copied below since ``election.top_mask`` is
 now this selection).
 
@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from mergekit_led.core import selection as sel
+from mergekit_led.core import kth_largest as sel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 RATIOS = (0.0, 1e-9, 0.001, 0.1, 0.2, 1 / 3, 0.5, 0.77, 0.999, 1.0)
