@@ -65,7 +65,7 @@ def build(workdir: Path, size: dict) -> dict:
 
     from mergekit_led import save_importance
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.testing import build_llama_family, random_scores
+    from mergekit_led.testing import build_llama_family, synthetic_scores
 
     family = build_llama_family(
         str(workdir / "models"), finetunes=2, seed=0, noise=0.01, dtype=torch.float32, **size
@@ -76,7 +76,7 @@ def build(workdir: Path, size: dict) -> dict:
     cache = StoreCache(str(workdir / "cache"))
     entries = {}
     for index, (model, role) in enumerate(zip(models, STORE_ROLES)):
-        scores = random_scores(shapes, seed=index)
+        scores = synthetic_scores(shapes, seed=index)
 
         def write(folder, scores=scores, model=model):
             save_importance(scores, folder, model=model, score="random", overwrite=True)

@@ -251,7 +251,7 @@ def run_locate(model: str, data: str, out: Path, device: torch.device, **options
     return result
 
 
-def run_merge(command: list) -> float:
+def time_merge_command(command: list) -> float:
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -356,7 +356,7 @@ def main() -> None:
                 tool = "mergekit-yaml" if method == "task_arithmetic" else "mergekit-led"
                 command = [str(bin_dir / tool)] + ([] if tool == "mergekit-yaml" else ["merge"])
                 command += [config, str(work / "merged"), *cuda, "--no-copy-tokenizer", "--quiet"]
-                times[method].append(run_merge(command))
+                times[method].append(time_merge_command(command))
                 shutil.rmtree(work / "merged", ignore_errors=True)
                 print(
                     f"merge round {round_index + 1} {method}: {times[method][-1]:.1f} s", flush=True

@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shapes  # noqa: E402  (the benchmarks' shared shapes)
 
 from mergekit_led import save_importance
-from mergekit_led.testing import build_llama_family, random_scores
+from mergekit_led.testing import build_llama_family, synthetic_scores
 
 FULL = dict(hidden=1024, layers=12, vocab=8192, intermediate=2816, heads=16)
 QUICK = dict(hidden=64, layers=2, vocab=256, intermediate=128, heads=4)
@@ -175,7 +175,7 @@ def build(
         models = [family.finetunes[0], family.base, family.finetunes[1], family.base]
         stores: Dict[str, Dict[str, str]] = {dtype: {} for dtype in store_dtypes}
         for index, (model, role) in enumerate(zip(models, STORE_ROLES)):
-            scores = random_scores(shapes, seed=index)
+            scores = synthetic_scores(shapes, seed=index)
             for store_dtype in store_dtypes:
                 stores[store_dtype][role] = save_importance(
                     scores,
@@ -317,7 +317,7 @@ def sorted_copy_check_cost(store_path: str, density: float = 0.4) -> dict:
     comparison plus two counts). Best of 3 per weight.
     """
     from mergekit_led import load_importance
-    from mergekit_led.core.election import elected_count, kth_largest, top_mask
+    from mergekit_led.core.elect_merge import elected_count, kth_largest, top_mask
 
     store = load_importance(store_path)
     select = verify = 0.0

@@ -5,7 +5,7 @@ election ``both``), in float32 and bfloat16:
 
 - ``task_arithmetic``: mergekit's own arithmetic for the same weight
   (``base + sum(theta_i - base)``), the yardstick;
-- ``whole tensors``: the pure functions of ``core.election`` composed on whole
+- ``whole tensors``: the pure functions of ``core.elect_merge`` composed on whole
   tensors (elect, disjoint, ``merge_masked``), what the kernel did before
   ``elect_and_merge``;
 - ``elect_and_merge`` with the chunk size it picks for this machine, and with
@@ -31,8 +31,8 @@ from typing import Callable, Dict
 
 import torch
 
-from mergekit_led.core import election as el
-from mergekit_led.core.selection import top_mask
+from mergekit_led.core import elect_merge as el
+from mergekit_led.core.kth_largest import top_mask
 
 
 def best_ms(function: Callable[[], object], repeat: int) -> float:

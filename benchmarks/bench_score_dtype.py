@@ -33,7 +33,7 @@ import torch
 
 import mergekit_led
 from mergekit_led import load_importance
-from mergekit_led.core.election import Election, elect
+from mergekit_led.core.elect_merge import Election, elect
 from mergekit_led.testing import DEFAULT_WORDS, build_llama_family
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)

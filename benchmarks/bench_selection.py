@@ -32,7 +32,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mergekit_led.core import selection
+from mergekit_led.core import kth_largest
 
 DENSITIES = (0.1, 0.5)
 INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
@@ -98,11 +98,11 @@ def radix_histogram(scores: torch.Tensor, k: int) -> float:
 
 
 def led_selection(scores: torch.Tensor, k: int) -> float:
-    return selection.kth_largest(scores, k)
+    return kth_largest.kth_largest(scores, k)
 
 
 METHODS: dict[str, Callable[[torch.Tensor, int], float]] = {
-    "selection.kth_largest": led_selection,
+    "kth_largest.kth_largest": led_selection,
     "numpy.partition": numpy_partition,
     "radix histogram": radix_histogram,
     "torch.topk": torch_topk,
@@ -136,10 +136,10 @@ def bench_size(numel: int, dtype: torch.dtype, args, skip: set, folder: str) -> 
 
     mapped().clone()  # warm the page cache
     for density in DENSITIES:
-        k = selection.elected_count(numel, density)
+        k = kth_largest.elected_count(numel, density)
         expected = float(ordered[ordered.size - k])
         reference_mask = scores >= expected
-        top_mask_ok = torch.equal(selection.top_mask(scores, density), reference_mask)
+        top_mask_ok = torch.equal(kth_largest.top_mask(scores, density), reference_mask)
         del reference_mask
 
         def read_sorted(k: int = k) -> float:
@@ -151,7 +151,7 @@ def bench_size(numel: int, dtype: torch.dtype, args, skip: set, folder: str) -> 
             "read": lambda: mapped().clone(),
             "mapped compare": lambda t=expected: mapped() >= t,
             "sorted read": read_sorted,
-            "top_mask": lambda d=density: selection.top_mask(scores, d),
+            "top_mask": lambda d=density: kth_largest.top_mask(scores, d),
         }
         thresholds = {}
         for name, method in METHODS.items():
@@ -240,7 +240,7 @@ def main() -> None:
         "full read (copy) from page cache ms",
         "`scores >= t` on the mapped file ms",
         "sorted-copy read ms (today)",
-        "selection.top_mask ms (threshold + mask)",
+        "kth_largest.top_mask ms (threshold + mask)",
         *[f"{name} ms" for name in METHODS],
     ]
     print("| " + " | ".join(header) + " |")

@@ -145,10 +145,10 @@ def swept(workdir: Path, paths: dict, spec: Path) -> dict:
 
 
 def batched_vs_single(paths: dict, spec_path: Path, rounds: int) -> dict:
-    from mergekit_led.evaluation import Evaluator, load_eval_spec, load_model
+    from mergekit_led.evaluation import Evaluator, load_eval_spec, load_model_and_tokenizer
 
     spec = load_eval_spec(str(spec_path))
-    model, tokenizer = load_model(paths["base"], dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(paths["base"], dtype="float32")
     results = {}
     for label, batch_size in (("batched", spec.generation.batch_size), ("single", 1)):
         evaluator = Evaluator(spec, tokenizer, batch_size=batch_size)

@@ -32,7 +32,7 @@ import yaml
 from safetensors.torch import load_file
 
 from mergekit_led import load_importance, locate
-from mergekit_led.core.election import top_mask
+from mergekit_led.core.elect_merge import top_mask
 from mergekit_led.testing import build_llama_family
 
 WORDS = (
@@ -133,7 +133,7 @@ def check_merge(work: Path, family) -> dict:
 
 def check_kernel() -> dict:
     """``top_mask`` and ``elect_and_merge`` on CPU and on CUDA, on 8M-element weights."""
-    from mergekit_led.core.election import Election, elect_and_merge
+    from mergekit_led.core.elect_merge import Election, elect_and_merge
 
     shape = (8192, 1024)
     cases = differing = 0

@@ -1,6 +1,6 @@
 """Regenerate the options table of docs/locate.md from ``LocateOptions``.
 
-``mergekit_led.location.options.LocateOptions`` is the one list of locate's
+``mergekit_led.core.locate_options.LocateOptions`` is the one list of locate's
 options: the keyword arguments of ``mergekit_led.locate`` and, generated from
 the same field metadata, the options of ``mergekit-led locate``. This script
 writes that list as the markdown table between the two markers in
@@ -23,7 +23,7 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mergekit_led.location.options import LocateOptions, option_fields
+from mergekit_led.core.locate_options import LocateOptions, option_fields
 from mergekit_led.tables import markdown_table
 
 LOCATE_DOC = Path(__file__).resolve().parent / "locate.md"

@@ -16,7 +16,7 @@ from mergekit_led.errors import (
     SweepError,
 )
 from mergekit_led.location import locate
-from mergekit_led.method import register
+from mergekit_led.method import register, set_cached_store_resolver
 from mergekit_led.store import ImportanceStore, load_importance, save_importance
 
 __all__ = [
@@ -36,4 +36,14 @@ __all__ = [
     "save_importance",
 ]
 
+
+def _stores_from_cache(model, base, parameters):
+    """``prepare.resolve.task_store_paths``, imported only when a config asks
+    for its stores by ``importance_data`` (it pulls in the location package)."""
+    from mergekit_led.prepare.resolve import task_store_paths
+
+    return task_store_paths(model, base, parameters)
+
+
+set_cached_store_resolver(_stores_from_cache)
 register()

@@ -36,8 +36,8 @@ from mergekit.config import MergeConfiguration
 from mergekit.merge import run_merge
 from mergekit.options import MergeOptions
 
-from mergekit_led.analysis.card import add_led_section
-from mergekit_led.analysis.elections import from_recorded
+from mergekit_led.analysis.config_analysis import from_recorded
+from mergekit_led.analysis.model_card import add_led_section
 from mergekit_led.atomic import replace_directory, staging_area
 from mergekit_led.config.preflight import preflight
 from mergekit_led.config.walker import config_inputs
@@ -58,7 +58,7 @@ MERGE_RECORD_FORMAT = "mergekit-led-merge-output"
 # Model weights and their indexes as mergekit names them: two sets side by side
 # are read differently by transformers and mergekit, so a folder holding weights
 # no earlier merge wrote is never merged into.
-WEIGHT_FILES = (
+WEIGHT_FILE_PATTERNS = (
     "model.safetensors",
     "model-*-of-*.safetensors",
     "model.safetensors.index.json",
@@ -69,7 +69,7 @@ WEIGHT_FILES = (
 # For an earlier output without a record (written by plain mergekit-yaml or an
 # older mergekit-led): the files mergekit itself writes (weights, config, card,
 # tokenizer and processor files), taken as that merge's.
-MERGEKIT_OUTPUT_FILES = WEIGHT_FILES + (
+MERGEKIT_OUTPUT_FILES = WEIGHT_FILE_PATTERNS + (
     MERGE_MARKER,
     "README.md",
     "config.json",
@@ -207,7 +207,7 @@ def check_output_path(config: MergeConfiguration, out_path: str, *, overwrite: b
             "replaced, everything else is kept)."
         )
     earlier = earlier_merge_files(out_path)
-    foreign = sorted(n for n in entries if _matches(n, WEIGHT_FILES) and n not in earlier)
+    foreign = sorted(n for n in entries if _matches(n, WEIGHT_FILE_PATTERNS) and n not in earlier)
     if foreign:
         raise ConfigError(
             f"Output folder {out_path} holds model weights no earlier merge wrote there "

@@ -136,10 +136,11 @@ def _save(model, tokenizer, path: str) -> None:
     tokenizer.save_pretrained(path)
 
 
-def random_scores(
+def synthetic_scores(
     shapes: Dict[str, Sequence[int]], *, seed: int, zero_fraction: float = 0.0
 ) -> Dict[str, torch.Tensor]:
-    """Uniform random scores per weight, with an optional share of exact zeros."""
+    """Uniform random scores per weight, with an optional share of exact zeros: stores
+    for tests and benchmarks (``--score random`` is ``location.scores.random_scores``)."""
     generator = torch.Generator().manual_seed(seed)
     scores = {}
     for name, shape in shapes.items():

@@ -459,7 +459,7 @@ def test_without_a_local_checkpoint_fused_parameters_cannot_be_named(merged_fami
     loader's reversed renamings; a fused parameter has no such name and is refused."""
     from transformers import AutoModelForCausalLM
 
-    from mergekit_led.location.names import scored_parameters
+    from mergekit_led.location.weight_names import scored_parameters
 
     llama = AutoModelForCausalLM.from_pretrained(merged_family("llama").family.base)
     scored = scored_parameters(llama, "someone/llama", None)

@@ -21,7 +21,7 @@ from mergekit_led.errors import CacheError
 from mergekit_led.prepare.cache import (
     RECORD_NAME,
     StoreCache,
-    default_cache_dir,
+    default_store_cache_dir,
 )
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -44,12 +44,12 @@ def cli(*args):
 def test_default_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("MERGEKIT_LED_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == str(tmp_path / "xdg" / "mergekit-led")
+    assert default_store_cache_dir() == str(tmp_path / "xdg" / "mergekit-led")
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "mergekit-led")
+    assert default_store_cache_dir() == str(tmp_path / "home" / ".cache" / "mergekit-led")
     monkeypatch.setenv("MERGEKIT_LED_CACHE", str(tmp_path / "moved"))
-    assert default_cache_dir() == str(tmp_path / "moved")
+    assert default_store_cache_dir() == str(tmp_path / "moved")
     assert StoreCache().root == str(tmp_path / "moved")
     assert StoreCache(str(tmp_path / "explicit")).root == str(tmp_path / "explicit")
 

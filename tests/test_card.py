@@ -7,9 +7,9 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_led import save_importance
-from mergekit_led.analysis.card import END, START, add_led_section
+from mergekit_led.analysis.model_card import END, START, add_led_section
 from mergekit_led.config.walker import load_config
-from mergekit_led.testing import build_llama_family, random_scores
+from mergekit_led.testing import build_llama_family, synthetic_scores
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def family_config(tmp_path_factory):
         stores = {}
         for role, scored in (("model", path), ("base", family.base)):
             stores[role] = save_importance(
-                random_scores(shapes, seed=10 * index + len(role)),
+                synthetic_scores(shapes, seed=10 * index + len(role)),
                 str(root / "scores" / f"task{index}" / role),
                 model=scored,
                 score="snip",
@@ -95,7 +95,7 @@ def test_merge_writes_section(family_config, tmp_path):
 
 
 def test_shares_match_analysis(family_config, tmp_path):
-    from mergekit_led.analysis.elections import analyze_config
+    from mergekit_led.analysis.config_analysis import analyze_config
 
     root, config_path, family = family_config
     config, _ = load_config(config_path)

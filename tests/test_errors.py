@@ -21,7 +21,7 @@ from mergekit_led import (
     load_importance,
     save_importance,
 )
-from mergekit_led.core import selection
+from mergekit_led.core import kth_largest
 
 MANIFEST = "led_importance.json"
 VICTIM = "model.layers.0.self_attn.q_proj.weight"
@@ -247,8 +247,8 @@ def test_bad_scores_in_hand_written_store(
     the selection pass that checks values as it goes (large weights), forced here
     on the tiny family's weights."""
     if fused:
-        monkeypatch.setattr(selection, "_DIRECT_MAX_NUMEL", 0)
-        monkeypatch.setattr(selection, "_CHUNK", 7)
+        monkeypatch.setattr(kth_largest, "_DIRECT_MAX_NUMEL", 0)
+        monkeypatch.setattr(kth_largest, "_CHUNK", 7)
     scores = {k: v.clone() for k, v in task_stores[0].model_scores.items()}
     scores[VICTIM][2, 3] = {"negative": -1.0, "nan": float("nan"), "inf": float("inf")}[kind]
     # save_importance itself refuses these scores

@@ -16,7 +16,12 @@ from click.testing import CliRunner
 from helpers import alias_bomb
 
 from mergekit_led.errors import EvalError
-from mergekit_led.evaluation import Evaluator, load_eval_spec, load_model, parse_eval_spec
+from mergekit_led.evaluation import (
+    Evaluator,
+    load_eval_spec,
+    load_model_and_tokenizer,
+    parse_eval_spec,
+)
 from mergekit_led.evaluation.answers import extract, is_correct
 from mergekit_led.evaluation.refusal import HARMBENCH_REFUSAL_STRINGS, RefusalMatcher
 
@@ -143,7 +148,7 @@ def test_bad_specs_are_one_line_errors(spec, message):
 
 
 def test_bad_sets(tmp_path, noisy_family):
-    _, tokenizer = load_model(noisy_family.base)
+    _, tokenizer = load_model_and_tokenizer(noisy_family.base)
     no_field = write_jsonl(tmp_path / "q.jsonl", [{"question": "hi"}])
     no_reference = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "hi"}])
     chat_no_answer = write_jsonl(
@@ -170,7 +175,7 @@ def test_bad_sets(tmp_path, noisy_family):
 def test_batched_answers_equal_one_at_a_time(noisy_family, eval_files):
     path, _ = eval_files
     spec = load_eval_spec(path)
-    model, tokenizer = load_model(noisy_family.base, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(noisy_family.base, dtype="float32")
     answers = {}
     for batch_size in (1, 3, 16):
         report = Evaluator(spec, tokenizer, batch_size=batch_size).evaluate(model)
@@ -184,7 +189,7 @@ def test_batched_answers_equal_one_at_a_time(noisy_family, eval_files):
 def test_metrics_count_the_verdicts(noisy_family, eval_files, monkeypatch):
     """Metrics from known answers: generation replaced by fixed token ids."""
     path, spec_data = eval_files
-    model, tokenizer = load_model(noisy_family.base, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(noisy_family.base, dtype="float32")
     spec = parse_eval_spec({**spec_data, "refusal": {"strings": ["sorry"], "defaults": False}})
     evaluator = Evaluator(spec, tokenizer)
     references = [json.loads(line)["response"] for line in open(spec_data["tasks"]["echo"]["data"])]
@@ -211,7 +216,7 @@ def test_metrics_count_the_verdicts(noisy_family, eval_files, monkeypatch):
 
 
 def test_answer_nll_is_the_mean_over_answer_tokens(noisy_family, tmp_path):
-    model, tokenizer = load_model(noisy_family.base, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(noisy_family.base, dtype="float32")
     rows = [
         {"prompt": "what is one", "response": "two three"},
         {"prompt": "tell me", "response": "sure"},
@@ -240,7 +245,7 @@ def test_answer_nll_is_the_mean_over_answer_tokens(noisy_family, tmp_path):
 
 
 def test_chat_template_prompts_and_the_no_template_warning(noisy_family, tmp_path):
-    model, tokenizer = load_model(noisy_family.base, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(noisy_family.base, dtype="float32")
     data = write_jsonl(tmp_path / "h.jsonl", [{"prompt": "tell me how"}])
     with pytest.warns(UserWarning, match="no chat template"):
         Evaluator(parse_eval_spec({"harmful": {"data": data}}), tokenizer)
@@ -252,7 +257,7 @@ def test_chat_template_prompts_and_the_no_template_warning(noisy_family, tmp_pat
 
 def test_out_of_memory_names_the_set_and_a_smaller_batch(noisy_family, eval_files, monkeypatch):
     path, _ = eval_files
-    model, tokenizer = load_model(noisy_family.base, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(noisy_family.base, dtype="float32")
     evaluator = Evaluator(load_eval_spec(path), tokenizer, batch_size=8)
 
     def out_of_memory(*args, **kwargs):
@@ -287,7 +292,7 @@ def test_lm_eval_runs_through_lm_evals_own_api(noisy_family, tmp_path, monkeypat
         ("lm_eval.models.huggingface", huggingface),
     ):
         monkeypatch.setitem(sys.modules, name, module)
-    model, tokenizer = load_model(noisy_family.base, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(noisy_family.base, dtype="float32")
     spec = parse_eval_spec({"lm_eval": {"tasks": ["arc_easy"], "limit": 5, "batch_size": 2}})
     report = Evaluator(spec, tokenizer).evaluate(model)
     assert calls["model"] is model and calls["tasks"] == ["arc_easy"] and calls["limit"] == 5
@@ -297,7 +302,7 @@ def test_lm_eval_runs_through_lm_evals_own_api(noisy_family, tmp_path, monkeypat
 
 def test_lm_eval_missing_is_a_one_line_error(noisy_family, monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
-    model, tokenizer = load_model(noisy_family.base, dtype="float32")
+    model, tokenizer = load_model_and_tokenizer(noisy_family.base, dtype="float32")
     spec = parse_eval_spec({"lm_eval": {"tasks": ["arc_easy"]}})
     with pytest.raises(EvalError, match=r"mergekit-led\[lm-eval\]"):
         Evaluator(spec, tokenizer).evaluate(model)

@@ -10,7 +10,7 @@ from mergekit.config import MergeConfiguration
 from mergekit_led.config.preflight import preflight
 from mergekit_led.config.walker import config_inputs
 from mergekit_led.errors import ConfigError, StoreError
-from mergekit_led.prepare.options import locate_options_from
+from mergekit_led.prepare.config_options import locate_options_from
 
 CONFIGS = sorted((Path(__file__).parents[1] / "example_configs").glob("*.yml"))
 STORE_CONFIGS = [path for path in CONFIGS if not path.stem.endswith("-data")]

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 
 import mergekit_led
 from mergekit_led.prepare.cache import StoreCache
-from mergekit_led.prepare.hub import HubReference, parse_hub_reference
-from mergekit_led.store.card import hub_model_id
+from mergekit_led.store.hub import HubReference, parse_hub_reference
+from mergekit_led.store.store_card import hub_model_id
 
 STORES_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 MODEL_COMMIT = "89abcdef0123456789abcdef0123456789abcdef"

@@ -9,9 +9,9 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_led import save_importance
-from mergekit_led.analysis.elections import analyze_config
+from mergekit_led.analysis.config_analysis import analyze_config
 from mergekit_led.config.walker import load_config
-from mergekit_led.core.election import disjoint
+from mergekit_led.core.elect_merge import disjoint
 from mergekit_led.core.statistics import aggregate, jaccard, layer_of, weight_stats, weight_type
 from mergekit_led.errors import ConfigError
 

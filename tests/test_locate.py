@@ -20,10 +20,10 @@ from helpers import killed_after
 
 import mergekit_led
 from mergekit_led import load_importance
+from mergekit_led.core.locate_options import CHECKPOINT_SUFFIX
 from mergekit_led.errors import LEDError, LocateError
 from mergekit_led.location import data as location_data
 from mergekit_led.location.model import load_model
-from mergekit_led.location.options import CHECKPOINT_SUFFIX
 from mergekit_led.location.steps import RunHooks, answer_loss, snip_step
 from mergekit_led.testing import build_llama_family, build_word_tokenizer
 

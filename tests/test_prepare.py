@@ -29,12 +29,15 @@ from mergekit.options import MergeOptions
 from safetensors.torch import load_file
 
 import mergekit_led
-from mergekit_led.core.parameters import LOCATE_CONFIG_OPTIONS
+from mergekit_led.core.locate_options import (
+    EXECUTION_OPTIONS,
+    LOCATE_CONFIG_OPTIONS,
+    SCORE_OPTIONS,
+    LocateOptions,
+)
 from mergekit_led.errors import ConfigError, LocateError
-from mergekit_led.location.options import LocateOptions
 from mergekit_led.location.steps import RunHooks, snip_step
 from mergekit_led.prepare.cache import RECORD_NAME, StoreCache
-from mergekit_led.prepare.options import EXECUTION_OPTIONS, SCORE_OPTIONS
 from mergekit_led.prepare.run import prepare_config
 
 SAFETY = [

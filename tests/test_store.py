@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from mergekit_led import ImportanceStore, StoreError, load_importance, save_importance
 from mergekit_led.atomic import replace_directory
-from mergekit_led.core import election as el
+from mergekit_led.core import elect_merge as el
 from mergekit_led.store import files as store_files
 
 MANIFEST = "led_importance.json"

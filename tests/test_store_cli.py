@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from mergekit_led import load_importance, save_importance
 from mergekit_led.cli import main
-from mergekit_led.core import election as el
+from mergekit_led.core import elect_merge as el
 
 MANIFEST = "led_importance.json"
 VICTIM = "model.layers.0.self_attn.q_proj.weight"

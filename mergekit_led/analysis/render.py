@@ -6,7 +6,7 @@ import math
 from itertools import combinations
 from typing import List, Sequence
 
-from mergekit_led.analysis.elections import Analysis, short_label
+from mergekit_led.analysis.config_analysis import Analysis, short_label
 from mergekit_led.core.statistics import WeightStats
 from mergekit_led.errors import ConfigError
 from mergekit_led.tables import text_table

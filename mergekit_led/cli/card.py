@@ -19,8 +19,8 @@ from mergekit_led.cli.prepare import cache_dir_option, stores_from_cache
 def command(config_file: str, out_path: str, device: Optional[str], cache_dir: Optional[str]):
     """Add the LED-Merging section to OUT_PATH/README.md of an existing merge of
     CONFIG_FILE (e.g. one run with plain mergekit-yaml)."""
-    from mergekit_led.analysis.card import add_led_section
-    from mergekit_led.analysis.elections import analyze_config
+    from mergekit_led.analysis.config_analysis import analyze_config
+    from mergekit_led.analysis.model_card import add_led_section
     from mergekit_led.config.walker import load_config
     from mergekit_led.environment import check_device
     from mergekit_led.merge import check_not_an_input

@@ -46,13 +46,18 @@ def command(
     EVAL_FILE and measure harmful compliance, over-refusal and task accuracy
     (docs/evaluate.md). Writes OUT/eval.json, OUT/answers.jsonl and OUT/summary.md."""
     from mergekit_led.environment import resolve_device
-    from mergekit_led.evaluation import Evaluator, load_eval_spec, load_model, write_report
+    from mergekit_led.evaluation import (
+        Evaluator,
+        load_eval_spec,
+        load_model_and_tokenizer,
+        write_report,
+    )
     from mergekit_led.evaluation.report import check_output_folder, summary_markdown
 
     check_output_folder(out)  # before the model is loaded: fail in seconds
     spec = load_eval_spec(eval_file)
     torch_device = resolve_device(device)
-    loaded, tokenizer = load_model(
+    loaded, tokenizer = load_model_and_tokenizer(
         model, device=str(torch_device), dtype=dtype, trust_remote_code=trust_remote_code
     )
     evaluator = Evaluator(spec, tokenizer, batch_size=batch_size)

@@ -50,7 +50,7 @@ def command(
     final |T_i| merged from that model, and the pairwise Jaccard overlap of the
     important sets N_i.
     """
-    from mergekit_led.analysis.elections import analyze_config, short_label
+    from mergekit_led.analysis.config_analysis import analyze_config, short_label
     from mergekit_led.analysis.render import analysis_table, plot_heatmap
     from mergekit_led.config.walker import load_config
     from mergekit_led.environment import check_device

@@ -1,32 +1,47 @@
 """``mergekit-led locate``: the command line of ``mergekit_led.location.locate``.
 
 Its options are generated from ``LocateOptions``, the one list of locate's
-options, their defaults and their help.
+options, their defaults and their help; ``mergekit-led prepare`` takes its
+execution options from the same generator (``locate_click_options``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from typing import Optional, Sequence
 
 import click
 
 from mergekit_led.cli import run_cli_errors_cleanly
-from mergekit_led.location.options import option_fields
+from mergekit_led.core.locate_options import option_fields
 
 
-def _locate_options(function):
-    for spec in reversed(option_fields()):
-        meta = spec.metadata
-        name = "--" + spec.name.replace("_", "-")
-        if meta.get("flag"):
-            function = click.option(name, spec.name, is_flag=True, help=meta["help"])(function)
-            continue
-        kind = click.Choice(meta["choices"]) if "choices" in meta else meta.get("type", str)
-        function = click.option(
-            name, spec.name, type=kind, default=spec.default, help=meta["help"]
-        )(function)
-    return function
+def locate_click_options(names: Optional[Sequence[str]] = None):
+    """A decorator adding the click options of ``LocateOptions``'s command-line
+    fields (``names`` of them, in that order; default: all, in field order)."""
+    specs = {spec.name: spec for spec in option_fields()}
+    chosen = [specs[name] for name in names] if names is not None else list(specs.values())
+
+    def decorate(function):
+        for spec in reversed(chosen):
+            meta = spec.metadata
+            name = "--" + spec.name.replace("_", "-")
+            if meta.get("flag"):
+                function = click.option(name, spec.name, is_flag=True, help=meta["help"])(function)
+                continue
+            kind = click.Choice(meta["choices"]) if "choices" in meta else meta.get("type", str)
+            function = click.option(
+                name,
+                spec.name,
+                type=kind,
+                default=spec.default,
+                show_default=True,
+                help=meta["help"],
+            )(function)
+        return function
+
+    return decorate
 
 
 @click.command("locate", context_settings={"show_default": True})
@@ -39,7 +54,7 @@ def _locate_options(function):
     "(not needed by --score magnitude|random).",
 )
 @click.option("--out", "out", default=None, help="Importance store folder to write (required).")
-@_locate_options
+@locate_click_options()
 @click.option(
     "--plan",
     is_flag=True,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import shlex
-from dataclasses import fields
 from typing import Optional
 
 import click
 
 from mergekit_led.cli import run_cli_errors_cleanly
+from mergekit_led.cli.locate import locate_click_options
+from mergekit_led.core.locate_options import RUN_OPTIONS
 
 CACHE_HELP = (
     "Store cache folder [default: $MERGEKIT_LED_CACHE, else $XDG_CACHE_HOME/mergekit-led or "
@@ -43,25 +44,6 @@ def stores_from_cache(config, config_file: str, cache_dir: Optional[str]):
     return prepared.merge_config
 
 
-def run_options(function):
-    """locate's execution options (device, memory, checkpoints), from ``LocateOptions``."""
-    from mergekit_led.location.options import LocateOptions
-    from mergekit_led.prepare.options import RUN_OPTIONS
-
-    specs = {spec.name: spec for spec in fields(LocateOptions)}
-    for name in reversed(RUN_OPTIONS):
-        spec, flag = specs[name], "--" + name.replace("_", "-")
-        meta = spec.metadata
-        if meta.get("flag"):
-            function = click.option(flag, name, is_flag=True, help=meta["help"])(function)
-            continue
-        kind = click.Choice(meta["choices"]) if "choices" in meta else meta.get("type", str)
-        function = click.option(
-            flag, name, type=kind, default=spec.default, show_default=True, help=meta["help"]
-        )(function)
-    return function
-
-
 def resolved_yaml(config, source_name: str) -> str:
     """The config as YAML (mergekit's own dumper), method and base first."""
     import yaml
@@ -90,7 +72,7 @@ def resolved_yaml(config, source_name: str) -> str:
     help="Print every store's memory plan (models' configs and the data; no weights), the "
     "flags that fit and the time when measured, and exit.",
 )
-@run_options
+@locate_click_options(RUN_OPTIONS)  # locate's execution options: device, memory, ...
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 @run_cli_errors_cleanly

@@ -71,7 +71,7 @@ def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
         config = MergeConfiguration.model_validate(data)
     except Exception as error:
         raise ConfigError(f"Invalid merge config {config_file}: {error}") from error
-    from mergekit_led.config.names import check_duplicate_inputs, check_parameter_names
+    from mergekit_led.config.name_checks import check_duplicate_inputs, check_parameter_names
 
     try:
         check_parameter_names(config)

@@ -7,9 +7,9 @@ itself, by the whole-config checks before a merge, and by inspect and the card.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
-from mergekit_led.core.election import Election
+from mergekit_led.core.elect_merge import Election
 from mergekit_led.errors import ConfigError
 
 METHOD_NAME = "led_merging"
@@ -20,27 +20,9 @@ REQUIRED_PARAMETERS = ("density", *STORE_PARAMETERS)
 # A model may name its task's location data instead of its two stores; the
 # stores are then computed (``mergekit-led merge``/``prepare``) and cached.
 DATA_PARAMETER = "importance_data"
-# locate's options a config may set, as ``locate_<option>`` parameters (per model,
-# or for every model under the config's ``parameters:``): the options of
-# ``LocateOptions`` that change the scores, with their value types. Declared here,
-# below the location package, because the merge method declares them as its own
-# parameters; tests/test_prepare.py checks that they match ``LocateOptions``.
+# A config sets locate's options as ``locate_<option>`` parameters, per model or
+# for every model (``core.locate_options.LOCATE_CONFIG_OPTIONS`` lists them).
 LOCATE_PREFIX = "locate_"
-LOCATE_CONFIG_OPTIONS: Dict[str, type] = {
-    "score": str,
-    "tokenizer": str,
-    "split": str,
-    "prompt_field": str,
-    "response_field": str,
-    "messages_field": str,
-    "chat_template": str,
-    "max_samples": int,
-    "max_length": int,
-    "seed": int,
-    "dtype": str,
-    "score_dtype": str,
-    "skip_nonfinite": bool,
-}
 BASE_REQUIRED = (
     "led_merging requires a base model: set `base_model:` in the config "
     "(or base=... for merge_state_dicts) to the model the fine-tuned models were "

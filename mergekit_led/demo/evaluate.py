@@ -20,7 +20,7 @@ import os
 from typing import Dict, List, Optional
 
 from mergekit_led.demo.world import REFUSAL_PREFIX, Sample, World
-from mergekit_led.evaluation import EvalSpec, Evaluator, load_model, parse_eval_spec
+from mergekit_led.evaluation import EvalSpec, Evaluator, load_model_and_tokenizer, parse_eval_spec
 
 # Greedy decoding is causal, so whether an answer is a refusal is decided by its
 # first words: generating more tokens for the harmful and benign sets would only
@@ -97,7 +97,7 @@ def evaluate_checkpoint(
     path: str, sets: Evaluator, device: str, *, dtype: str = "float32"
 ) -> Dict[str, float]:
     """Load a checkpoint folder (a trained model or a merge) in ``dtype`` and evaluate it."""
-    model, _ = load_model(path, device=device, dtype=dtype)
+    model, _ = load_model_and_tokenizer(path, device=device, dtype=dtype)
     return demo_metrics(sets.evaluate(model, name=path).metrics())
 
 

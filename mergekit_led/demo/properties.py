@@ -121,8 +121,8 @@ def led_sets(
     disjoint: bool = True,
 ):
     """LED-Merging's elected sets ``N_i`` and final sets ``T_i`` per task, flattened."""
-    from mergekit_led.core.election import Election, elect
-    from mergekit_led.core.election import disjoint as make_disjoint
+    from mergekit_led.core.elect_merge import Election, elect
+    from mergekit_led.core.elect_merge import disjoint as make_disjoint
     from mergekit_led.store import load_importance
 
     opened = {

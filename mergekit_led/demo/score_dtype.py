@@ -4,7 +4,7 @@ On every seed the demo computes the selected LED setting's stores twice, with
 ``locate_score_dtype: float32`` (the default) and ``bfloat16``: the same locate
 runs (float32 sums), written once in each dtype. For each density here, every
 task model's elected set ``N_i`` (election ``both``) is elected from each
-dtype's stores by ``method.election.elect_weight`` (what the merge runs) and the
+dtype's stores by ``method.weight_election.elect_weight`` (what the merge runs) and the
 two are compared by their Jaccard overlap, pooled over all weights:
 ``sum |N32 ∩ N16| / sum |N32 ∪ N16|``. The goal of issue 8 is at least
 ``GOAL`` at every density.
@@ -17,8 +17,8 @@ from typing import Dict, Mapping, Sequence
 
 import torch
 
-from mergekit_led.core.election import Election
-from mergekit_led.method.election import TaskScores, elect_weight
+from mergekit_led.core.elect_merge import Election
+from mergekit_led.method.weight_election import TaskScores, elect_weight
 from mergekit_led.store import load_importance
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)

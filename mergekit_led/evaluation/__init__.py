@@ -7,7 +7,7 @@ accuracy (docs/evaluate.md).
 """
 
 from mergekit_led.evaluation.report import EvalReport, write_report
-from mergekit_led.evaluation.run import Evaluator, evaluate_model, load_model
+from mergekit_led.evaluation.run import Evaluator, evaluate_model, load_model_and_tokenizer
 from mergekit_led.evaluation.spec import EvalSpec, load_eval_spec, parse_eval_spec
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "Evaluator",
     "evaluate_model",
     "load_eval_spec",
-    "load_model",
+    "load_model_and_tokenizer",
     "parse_eval_spec",
     "write_report",
 ]

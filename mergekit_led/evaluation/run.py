@@ -203,18 +203,20 @@ def evaluate_model(
     )
 
 
-def load_model(model: str, *, device: str = "cpu", dtype: str = "auto", trust_remote_code=False):
+def load_model_and_tokenizer(
+    model: str, *, device: str = "cpu", dtype: str = "auto", trust_remote_code=False
+):
     """``(model, tokenizer)`` of a local folder or Hub id, in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergekit_led.location.options import DTYPES
+    from mergekit_led.core.locate_options import MODEL_DTYPES
 
-    if dtype not in DTYPES:
-        raise EvalError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}.")
+    if dtype not in MODEL_DTYPES:
+        raise EvalError(f"--dtype {dtype!r}: choose one of {', '.join(MODEL_DTYPES)}.")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         loaded = AutoModelForCausalLM.from_pretrained(
-            model, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+            model, dtype=MODEL_DTYPES[dtype], trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, KeyError, ImportError) as error:
         reason = " ".join(str(error).split())
@@ -223,4 +225,4 @@ def load_model(model: str, *, device: str = "cpu", dtype: str = "auto", trust_re
     return loaded, tokenizer
 
 
-__all__: List[str] = ["Evaluator", "evaluate_model", "load_model"]
+__all__: List[str] = ["Evaluator", "evaluate_model", "load_model_and_tokenizer"]

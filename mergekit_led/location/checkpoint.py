@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mergekit_led.atomic import write_file
+from mergekit_led.core.locate_options import CHECKPOINT_SUFFIX
 from mergekit_led.errors import LocateError
-from mergekit_led.location.options import CHECKPOINT_SUFFIX
 
 CHECKPOINT_STATE_KEY = "led_locate_state"
 

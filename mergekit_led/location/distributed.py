@@ -7,9 +7,9 @@ from typing import Any, List
 
 import torch
 
+from mergekit_led.core.locate_options import LocateOptions
 from mergekit_led.environment import resolve_device
 from mergekit_led.errors import LocateError
-from mergekit_led.location.options import LocateOptions
 
 
 class Distributed:

@@ -297,9 +297,9 @@ def setup_for(
     if opts.dtype == "auto":
         dtype = shape.dtype
     else:
-        from mergekit_led.location.options import DTYPES
+        from mergekit_led.core.locate_options import MODEL_DTYPES
 
-        dtype = str(DTYPES[opts.dtype]).replace("torch.", "")
+        dtype = str(MODEL_DTYPES[opts.dtype]).replace("torch.", "")
     return Setup(
         dtype=dtype,
         tokens=int(tokens),

@@ -7,8 +7,8 @@ from typing import Any, Dict, List
 import torch
 from torch import nn
 
+from mergekit_led.core.locate_options import MODEL_DTYPES, LocateOptions
 from mergekit_led.errors import LocateError
-from mergekit_led.location.options import DTYPES, LocateOptions
 
 
 def load_model(model: str, opts: LocateOptions, device: torch.device) -> nn.Module:
@@ -16,7 +16,7 @@ def load_model(model: str, opts: LocateOptions, device: torch.device) -> nn.Modu
     from transformers import AutoModelForCausalLM
 
     kwargs: Dict[str, Any] = {
-        "dtype": DTYPES[opts.dtype],
+        "dtype": MODEL_DTYPES[opts.dtype],
         "trust_remote_code": opts.trust_remote_code,
     }
     if opts.device_map is not None:

@@ -10,13 +10,13 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
+from mergekit_led.core.locate_options import LocateOptions
 from mergekit_led.environment import package_versions
 from mergekit_led.location import data as location_data
 from mergekit_led.location.distributed import Distributed
-from mergekit_led.location.names import ScoredParameters
-from mergekit_led.location.options import LocateOptions
+from mergekit_led.location.weight_names import ScoredParameters
 from mergekit_led.store import save_importance
-from mergekit_led.store.card import write_store_card
+from mergekit_led.store.store_card import write_store_card
 
 
 def dataset_info(

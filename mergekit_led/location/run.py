@@ -4,7 +4,7 @@ The Location step of LED-Merging (``LED_SPEC.md`` section 1). For SNIP, every
 sample gets exactly one forward and one backward pass, whose per-weight
 gradients are folded into float32 accumulators as they are produced (see
 ``mergekit_led.location.scores``). The result is keyed by the names mergekit asks
-the merge method for (``mergekit_led.location.names``), so the merge finds every weight.
+the merge method for (``mergekit_led.location.weight_names``), so the merge finds every weight.
 
 Long runs checkpoint their accumulators (``--checkpoint-every``) and resume
 to the same scores; under ``torchrun``/``accelerate launch`` every process
@@ -24,6 +24,13 @@ import torch
 from torch import nn
 
 from mergekit_led.atomic import clean_stale_staging
+from mergekit_led.core.locate_options import (
+    DATA_SCORES,
+    LocateOptions,
+    options_from,
+    resume_key_options,
+    with_option_keywords,
+)
 from mergekit_led.errors import (
     LocateError,
     MemoryPlanError,
@@ -35,7 +42,17 @@ from mergekit_led.location import memory
 from mergekit_led.location.checkpoint import Progress, RunCheckpoint
 from mergekit_led.location.distributed import Distributed
 from mergekit_led.location.model import enable_gradient_checkpointing, load_tokenizer
-from mergekit_led.location.names import (
+from mergekit_led.location.provenance import dataset_info, save_importance_for_run
+from mergekit_led.location.run_checks import check_options
+from mergekit_led.location.scores import (
+    SnipAccumulator,
+    WandaAccumulator,
+    magnitude_scores,
+    random_scores,
+)
+from mergekit_led.location.steps import RunHooks, input_device
+from mergekit_led.location.tokenization import check_answers, check_tokenizer_class
+from mergekit_led.location.weight_names import (
     ScoredParameters,
     check_mergeable,
     check_wanda_applies,
@@ -44,29 +61,20 @@ from mergekit_led.location.names import (
     model_weights,
     scored_parameters,
 )
-from mergekit_led.location.options import LocateOptions, check_options, resume_key_options
-from mergekit_led.location.provenance import dataset_info, save_importance_for_run
-from mergekit_led.location.scores import (
-    DATA_SCORES,
-    SnipAccumulator,
-    WandaAccumulator,
-    magnitude_scores,
-    random_scores,
-)
-from mergekit_led.location.steps import RunHooks, input_device
-from mergekit_led.location.tokenization import check_answers, check_tokenizer_class
 from mergekit_led.store import mergekit_weights
 
 LOG = logging.getLogger(__name__)
 
 
+@with_option_keywords
 def locate(
     model: str,
     data: Any = None,
     out: Optional[str] = None,
     *,
+    options: Optional[LocateOptions] = None,
     hooks: Optional[RunHooks] = None,
-    **options: Any,
+    **keywords: Any,
 ) -> str:
     """Score ``model`` on ``data`` and write an importance store to ``out``.
 
@@ -77,15 +85,14 @@ def locate(
             with ``prompt``/``response`` or chat ``messages``. Not used by the
             ``magnitude`` and ``random`` scores.
         out: the store folder to write.
+        options: every option at once, a ``LocateOptions`` (typed, documented).
         hooks: replaces how the model is loaded or a sample scored (``RunHooks``).
-        **options: the fields of ``LocateOptions`` (the CLI's options).
+        **keywords: any field of ``LocateOptions`` (the CLI's options), replacing
+            that field of ``options``: ``locate(model, data, out, score="wanda")``.
 
     Returns the store path (on every process of a distributed run).
     """
-    unknown = sorted(set(options) - set(LocateOptions.__dataclass_fields__))
-    if unknown:
-        raise TypeError(f"locate() got unknown options: {', '.join(unknown)}")
-    opts = LocateOptions(**options)
+    opts = options_from(options, keywords, caller="locate")
     if out is None:
         raise LocateError("locate needs an output folder for the importance store (--out).")
     out = os.path.abspath(os.fspath(out))
@@ -96,8 +103,15 @@ def locate(
         return _run(os.fspath(model), data, out, opts, dist, hooks or RunHooks())
 
 
-def plan_locate(model: str, data: Any = None, **options: Any) -> memory.Verdict:
-    """The memory plan of ``locate(model, data, **options)``, reading the model's
+@with_option_keywords
+def plan_locate(
+    model: str,
+    data: Any = None,
+    *,
+    options: Optional[LocateOptions] = None,
+    **keywords: Any,
+) -> memory.Verdict:
+    """The memory plan of ``locate(model, data, ...)`` with the same options, reading the model's
     config (and, when ``data`` is given, the tokenizer and data) but no weights.
 
     With data, the plan is for the longest selected sample and longest answer;
@@ -105,10 +119,7 @@ def plan_locate(model: str, data: Any = None, **options: Any) -> memory.Verdict:
     upper bound). ``device="cuda"`` plans for a GPU on a machine without one
     when ``memory`` gives the budget.
     """
-    unknown = sorted(set(options) - set(LocateOptions.__dataclass_fields__))
-    if unknown:
-        raise TypeError(f"plan_locate() got unknown options: {', '.join(unknown)}")
-    opts = LocateOptions(**options)
+    opts = options_from(options, keywords, caller="plan_locate")
     if opts.memory is not None:
         memory.parse_memory(opts.memory)
     model = os.fspath(model)

@@ -20,9 +20,6 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional
 import torch
 from torch import nn
 
-SCORE_KINDS = ("snip", "wanda", "magnitude", "random")
-DATA_SCORES = ("snip", "wanda")
-
 
 def accumulator_device(param: torch.Tensor, offload: bool) -> torch.device:
     """Where a parameter's float32 accumulator lives: beside it, or in CPU memory."""

@@ -27,11 +27,11 @@ from mergekit.merge_methods.base import (
 )
 from mergekit.merge_methods.easy_define import merge_method
 
-from mergekit_led.core.election import Election, elect_and_merge
+from mergekit_led.core.elect_merge import Election, elect_and_merge
+from mergekit_led.core.locate_options import LOCATE_CONFIG_OPTIONS
 from mergekit_led.core.parameters import (
     BASE_REQUIRED,
     DATA_PARAMETER,
-    LOCATE_CONFIG_OPTIONS,
     LOCATE_PREFIX,
     METHOD_NAME,
     PRETTY_NAME,
@@ -42,10 +42,10 @@ from mergekit_led.core.parameters import (
     parse_election,
 )
 from mergekit_led.errors import ConfigError
-from mergekit_led.method import recording
-from mergekit_led.method.election import TaskScores, top_sets
-from mergekit_led.prepare.hub import store_path
+from mergekit_led.method import cached_store_paths, recording
+from mergekit_led.method.weight_election import TaskScores, top_sets
 from mergekit_led.store import load_importance
+from mergekit_led.store.hub import store_path
 
 LOCATE_PARAMETERS = tuple(LOCATE_PREFIX + name for name in LOCATE_CONFIG_OPTIONS)
 
@@ -138,11 +138,7 @@ def _task_stores(model: Hashable, base: Hashable, given: Dict[str, Any]) -> Tupl
     reference), or found in the store cache by ``importance_data``."""
     if all(given.get(role) is not None for role in STORE_PARAMETERS):
         return store_path(given["importance"]), store_path(given["base_importance"])
-    # Finding cached stores plans them with the location package (tokenizer,
-    # data), which sits above this layer: imported only for such configs.
-    from mergekit_led.prepare.resolve import task_store_paths
-
-    paths = task_store_paths(model, base, given)
+    paths = cached_store_paths(model, base, given)
     return paths["importance"], paths["base_importance"]
 
 

@@ -6,7 +6,7 @@ the store paths filled in (``mergekit-led prepare``, and ``mergekit-led merge``
 before it merges); ``StoreCache`` is the cache (``mergekit-led cache``); the
 merge method finds cached stores itself (``prepare.resolve``), so plain
 ``mergekit-yaml`` merges such a config once its stores are computed.
-Submodules are imported on first use: the merge method imports ``prepare.hub``
+Submodules are imported on first use: the merge method imports ``store.hub``
 at start-up, which must not pull in the location package.
 """
 
@@ -20,7 +20,7 @@ _EXPORTS = {
     "StoresNotComputed": "mergekit_led.errors",
     "prepare_config": "mergekit_led.prepare.run",
     "StoreCache": "mergekit_led.prepare.cache",
-    "default_cache_dir": "mergekit_led.prepare.cache",
+    "default_store_cache_dir": "mergekit_led.prepare.cache",
 }
 
 __all__ = sorted(_EXPORTS)

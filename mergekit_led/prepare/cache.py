@@ -48,7 +48,7 @@ RECORD_VERSION = 2
 _KEY = re.compile(r"^[0-9a-f]{8,64}$")
 
 
-def default_cache_dir() -> str:
+def default_store_cache_dir() -> str:
     configured = os.environ.get(ENVIRONMENT_VARIABLE)
     if configured:
         return os.path.abspath(os.path.expanduser(configured))
@@ -81,7 +81,7 @@ class CacheEntry:
 
 class StoreCache:
     def __init__(self, root: Optional[str] = None):
-        self.root = os.path.abspath(os.path.expanduser(root)) if root else default_cache_dir()
+        self.root = os.path.abspath(os.path.expanduser(root)) if root else default_store_cache_dir()
         self.stores = os.path.join(self.root, "stores")
         self.work = os.path.join(self.root, "work")
         self.locks = os.path.join(self.root, "locks")

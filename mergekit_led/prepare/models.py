@@ -18,8 +18,8 @@ from typing import Dict, Optional, Tuple, Union
 from mergekit.common import ModelReference
 
 from mergekit_led.errors import ConfigError, LEDError, LocateError
-from mergekit_led.prepare.hub import commit_of, one_line, parse_hub_reference, snapshot
 from mergekit_led.store import fingerprint
+from mergekit_led.store.hub import commit_of, one_line, parse_hub_reference, snapshot
 
 # What scoring needs besides the weights: configs, tokenizer files, chat templates.
 METADATA_PATTERNS = ("*.json", "*.jinja", "*.model", "*.txt", "*.tiktoken")

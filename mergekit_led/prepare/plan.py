@@ -4,7 +4,7 @@ The key is a hash of what determines the scores: the model's identity (and,
 for a local checkpoint, the hash of its config.json and remote code), the
 samples used (the text fingerprint ``locate`` records, and the token ids the
 model sees, which also capture the tokenizer, its chat template and the length
-limit) and every locate option that changes scores (``prepare.options``).
+limit) and every locate option that changes scores (``prepare.config_options``).
 Planning runs the same loading and selection functions as ``locate`` itself
 (tokenizer, rows, tokenisation, seeded choice), but no model.
 """
@@ -16,13 +16,13 @@ import json
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from mergekit_led.core.locate_options import LocateOptions
 from mergekit_led.errors import LEDError, LocateError
 from mergekit_led.location import data as location_data
 from mergekit_led.location.model import load_tokenizer
-from mergekit_led.location.options import LocateOptions
-from mergekit_led.prepare.hub import one_line
+from mergekit_led.prepare.config_options import score_options
 from mergekit_led.prepare.models import ResolvedModel
-from mergekit_led.prepare.options import score_options
+from mergekit_led.store.hub import one_line
 
 # Raised when what a store holds for the same key changes (scoring itself, the
 # key's contents): old cache entries then stop matching instead of being reused.

@@ -21,6 +21,7 @@ from mergekit.common import ModelReference
 from mergekit.config import InputModelDefinition, InputSliceDefinition, MergeConfiguration
 
 from mergekit_led.config.walker import config_inputs
+from mergekit_led.core.locate_options import RUN_OPTIONS
 from mergekit_led.core.parameters import (
     BASE_REQUIRED,
     DATA_PARAMETER,
@@ -39,7 +40,7 @@ from mergekit_led.location import memory
 from mergekit_led.location.data import SKIP_NONFINITE
 from mergekit_led.location.steps import RunHooks
 from mergekit_led.prepare.cache import StoreCache
-from mergekit_led.prepare.hub import open_store, parse_hub_reference, store_path
+from mergekit_led.prepare.config_options import locate_options_from, score_options
 from mergekit_led.prepare.models import (
     ResolvedModel,
     local_files_digest,
@@ -47,8 +48,8 @@ from mergekit_led.prepare.models import (
     resolve_model,
     with_weights,
 )
-from mergekit_led.prepare.options import RUN_OPTIONS, SCORE_OPTIONS, locate_options_from
 from mergekit_led.prepare.plan import PlannedStore, StoreRequest, plan_store
+from mergekit_led.store.hub import open_store, parse_hub_reference, store_path
 from mergekit_led.store.manifest import read_manifest
 
 LOG = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ class Preparer:
 
         request = planned.request
         model = with_weights(request.model)
-        options = {name: getattr(request.options, name) for name in SCORE_OPTIONS}
+        options = score_options(request.options)
         options.update(self.run)
         locate(
             model.path,

@@ -112,7 +112,7 @@ class RealAssets:
         return os.path.join(self.cache_dir, "data", f"split-{seed}")
 
 
-def default_cache_dir() -> str:
+def default_assets_dir() -> str:
     return os.environ.get(CACHE_ENV) or os.path.join(
         os.path.expanduser("~"), ".cache", "mergekit-led", "real"
     )
@@ -129,7 +129,7 @@ def fetch_real_assets(
     """Fetch, check, extract, convert and split; a no-op for what is present and verified."""
     from filelock import FileLock
 
-    assets = RealAssets(os.path.abspath(cache_dir or default_cache_dir()))
+    assets = RealAssets(os.path.abspath(cache_dir or default_assets_dir()))
     os.makedirs(assets.cache_dir, exist_ok=True)
     with FileLock(os.path.join(assets.cache_dir, ".lock")):
         manifest = Manifest.read(assets.manifest_path)
@@ -291,7 +291,7 @@ def _versions(packages: List[str]) -> Dict[str, str]:
 
 def require_assets(cache_dir: Optional[str] = None) -> RealAssets:
     """The fetched assets, or one line saying how to fetch them (for later stages)."""
-    assets = RealAssets(os.path.abspath(cache_dir or default_cache_dir()))
+    assets = RealAssets(os.path.abspath(cache_dir or default_assets_dir()))
     manifest = Manifest.read(assets.manifest_path)
     if manifest.model is None or not os.path.isdir(assets.model_dir):
         raise AssetError(

@@ -230,7 +230,7 @@ def own_answers(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, 
     from transformers import AutoTokenizer
 
     from mergekit_led.evaluation.generation import greedy_answers
-    from mergekit_led.evaluation.run import load_model, pad_id_of, stop_ids_of
+    from mergekit_led.evaluation.run import load_model_and_tokenizer, pad_id_of, stop_ids_of
     from mergekit_led.location.data import make_tokenization, prompt_encoding
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -239,7 +239,7 @@ def own_answers(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, 
     for prompt in prompts:
         text, enc = prompt_encoding(tokenizer, [{"role": "user", "content": prompt}], tokenization)
         encoded.append(enc(text))
-    model, _ = load_model(model_dir, device=device, dtype="float32")
+    model, _ = load_model_and_tokenizer(model_dir, device=device, dtype="float32")
     answers = greedy_answers(
         model,
         encoded,

@@ -19,7 +19,7 @@ from typing import Dict, Iterator, Optional
 
 import torch
 
-from mergekit_led.core.selection import top_mask
+from mergekit_led.core.kth_largest import top_mask
 from mergekit_led.errors import FingerprintMismatch, ScoreDomainError, StoreError
 from mergekit_led.store import fingerprint
 from mergekit_led.store.files import FileIdentity, PinnedFile

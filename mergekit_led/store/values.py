@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mergekit_led.core.selection import check_score_domain
+from mergekit_led.core.kth_largest import check_score_domain
 from mergekit_led.errors import ScoreDomainError, StoreError
 
 

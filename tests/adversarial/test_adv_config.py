@@ -120,7 +120,7 @@ def test_parameters_of_mergekits_other_methods_stay_accepted(
 def test_every_registered_method_parameter_is_known():
     from mergekit.merge_methods.registry import registered_methods
 
-    from mergekit_led.config.names import method_parameters
+    from mergekit_led.config.name_checks import method_parameters
 
     ours, everyone = method_parameters()
     assert {"density", "weight", "election", "disjoint", "importance_data"} <= ours

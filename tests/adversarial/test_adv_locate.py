@@ -15,9 +15,9 @@ import pytest
 from helpers import killed_after
 
 import mergekit_led
+from mergekit_led.core.locate_options import CHECKPOINT_SUFFIX, LocateOptions
 from mergekit_led.errors import LocateError
 from mergekit_led.location import data as location_data
-from mergekit_led.location.options import CHECKPOINT_SUFFIX, LocateOptions
 from mergekit_led.location.steps import RunHooks
 from mergekit_led.testing import build_llama_family, build_word_tokenizer
 
@@ -89,7 +89,7 @@ def test_resume_refuses_a_checkpoint_made_under_other_options(
 def test_every_option_is_in_the_resume_key_unless_marked_otherwise():
     """The key is derived from LocateOptions: a new option is part of it by default;
     only these, which cannot change the sums, are left out."""
-    from mergekit_led.location.options import resume_key_options
+    from mergekit_led.core.locate_options import resume_key_options
 
     left_out = {f.name for f in fields(LocateOptions) if not f.metadata["resume_key"]}
     assert left_out == {

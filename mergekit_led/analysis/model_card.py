@@ -16,7 +16,7 @@ from typing import List, Optional
 from mergekit.config import MergeConfiguration
 
 from mergekit_led._version import __version__
-from mergekit_led.analysis.elections import Analysis, analyze_config, short_label
+from mergekit_led.analysis.config_analysis import Analysis, analyze_config, short_label
 from mergekit_led.atomic import write_text
 from mergekit_led.errors import ConfigError
 from mergekit_led.store import load_importance

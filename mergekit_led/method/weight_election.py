@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from mergekit_led.core.election import Election, elect
+from mergekit_led.core.elect_merge import Election, elect
 from mergekit_led.store import ImportanceStore
 
 

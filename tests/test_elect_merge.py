@@ -9,7 +9,7 @@ import pytest
 import reference as ref
 import torch
 
-from mergekit_led.core import election as el
+from mergekit_led.core import elect_merge as el
 from mergekit_led.core.statistics import weight_stats
 
 

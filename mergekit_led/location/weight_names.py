@@ -38,10 +38,9 @@ from mergekit_led.store.mergekit_weights import (
     READ_AS_IS,
     MergekitWeight,
     MergekitWeights,
+    Shape,
     mergekit_weights,
 )
-
-Shape = Tuple[int, ...]
 
 
 @dataclass

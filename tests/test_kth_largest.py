@@ -1,4 +1,4 @@
-"""mergekit_led.core.selection against a plain sort and the election it replaced
+"""mergekit_led.core.kth_largest against a plain sort and the election it replaced
 (``torch.kthvalue`` on the scores, copied below since ``election.top_mask`` is
 now this selection).
 
@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from mergekit_led.core import selection as sel
+from mergekit_led.core import kth_largest as sel
 from mergekit_led.errors import ScoreDomainError
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)

@@ -1,7 +1,7 @@
 """What an ``led_merging`` config elects, weight by weight, for inspect and the card.
 
 ``analyze_config`` reads the stores and elects every weight exactly as the
-merge method does (``method.election.elect_weight``), writing no model;
+merge method does (``method.weight_election.elect_weight``), writing no model;
 ``from_recorded`` builds the same result from the counts the merge method
 recorded during a merge.
 """
@@ -17,8 +17,8 @@ from mergekit.config import MergeConfiguration
 from tqdm.auto import tqdm
 
 from mergekit_led.config.walker import config_inputs, has_base_model
-from mergekit_led.core.election import Election
-from mergekit_led.core.election import disjoint as make_disjoint
+from mergekit_led.core.elect_merge import Election
+from mergekit_led.core.elect_merge import disjoint as make_disjoint
 from mergekit_led.core.parameters import (
     BASE_REQUIRED,
     METHOD_NAME,
@@ -41,8 +41,8 @@ from mergekit_led.core.statistics import (
     weight_type,
 )
 from mergekit_led.errors import ConfigError, StoreError
-from mergekit_led.method.election import TaskScores, elect_weight
 from mergekit_led.method.recording import Recorded
+from mergekit_led.method.weight_election import TaskScores, elect_weight
 from mergekit_led.store import fingerprint, load_importance
 
 

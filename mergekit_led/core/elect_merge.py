@@ -15,7 +15,7 @@ from mergekit_led.core import chunked
 
 # Section 2's top(S, r), exact and without a sorted copy (re-exported: this module
 # is where the rest of the package and the tests look for the election's math).
-from mergekit_led.core.selection import (  # noqa: F401
+from mergekit_led.core.kth_largest import (  # noqa: F401
     BITS_VIEW,
     elected_count,
     kth_largest,

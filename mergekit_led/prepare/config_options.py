@@ -1,54 +1,28 @@
-"""Which locate options change the scores, and reading them from a config's parameters.
+"""Reading locate's options from a config's ``locate_*`` parameters, and the cache key's share.
 
-``LocateOptions`` is the one list of locate's options, and its ``resume_key``
-metadata marks the options that can change the sums a run accumulates (what a
-resumed run must share with its checkpoint). The cache key takes those, minus
-three that change how a run computes but not its result (tests/test_locate.py
-checks gradient checkpointing and offloading give the same scores): a store
-computed with them serves a merge run without them. The options in the key are
-the ones a config can set as ``locate_<option>``; the others are chosen per
-machine on the command line.
+``LocateOptions`` (``core/locate_options.py``) is the one list of locate's
+options; its field metadata marks the ones that change the stored scores
+(``SCORE_OPTIONS``, the cache key's share). Those are the ones a config can set
+as ``locate_<option>`` (``LOCATE_CONFIG_OPTIONS``); the others are chosen per
+machine on the command line (``RUN_OPTIONS``).
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional
 
 from pydantic import TypeAdapter, ValidationError
 
-from mergekit_led.core.parameters import (
-    DATA_PARAMETER,
+from mergekit_led.core.locate_options import (
+    DATA_SCORES,
     LOCATE_CONFIG_OPTIONS,
-    LOCATE_PREFIX,
-    is_scalar,
+    MODEL_DTYPES,
+    SCORE_KINDS,
+    SCORE_OPTIONS,
+    LocateOptions,
 )
+from mergekit_led.core.parameters import DATA_PARAMETER, LOCATE_PREFIX, is_scalar
 from mergekit_led.errors import ConfigError
-from mergekit_led.location.options import DTYPES, LocateOptions
-from mergekit_led.location.scores import DATA_SCORES, SCORE_KINDS
-
-SAME_SCORES = frozenset({"device_map", "offload_accumulators", "gradient_checkpointing"})
-# Options that change what is stored, not the sums (so not the resume key): a
-# bfloat16 store must never be served for a float32 request, or the reverse.
-STORED_FORM = frozenset({"score_dtype"})
-SCORE_OPTIONS: Tuple[str, ...] = tuple(
-    f.name
-    for f in fields(LocateOptions)
-    if (f.metadata.get("resume_key", True) and f.name not in SAME_SCORES) or f.name in STORED_FORM
-)
-EXECUTION_OPTIONS = frozenset(f.name for f in fields(LocateOptions)) - set(SCORE_OPTIONS)
-# Execution options a prepare run takes from its command line (the rest are
-# managed by the cache itself: where stores go, resuming, replacing).
-RUN_OPTIONS: Tuple[str, ...] = (
-    "device",
-    "device_map",
-    "offload_accumulators",
-    "gradient_checkpointing",
-    "memory",
-    "checkpoint_every",
-    "trust_remote_code",
-    "allow_bad_tokenization",
-)
 
 _KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 _ADAPTERS = {name: TypeAdapter(Optional[kind]) for name, kind in LOCATE_CONFIG_OPTIONS.items()}
@@ -113,10 +87,10 @@ def _check(opts: LocateOptions, model: str) -> None:
             f"or compute the stores with `mergekit-led locate --score {opts.score}` and "
             "give them as importance/base_importance."
         )
-    if opts.dtype not in DTYPES:
+    if opts.dtype not in MODEL_DTYPES:
         raise ConfigError(
             f"`{LOCATE_PREFIX}dtype: {opts.dtype}` {where} is unknown; choose one of "
-            f"{', '.join(DTYPES)}."
+            f"{', '.join(MODEL_DTYPES)}."
         )
     if opts.chat_template not in ("auto", "none"):
         raise ConfigError(
