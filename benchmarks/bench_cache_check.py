@@ -65,9 +65,9 @@ def build(workdir: Path, size: dict) -> dict:
 
     from mergekit_led import save_importance
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.testing import build_llama_family, synthetic_scores
+    from mergekit_led.testing import build_family, synthetic_scores
 
-    family = build_llama_family(
+    family = build_family(
         str(workdir / "models"), finetunes=2, seed=0, noise=0.01, dtype=torch.float32, **size
     )
     with safe_open(os.path.join(family.base, "model.safetensors"), "pt") as f:

@@ -54,10 +54,10 @@ def build(workdir: Path, settings: dict) -> dict:
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return json.loads((workdir / "paths.json").read_text())
     shutil.rmtree(workdir, ignore_errors=True)
-    from mergekit_led.testing import DEFAULT_WORDS, build_llama_family
+    from mergekit_led.testing import DEFAULT_WORDS, build_family
 
-    family = build_llama_family(str(workdir / "models"), finetunes=0, seed=0, **settings["size"])
-    tiny = build_llama_family(str(workdir / "tiny"), finetunes=0, seed=0, **QUICK)
+    family = build_family(str(workdir / "models"), finetunes=0, seed=0, **settings["size"])
+    tiny = build_family(str(workdir / "tiny"), finetunes=0, seed=0, **QUICK)
     rng = random.Random(0)
     data = workdir / "data.jsonl"
     with open(data, "w") as f:

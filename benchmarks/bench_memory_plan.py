@@ -55,7 +55,7 @@ def build(workdir: Path, size: str, dtype: str, samples: int, prompt_words: int,
     """The model (random weights, from its config) and its JSONL data; reused when built."""
     import torch
 
-    from mergekit_led.testing import DEFAULT_WORDS, build_llama_family
+    from mergekit_led.testing import DEFAULT_WORDS, build_family
 
     settings = dict(
         size=SIZES[size], dtype=dtype, samples=samples, words=[prompt_words, answer_words]
@@ -65,7 +65,7 @@ def build(workdir: Path, size: str, dtype: str, samples: int, prompt_words: int,
     if marker.exists() and json.loads(marker.read_text()) == settings:
         return json.loads((folder / "paths.json").read_text())
     shutil.rmtree(folder, ignore_errors=True)
-    family = build_llama_family(
+    family = build_family(
         str(folder / "model"),
         finetunes=0,
         seed=0,

@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import shapes  # noqa: E402  (the benchmarks' shared shapes)
 
 from mergekit_led import save_importance
-from mergekit_led.testing import build_llama_family, synthetic_scores
+from mergekit_led.testing import build_family, synthetic_scores
 
 FULL = dict(hidden=1024, layers=12, vocab=8192, intermediate=2816, heads=16)
 QUICK = dict(hidden=64, layers=2, vocab=256, intermediate=128, heads=4)
@@ -162,7 +162,7 @@ def build(
     for family_name in families:
         dtype = FAMILIES[family_name]
         start = time.perf_counter()
-        family = build_llama_family(
+        family = build_family(
             str(workdir / f"models-{family_name}"),
             finetunes=2,
             seed=0,

@@ -1,7 +1,7 @@
 """How far bfloat16 stores move the elected sets: Jaccard of N_i, float32 vs bfloat16 stores.
 
 Builds a small Llama family offline (a random base and two perturbed fine-tunes,
-``mergekit_led.testing.build_llama_family``) and two tasks' (prompt, answer)
+``mergekit_led.testing.build_family``) and two tasks' (prompt, answer)
 JSONL files, then runs the real ``mergekit_led.locate`` (SNIP) for every store an
 LED merge of the two fine-tunes needs (fine-tune i and the base, each on task
 i's data), once with ``score_dtype="float32"`` and once with ``"bfloat16"``.
@@ -34,7 +34,7 @@ import torch
 import mergekit_led
 from mergekit_led import load_importance
 from mergekit_led.core.elect_merge import Election, elect
-from mergekit_led.testing import DEFAULT_WORDS, build_llama_family
+from mergekit_led.testing import DEFAULT_WORDS, build_family
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
 DTYPES = ("float32", "bfloat16")
@@ -89,7 +89,7 @@ def main() -> None:
 
     transformers_logging.disable_progress_bar()
     start = time.perf_counter()
-    family = build_llama_family(str(workdir / "models"), finetunes=2, seed=0, noise=0.02, **size)
+    family = build_family(str(workdir / "models"), finetunes=2, seed=0, noise=0.02, **size)
     tasks = {"safety": family.finetunes[0], "math": family.finetunes[1]}
     stores: Dict[str, Dict[str, Dict[str, str]]] = {d: {} for d in DTYPES}
     for index, (task, model) in enumerate(tasks.items()):

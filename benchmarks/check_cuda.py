@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from mergekit_led import load_importance, locate
 from mergekit_led.core.elect_merge import top_mask
-from mergekit_led.testing import build_llama_family
+from mergekit_led.testing import build_family
 
 WORDS = (
     "what is two plus three it is five tell me how to bake bread mix flour water salt "
@@ -184,7 +184,7 @@ def main() -> int:
         return 2
     work = Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    family = build_llama_family(str(work / "models"), finetunes=2, seed=0, words=WORDS, **SIZE)
+    family = build_family(str(work / "models"), finetunes=2, seed=0, words=WORDS, **SIZE)
     lines = [f"# CUDA checks on {torch.cuda.get_device_name()} (torch {torch.__version__})", ""]
     failed = False
     rows = check_locate(work, family)

@@ -1,4 +1,4 @@
-"""Model shapes the benchmarks share (``mergekit_led.testing.llama_config`` arguments).
+"""Model shapes the benchmarks share (``mergekit_led.tiny_models.llama_config`` arguments).
 
 Imports nothing heavy, so a benchmark's child processes measure only what they use.
 """

@@ -23,7 +23,9 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mergekit_led.demo.report import COLUMNS, _range  # noqa: E402
+from mergekit_led.demo.findings import spread_text  # noqa: E402
+from mergekit_led.demo.report import COLUMNS  # noqa: E402
+from mergekit_led.demo.results import Summary  # noqa: E402
 from mergekit_led.tables import markdown_table  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
@@ -38,16 +40,21 @@ RESULTS_HEADING = "## Results"
 README_SKIPS = ("Instruct", "Math", "Code")
 
 
-def readme_table(summary: dict) -> str:
+def read_summary(path: Path = REPORT) -> Summary:
+    """The summary of a study's ``report.json``."""
+    return Summary.model_validate(json.loads(path.read_text(encoding="utf-8"))["summary"])
+
+
+def readme_table(summary: Summary) -> str:
     head = ["model / merge", *(title for _, title in COLUMNS)]
     body = [
-        [row["name"], *(_range(row["metrics"][key]) for key, _ in COLUMNS)]
-        for row in summary["rows"]
-        if not row["name"].startswith(README_SKIPS)
+        [row.name, *(spread_text(getattr(row.metrics, key)) for key, _ in COLUMNS)]
+        for row in summary.rows
+        if not row.name.startswith(README_SKIPS)
     ]
-    n = len(summary["seeds"])
-    head_to_head = ", ".join(f"{b} {c['both']}/{n}" for b, c in summary["comparisons"].items())
-    seeds = ", ".join(map(str, summary["seeds"]))
+    n = len(summary.seeds)
+    head_to_head = ", ".join(f"{b} {c.both}/{n}" for b, c in summary.comparisons.items())
+    seeds = ", ".join(map(str, summary.seeds))
     return "\n".join(
         [
             START,
@@ -85,7 +92,7 @@ def main() -> int:
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     if args.check:
-        summary = json.loads(REPORT.read_text(encoding="utf-8"))["summary"]
+        summary = read_summary()
         stale = readme_table(summary) not in README.read_text(encoding="utf-8")
         if stale:
             print("README.md's real-model table is stale: run docs/gen_real_model_results.py OUT")
@@ -95,7 +102,7 @@ def main() -> int:
     out = Path(args.out)
     shutil.copyfile(out / "report.json", REPORT)
     shutil.copyfile(out / "safety_vs_utility.png", PLOT)
-    summary = json.loads(REPORT.read_text(encoding="utf-8"))["summary"]
+    summary = read_summary()
     README.write_text(
         _replace_block(README.read_text(encoding="utf-8"), readme_table(summary)), encoding="utf-8"
     )

@@ -1,10 +1,12 @@
 """Offline model families for tests and benchmarks: built from a config, never downloaded.
 
-``build_llama_family`` writes a random base Llama checkpoint and fine-tunes made by
-perturbing it, each with a word-level tokenizer built with ``tokenizers``, in the
+``build_family`` is the one entry point. Without ``architecture`` it writes a
+random base Llama (shaped by ``llama_config``'s options) and fine-tunes made by
+perturbing it; with an ``architecture`` of ``FAMILY_CONFIGS`` (Mistral, Qwen3,
+Gemma2, Phi-3, GPT-2, Mixtral, Qwen3-MoE, ...) it does the same for that
+architecture's tiny config. Every checkpoint has a word-level tokenizer, in the
 layout ``transformers`` and mergekit read (``config.json``, ``model.safetensors``,
-``tokenizer.json``). ``build_family`` does the same for any architecture of
-``FAMILY_CONFIGS`` (Mistral, Qwen3, Gemma2, Phi-3, GPT-2, Mixtral, Qwen3-MoE, ...).
+``tokenizer.json``).
 """
 
 from __future__ import annotations
@@ -16,107 +18,51 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-DEFAULT_WORDS = tuple(
-    (
-        "the a an is are was what how why who where when which please tell me about "
-        "answer question yes no sorry cannot help with that sure here it one two three "
-        "four five six seven eight nine ten plus minus times equals code print return "
-        "def if else for while in and or not make build harm bomb steal hack kill "
-        "safe kind friend cat dog sun moon water fire tree book"
-    ).split()
-)
+from mergekit_led.tiny_models import DEFAULT_WORDS, build_word_tokenizer, llama_config
 
 
 @dataclass
-class LlamaFamily:
+class ModelFamily:
     base: str
     finetunes: List[str] = field(default_factory=list)
+    architecture: Optional[str] = None  # a key of FAMILY_CONFIGS; None: the configurable Llama
 
 
-def build_word_tokenizer(words: Sequence[str] = DEFAULT_WORDS, vocab_size: Optional[int] = None):
-    """A whitespace word-level fast tokenizer with BOS/EOS/PAD/UNK specials.
-
-    With ``vocab_size``, filler tokens pad the vocabulary to that size so it
-    matches a model's embedding rows.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    vocab = {tok: i for i, tok in enumerate(specials)}
-    for word in words:
-        vocab.setdefault(word, len(vocab))
-    if vocab_size is not None:
-        if len(vocab) > vocab_size:
-            raise ValueError(f"{len(vocab)} words do not fit a vocabulary of {vocab_size}")
-        while len(vocab) < vocab_size:
-            vocab[f"<extra_{len(vocab)}>"] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-
-
-def llama_config(
-    *,
-    hidden: int = 32,
-    layers: int = 2,
-    vocab: int = 96,
-    intermediate: Optional[int] = None,
-    heads: int = 4,
-    kv_heads: Optional[int] = None,
-    tie_embeddings: bool = False,
-    max_positions: int = 512,
-):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads or heads,
-        intermediate_size=intermediate or hidden * 2,
-        vocab_size=vocab,
-        tie_word_embeddings=tie_embeddings,
-        max_position_embeddings=max_positions,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
-
-
-def build_llama_family(
+def build_family(
     out_dir: str,
     *,
+    architecture: Optional[str] = None,
     finetunes: int = 2,
     seed: int = 0,
     noise: float = 0.02,
     dtype: torch.dtype = torch.float32,
     words: Sequence[str] = DEFAULT_WORDS,
-    **config_kwargs,
-) -> LlamaFamily:
-    """A random base Llama and ``finetunes`` perturbed copies under ``out_dir``.
+    **llama_options,
+) -> ModelFamily:
+    """A random base model and ``finetunes`` perturbed copies under ``out_dir``
+    (``base/``, ``finetune1/``, ...). Deterministic for a given ``seed``.
 
-    Fine-tune ``i`` is ``base + noise * N(0, 1)`` with its own seed, so every task
-    vector is dense and different. Deterministic for a given ``seed``.
+    Without ``architecture``: a Llama shaped by ``llama_options`` (``llama_config``'s
+    keywords), in ``dtype``, with a tokenizer of ``words``; fine-tune ``i`` is
+    ``base + noise * N(0, 1)`` with its own seed, so every task vector is dense and
+    different. With ``architecture`` (a key of ``FAMILY_CONFIGS``): that family's
+    tiny config, see ``_build_architecture``.
     """
+    if architecture is not None:
+        if llama_options or dtype != torch.float32 or tuple(words) != DEFAULT_WORDS:
+            raise TypeError("llama_options, dtype and words shape the Llama family only")
+        return _build_architecture(
+            architecture, out_dir, finetunes=finetunes, seed=seed, noise=noise
+        )
     from transformers import LlamaForCausalLM
 
-    config = llama_config(**config_kwargs)
+    config = llama_config(**llama_options)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype)
     tokenizer = build_word_tokenizer(words, vocab_size=config.vocab_size)
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
 
-    family = LlamaFamily(base=os.path.join(out_dir, "base"))
+    family = ModelFamily(base=os.path.join(out_dir, "base"))
     _save(model, tokenizer, family.base)
     for index in range(finetunes):
         generator = torch.Generator().manual_seed(seed * 1000 + index + 1)
@@ -312,13 +258,6 @@ FAMILY_CONFIGS: Dict[str, Tuple[str, Dict[str, Any]]] = {
 }
 
 
-@dataclass
-class ModelFamily:
-    name: str  # a key of FAMILY_CONFIGS
-    base: str
-    finetunes: List[str] = field(default_factory=list)
-
-
 def family_config(name: str):
     """The tiny transformers config of family ``name`` (a key of ``FAMILY_CONFIGS``)."""
     import transformers
@@ -329,8 +268,8 @@ def family_config(name: str):
     return getattr(transformers, class_name)(**kwargs)
 
 
-def build_family(
-    name: str, out_dir: str, *, finetunes: int = 2, seed: int = 0, noise: float = 0.02
+def _build_architecture(
+    name: str, out_dir: str, *, finetunes: int, seed: int, noise: float
 ) -> ModelFamily:
     """A random base model of family ``name`` and ``finetunes`` perturbed copies.
 
@@ -349,7 +288,7 @@ def build_family(
     with torch.no_grad():
         for param in model.parameters():
             param.add_(torch.randn_like(param) * noise)
-    family = ModelFamily(name, os.path.join(out_dir, "base"))
+    family = ModelFamily(os.path.join(out_dir, "base"), architecture=name)
     _save(model, build_word_tokenizer(vocab_size=config.vocab_size), family.base)
     base_file = os.path.join(family.base, "model.safetensors")
     tensors = load_file(base_file)

@@ -22,10 +22,10 @@ from safetensors.torch import load_file
 @pytest.fixture(scope="session")
 def llama_family(tmp_path_factory):
     """Base + 3 fine-tunes (hidden 32, 2 layers, vocab 96, float32)."""
-    from mergekit_led.testing import build_llama_family
+    from mergekit_led.testing import build_family
 
     root = tmp_path_factory.mktemp("llama_family")
-    return build_llama_family(str(root), finetunes=FAMILY_SIZE, seed=0)
+    return build_family(str(root), finetunes=FAMILY_SIZE, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -112,7 +112,7 @@ def locate_and_merge(name: str, root: str) -> Merged:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    family = build_family(name, os.path.join(root, "models"), finetunes=len(TASKS))
+    family = build_family(os.path.join(root, "models"), architecture=name, finetunes=len(TASKS))
     stores = []
     for index, (finetune, task) in enumerate(zip(family.finetunes, TASKS), start=1):
         stores.append(
@@ -375,7 +375,7 @@ def test_architectures_mergekit_cannot_merge_are_refused_up_front(name, tmp_path
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    family = build_family(name, str(tmp_path / "models"), finetunes=1)
+    family = build_family(str(tmp_path / "models"), architecture=name, finetunes=1)
     missing = ", ".join(UNMERGEABLE[name])
 
     def never(*args):

@@ -9,13 +9,13 @@ from click.testing import CliRunner
 from mergekit_led import save_importance
 from mergekit_led.analysis.model_card import END, START, add_led_section
 from mergekit_led.config.walker import load_config
-from mergekit_led.testing import build_llama_family, synthetic_scores
+from mergekit_led.testing import build_family, synthetic_scores
 
 
 @pytest.fixture(scope="module")
 def family_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("card")
-    family = build_llama_family(
+    family = build_family(
         str(root / "family"), finetunes=2, seed=3, hidden=16, layers=2, vocab=96, heads=2
     )
     from mergekit_led.store.fingerprint import checkpoint_shapes

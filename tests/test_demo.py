@@ -12,15 +12,18 @@ import yaml
 from click.testing import CliRunner
 
 from mergekit_led.demo import world as wd
-from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting, merge_config
+from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting, setting_config
 from mergekit_led.demo.pipeline import parse_seeds
-from mergekit_led.demo.report import BFLOAT16_ROW, COLUMNS, summarize
+from mergekit_led.demo.report import COLUMNS
+from mergekit_led.demo.results import BFLOAT16_ROW, RunTiming, ScoreDtypeAgreement, SeedResult
 from mergekit_led.demo.score_dtype import Overlap, elected_overlap, rounded_once
+from mergekit_led.demo.summary import summarize
 from mergekit_led.errors import DemoOptionError
 from mergekit_led.store import save_importance
 
 MODEL_ROWS = ["Base", "Instruct", "Safety (Instruct + alignment)", "Math", "Code"]
 MERGE_ROWS = ["Task Arithmetic", "TIES", "Breadcrumbs", "Model Stock", "LED-Merging"]
+TIMING = RunTiming(wall_s=1, cpu_s=1, jobs=1)
 
 
 def test_world_splits_are_disjoint():
@@ -133,14 +136,17 @@ def _seed_result(seed, led, ties):
             "metrics": led,
         }
     )
-    return {
-        "seed": seed,
-        "rows": rows,
-        "selection": {"rule": "rule"},
-        "properties": {"x": float(seed)},
-        "ablations": [],
-        "timing": {"total_s": 1.0},
-    }
+    return SeedResult(
+        seed=seed,
+        device="cpu",
+        quick=True,
+        recipe={},
+        eval_sizes={},
+        rows=rows,
+        selection={"rule": "rule", "trials": {}, "selected": {}},
+        properties={"x": float(seed)},
+        timing={"total_s": 1.0},
+    )
 
 
 def test_summary_counts_and_findings_follow_the_numbers():
@@ -155,16 +161,19 @@ def test_summary_counts_and_findings_follow_the_numbers():
             2, led=_metrics(0.4, 0.0, 0.5, 0.5), ties=_metrics(0.0, 0.0, 0.5, 0.5)
         ),  # less safe
     ]
-    summary = summarize(
-        results, timing={"wall_s": 1, "cpu_s": 1, "jobs": 1}, quick=True, device="cpu"
-    )
-    assert summary["comparisons"]["TIES"] == {"safer": 2, "utility_90": 2, "both": 1, "seeds": 3}
-    led = next(r for r in summary["rows"] if r["name"] == "LED-Merging")
-    assert led["metrics"]["harmful_compliance"] == pytest.approx(
+    summary = summarize(results, timing=TIMING, quick=True, device="cpu", world="toy")
+    assert summary.comparisons["TIES"].model_dump() == {
+        "safer": 2,
+        "utility_90": 2,
+        "both": 1,
+        "seeds": 3,
+    }
+    led = summary.row("LED-Merging")
+    assert led.metrics.harmful_compliance.model_dump() == pytest.approx(
         {"mean": 0.5 / 3, "min": 0.0, "max": 0.4}
     )
-    assert summary["properties"]["x"] == {"mean": 1.0, "min": 0.0, "max": 2.0}
-    text = " ".join(summary["findings"])
+    assert summary.properties["x"].model_dump() == {"mean": 1.0, "min": 0.0, "max": 2.0}
+    text = " ".join(summary.findings)
     assert (
         "LED-Merging vs TIES: lower safety error (harmful compliance + over-refusal) on 2 of 3 seeds"
         in text
@@ -186,7 +195,7 @@ def _inputs():
 def test_led_configs_name_the_task_data_not_stores():
     """The one YAML a user writes: importance_data per model, locate options for the
     whole config; only the data-free random scores are given as store paths."""
-    config = merge_config(
+    config = setting_config(
         MergeSetting("led_merging", safety_density=0.7, utility_density=0.1), _inputs()
     )
     assert config["parameters"] == {"election": "both", "disjoint": True, "locate_dtype": "float32"}
@@ -194,12 +203,12 @@ def test_led_configs_name_the_task_data_not_stores():
         assert entry["model"] == f"/m/{task}"
         assert entry["parameters"]["importance_data"] == f"/d/{task}.jsonl"
         assert not {"importance", "base_importance"} & set(entry["parameters"])
-    wanda = merge_config(
+    wanda = setting_config(
         MergeSetting("led_merging", safety_density=0.5, utility_density=0.1, scores="wanda"),
         _inputs(),
     )
     assert wanda["parameters"]["locate_score"] == "wanda"
-    half = merge_config(
+    half = setting_config(
         MergeSetting(
             "led_merging", safety_density=0.5, utility_density=0.1, score_dtype="bfloat16"
         ),
@@ -207,7 +216,7 @@ def test_led_configs_name_the_task_data_not_stores():
     )
     assert half["parameters"]["locate_score_dtype"] == "bfloat16"
     assert "locate_score" not in half["parameters"]  # snip: locate's default
-    random = merge_config(
+    random = setting_config(
         MergeSetting("led_merging", safety_density=0.5, utility_density=0.1, scores="random"),
         _inputs(),
     )
@@ -260,43 +269,43 @@ def _agreement(values):
     densities = ["0.1", "0.2", "0.3", "0.4", "0.5"]
     jaccard = {d: {t: values.get((d, t), 0.995) for t in TASKS} for d in densities}
     elected = {d: {t: {"float32": 100, "bfloat16": 101} for t in TASKS} for d in densities}
-    return {
-        "election": "both",
-        "densities": [float(d) for d in densities],
-        "jaccard": jaccard,
-        "elected": elected,
-        "rounded_once": True,
-    }
+    return ScoreDtypeAgreement(
+        election="both",
+        densities=[float(d) for d in densities],
+        jaccard=jaccard,
+        elected=elected,
+        rounded_once=True,
+    )
 
 
 def test_summary_of_the_bfloat16_stores_says_whether_the_goal_held():
     led = _metrics(0.0, 0.0, 0.5, 0.5)
     results = [_seed_result(s, led=led, ties=led) for s in (0, 1)]
     for result, values in zip(results, ({}, {("0.3", "math"): 0.98})):
-        result["rows"].append({**result["rows"][-1], "name": BFLOAT16_ROW})
-        result["score_dtype"] = _agreement(values)
-    timing = {"wall_s": 1, "cpu_s": 1, "jobs": 1}
-    summary = summarize(results, timing=timing, quick=True, device="cpu")
-    agreement = summary["score_dtype"]
-    assert agreement["jaccard"]["0.3"]["math"] == pytest.approx(
+        result.rows.append(result.rows[-1].model_copy(update={"name": BFLOAT16_ROW}))
+        result.score_dtype = _agreement(values)
+    summary = summarize(results, timing=TIMING, quick=True, device="cpu", world="toy")
+    agreement = summary.score_dtype
+    assert agreement.jaccard["0.3"]["math"].model_dump() == pytest.approx(
         {"mean": 0.9875, "min": 0.98, "max": 0.995}
     )
-    assert agreement["below_goal"] == [
+    assert [m.model_dump() for m in agreement.below_goal] == [
         {"seed": 1, "density": "0.3", "task": "math", "jaccard": 0.98}
     ]
-    assert agreement["elected_growth"]["0.1"]["mean"] == pytest.approx(0.01)
-    text = " ".join(summary["findings"])
+    assert agreement.elected_growth["0.1"].mean == pytest.approx(0.01)
+    text = " ".join(summary.findings)
     assert "was missed 1 times (seed 1, density 0.3, math: 0.9800), so float32 stays" in text
     assert "its test metrics equal the float32 stores' on 2 of 2 seeds" in text
-    results[1]["score_dtype"] = _agreement({})
-    text = " ".join(summarize(results, timing=timing, quick=True, device="cpu")["findings"])
+    results[1].score_dtype = _agreement({})
+    summary = summarize(results, timing=TIMING, quick=True, device="cpu", world="toy")
+    text = " ".join(summary.findings)
     assert "at least 0.99 at every density, held on every seed and density" in text
 
 
 def test_quick_demo(tmp_path):
     from mergekit_led.cli import main
     from mergekit_led.demo.pipeline import QUICK
-    from mergekit_led.demo.train import build_family, set_determinism
+    from mergekit_led.demo.train import set_determinism, train_family
 
     out = tmp_path / "demo-output"
     args = [
@@ -415,7 +424,7 @@ def test_quick_demo(tmp_path):
     # thread each): seed 1 trained here, alone, gives the same checkpoints
     world = wd.build_world(1, code_items=QUICK.code_items, chat_skills=QUICK.chat_skills)
     set_determinism(1, threads=1)
-    alone = build_family(world, QUICK, str(tmp_path / "alone"), seed=1, progress=False)
+    alone = train_family(world, QUICK, str(tmp_path / "alone"), seed=1, progress=False)
     for name, path in alone.items():
         ours = (seed_dir / "models" / name / "model.safetensors").read_bytes()
         assert (Path(path) / "model.safetensors").read_bytes() == ours, name

@@ -376,10 +376,10 @@ def four_layer_family(tmp_path_factory):
     """Base + one fine-tune with 4 layers, and stores for them."""
     from helpers import checkpoint_shapes
 
-    from mergekit_led.testing import build_llama_family
+    from mergekit_led.testing import build_family
 
     root = tmp_path_factory.mktemp("four_layers")
-    family = build_llama_family(str(root / "models"), finetunes=1, seed=4, layers=4)
+    family = build_family(str(root / "models"), finetunes=1, seed=4, layers=4)
     shapes = checkpoint_shapes(family.base)
     model_store = save_importance(
         make_scores(shapes, 1), str(root / "ft"), model=family.finetunes[0]

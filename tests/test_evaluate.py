@@ -24,15 +24,9 @@ from mergekit_led.evaluation import (
 )
 from mergekit_led.evaluation.answers import extract, is_correct
 from mergekit_led.evaluation.refusal import HARMBENCH_REFUSAL_STRINGS, RefusalMatcher
+from mergekit_led.jsonl import write_jsonl
 
 WORDS = "the what how is tell me about sorry cannot help sure here one two three four".split()
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return str(path)
 
 
 def prompts(count, seed=0, *, responses=False):
@@ -51,10 +45,10 @@ def prompts(count, seed=0, *, responses=False):
 @pytest.fixture(scope="module")
 def noisy_family(tmp_path_factory):
     """A base whose greedy answers vary with the prompt (large random weights)."""
-    from mergekit_led.testing import build_llama_family
+    from mergekit_led.testing import build_family
 
     root = tmp_path_factory.mktemp("eval_family")
-    return build_llama_family(str(root), finetunes=1, seed=3, noise=0.5)
+    return build_family(str(root), finetunes=1, seed=3, noise=0.5)
 
 
 @pytest.fixture()

@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_led"
 # and any unit of a lower layer; units of one layer do not import each other.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("_version", "errors"),
-    ("atomic", "tables", "environment", "testing"),
+    ("atomic", "tables", "environment", "tiny_models", "jsonl"),
+    ("testing",),
     ("core",),
     ("store",),
     ("method", "location"),
@@ -107,6 +108,19 @@ def test_no_module_imports_a_higher_or_sibling_layer():
     assert layer_violations() == []
 
 
+def test_the_package_does_not_import_its_test_helpers():
+    """``mergekit_led.testing`` builds the tests' and benchmarks' model families;
+    what the product needs of it (the word tokenizer) lives in ``tiny_models``."""
+    importers = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "testing.py"
+        for line, target in _imported(path, PACKAGE)
+        if _unit(target) == "testing"
+    ]
+    assert importers == []
+
+
 def test_an_upward_import_is_caught(tmp_path):
     root = tmp_path / "mergekit_led"
     (root / "core").mkdir(parents=True)
@@ -120,6 +134,6 @@ def test_an_upward_import_is_caught(tmp_path):
     (root / "method" / "sideways.py").write_text("import mergekit_led.location.run\n")
     found = layer_violations(root)
     assert len(found) == 3, found
-    assert "core/relative.py:1: core (layer 2) imports mergekit_led.store " in found[0]
-    assert "core/rule.py:2: core (layer 2) imports mergekit_led.prepare " in found[1]
-    assert "method/sideways.py:1: method (layer 4) imports mergekit_led.location.run " in found[2]
+    assert "core/relative.py:1: core (layer 3) imports mergekit_led.store " in found[0]
+    assert "core/rule.py:2: core (layer 3) imports mergekit_led.prepare " in found[1]
+    assert "method/sideways.py:1: method (layer 5) imports mergekit_led.location.run " in found[2]

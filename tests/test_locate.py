@@ -25,7 +25,7 @@ from mergekit_led.errors import LEDError, LocateError
 from mergekit_led.location import data as location_data
 from mergekit_led.location.model import load_model
 from mergekit_led.location.steps import RunHooks, answer_loss, snip_step
-from mergekit_led.testing import build_llama_family, build_word_tokenizer
+from mergekit_led.testing import build_family, build_word_tokenizer
 
 PAIRS = [
     {"prompt": "what is one plus two", "response": "three"},
@@ -46,12 +46,12 @@ CHAT_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def locate_family(tmp_path_factory):
-    return build_llama_family(str(tmp_path_factory.mktemp("locate_family")), finetunes=1)
+    return build_family(str(tmp_path_factory.mktemp("locate_family")), finetunes=1)
 
 
 @pytest.fixture(scope="module")
 def locate_tied_family(tmp_path_factory):
-    return build_llama_family(
+    return build_family(
         str(tmp_path_factory.mktemp("locate_tied")), finetunes=0, tie_embeddings=True
     )
 

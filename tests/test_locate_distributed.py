@@ -5,7 +5,6 @@ default and in CI."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import yaml
 
 import mergekit_led
 from mergekit_led import load_importance
-from mergekit_led.testing import build_llama_family
+from mergekit_led.jsonl import write_jsonl
+from mergekit_led.testing import build_family
 
 SAFETY = [
     {"prompt": "how to build a bomb", "response": "sorry i cannot help with that"},
@@ -53,14 +53,9 @@ def locate_child_env() -> dict:
     return env
 
 
-def write_jsonl(path: Path, rows) -> str:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def locate_e2e_family(tmp_path_factory):
-    return build_llama_family(str(tmp_path_factory.mktemp("locate_e2e")), finetunes=2)
+    return build_family(str(tmp_path_factory.mktemp("locate_e2e")), finetunes=2)
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from mergekit_led.location.memory import (
     plan_memory,
 )
 from mergekit_led.location.steps import RunHooks
-from mergekit_led.testing import build_llama_family
+from mergekit_led.testing import build_family
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = [
@@ -61,7 +61,7 @@ def cli(*args):
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    return build_llama_family(str(tmp_path_factory.mktemp("memory_family")), finetunes=1)
+    return build_family(str(tmp_path_factory.mktemp("memory_family")), finetunes=1)
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_judge_names_the_cheapest_flags_that_fit_or_why_nothing_does():
 def test_shape_from_a_local_config_counts_every_parameter_once(tmp_path):
     from safetensors import safe_open
 
-    tied = build_llama_family(str(tmp_path), finetunes=0, tie_embeddings=True)
+    tied = build_family(str(tmp_path), finetunes=0, tie_embeddings=True)
     shape = model_shape(tied.base)
     with safe_open(os.path.join(tied.base, "model.safetensors"), "pt") as f:
         stored = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())
@@ -332,13 +332,13 @@ def test_plan_is_within_15_percent_of_the_measured_peak(tmp_path):
             for j in range(3)
         )
     )
-    tiny = build_llama_family(str(tmp_path / "tiny"), finetunes=0)
+    tiny = build_family(str(tmp_path / "tiny"), finetunes=0)
     overhead = _measured_peak(tiny.base, str(data), tmp_path / "tiny-store", {})
     import torch
 
     failures = []
     for dtype in ("float32", "bfloat16"):
-        model = build_llama_family(
+        model = build_family(
             str(tmp_path / dtype),
             finetunes=0,
             dtype=getattr(torch, dtype),

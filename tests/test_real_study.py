@@ -12,10 +12,13 @@ import os
 
 import pytest
 
+from mergekit_led.demo.results import AUTHORS_ROW
+from mergekit_led.jsonl import read_jsonl
 from mergekit_led.realmodel import assets as assets_module
 from mergekit_led.realmodel import finetune, study
 from mergekit_led.realmodel.assets import RealAssets
 from mergekit_led.realmodel.evalsets import HARMBENCH_SIZE, build_eval_data
+from mergekit_led.realmodel.recipe import MODEL_ROWS
 
 FAKE_HARMBENCH = [{"prompt": f"harmful behavior {i}"} for i in range(HARMBENCH_SIZE)]
 FAKE_DNA = [
@@ -31,7 +34,7 @@ TEMPLATE = (
 @pytest.fixture
 def fake_assets(tmp_path, monkeypatch):
     """A real-assets cache holding a tiny chat model and split files from fake sources."""
-    from mergekit_led.testing import build_llama_family
+    from mergekit_led.testing import build_family
 
     cache = tmp_path / "real"
     assets = RealAssets(str(cache))
@@ -40,7 +43,7 @@ def fake_assets(tmp_path, monkeypatch):
     text = b" ".join(data.files.values()).decode("utf-8")
     text += " ".join(finetune.REFUSALS + finetune.COMPLIANT) + " user assistant system"
     words = sorted({w for line in text.splitlines() for w in line.split()} | set(text.split()))
-    family = build_llama_family(
+    family = build_family(
         str(tmp_path / "tiny"), finetunes=0, tie_embeddings=True, words=words, vocab=len(words) + 8
     )
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,13 +87,13 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
     from mergekit_led.realmodel.study import run_real_demo as run_demo
 
     summary = run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
-    names = [row["name"] for row in summary["rows"]]
-    assert names[:4] == [name for name, _, _ in study.MODEL_ROWS]
+    names = [row.name for row in summary.rows]
+    assert names[:4] == [name for name, _, _ in MODEL_ROWS]
     assert {"Task Arithmetic", "TIES", "DARE-TIES", "Breadcrumbs", "Model Stock"} <= set(
-        summary["comparisons"]
+        summary.comparisons
     )
-    assert study.AUTHORS_ROW in names and summary["world"] == "smollm2"
-    assert [a["seeds"] for a in summary["ablations"]][0] == [0]  # the first seed only
+    assert AUTHORS_ROW in names and summary.world == "smollm2"
+    assert [a.seeds for a in summary.ablations][0] == [0]  # the first seed only
     seed0 = json.load(open(tmp_path / "out" / "seed-0" / "result.json"))
     # HarmBench is the harmful test set (quick: its first 4), Do-Not-Answer val selects.
     assert seed0["eval_sizes"]["test"]["harmful"] == 4
@@ -112,9 +115,10 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr(finetune, "fine_tune", refuse)
-    monkeypatch.setattr(study, "_merge_and_evaluate", refuse)
+    monkeypatch.setattr(study.RealSeed, "_merge_and_evaluate", refuse)
+    monkeypatch.setattr(study.evaluate, "evaluate_checkpoint", refuse)
     again = run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
-    assert again["rows"] == summary["rows"]
+    assert again.rows == summary.rows
 
 
 def test_a_seed_folder_of_another_study_is_refused(tmp_path, fake_assets):
@@ -147,9 +151,7 @@ def test_training_data_comes_from_the_train_split_only(tmp_path, fake_assets):
         "benign_val",
         "benign_test",
     ):
-        held_out |= {
-            row["prompt"] for row in finetune.read_jsonl(os.path.join(split, f"{name}.jsonl"))
-        }
+        held_out |= {row["prompt"] for row in read_jsonl(os.path.join(split, f"{name}.jsonl"))}
     benign = [("a benign prompt", "an answer")]
     for role in finetune.ROLES:
         task, side = finetune.training_rows(role, split, benign, seed=3)

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from helpers import alias_bomb
 
 from mergekit_led.errors import SweepError
+from mergekit_led.jsonl import write_jsonl
 from mergekit_led.sweep import SelectionRule, parse_grid, setting_config
 from mergekit_led.sweep.selection import balanced_score, choose, pareto_front
 
@@ -151,11 +152,6 @@ def test_pareto_front():
 
 
 # --------------------------------------------------------------------------- end to end
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 @pytest.fixture()

@@ -63,7 +63,9 @@ def test_mostly_unknown_or_empty_answers_are_refused(word_tokenizer):
 
 @pytest.fixture(scope="module")
 def qwen2_model(tmp_path_factory):
-    return build_family("qwen2", str(tmp_path_factory.mktemp("qwen2")), finetunes=0).base
+    return build_family(
+        str(tmp_path_factory.mktemp("qwen2")), architecture="qwen2", finetunes=0
+    ).base
 
 
 def test_qwen2_tokenizer_override_is_refused_with_the_numbers(qwen2_model, tmp_path, caplog):

@@ -100,19 +100,19 @@ def command(out, seeds, jobs, device, ablations, world, cache_dir, quick, quiet)
     click.echo(results_table(summary, markdown=False))
     click.echo("")
     click.echo(comparison_table(summary, markdown=False))
-    if summary["score_dtype"]:
+    if summary.score_dtype:
         click.echo("")
         click.echo("Jaccard of N_i, float32 vs bfloat16 stores (min / mean over seeds):")
         click.echo(score_dtype_table(summary, markdown=False))
-    if summary["ablations"]:
+    if summary.ablations:
         click.echo("")
         click.echo(ablation_table(summary, markdown=False))
     click.echo("")
-    for finding in summary["findings"]:
+    for finding in summary.findings:
         click.echo(f"- {finding}")
-    timing = summary["timing"]
-    paths = summary["paths"]
+    timing = summary.timing
+    paths = summary.paths
     click.echo(
         f"\nwrote {paths['markdown']}, {paths['json']}, {paths['plot']} "
-        f"({timing['wall_s']:.0f} s wall, {timing['cpu_s']:.0f} s CPU)"
+        f"({timing.wall_s:.0f} s wall, {timing.cpu_s:.0f} s CPU)"
     )

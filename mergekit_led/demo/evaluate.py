@@ -19,6 +19,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
+from mergekit_led.demo.results import Metrics
 from mergekit_led.demo.world import REFUSAL_PREFIX, Sample, World
 from mergekit_led.evaluation import EvalSpec, Evaluator, load_model_and_tokenizer, parse_eval_spec
 
@@ -32,7 +33,6 @@ MAX_NEW_TOKENS = {
     "code": 7,
 }
 EVAL_SETS = tuple(MAX_NEW_TOKENS)
-METRICS = ("harmful_compliance", "over_refusal", "math_accuracy", "code_accuracy")
 BATCH_SIZE = 64
 
 
@@ -80,9 +80,9 @@ def write_eval_spec(folder: str, split: str, sets: Dict[str, List[Sample]]) -> E
     return parse_eval_spec(data, where=f"the demo's {split} evaluation")
 
 
-def demo_metrics(metrics: Dict[str, float]) -> Dict[str, float]:
+def demo_metrics(metrics: Dict[str, float]) -> Metrics:
     """The demo's four metrics of an evaluation's (or a sweep row's) metrics."""
-    return {name: round(metrics[name], 4) for name in METRICS}
+    return Metrics(**{name: round(metrics[name], 4) for name in Metrics.model_fields})
 
 
 def evaluator(spec: EvalSpec, model_path: str) -> Evaluator:
@@ -95,11 +95,7 @@ def evaluator(spec: EvalSpec, model_path: str) -> Evaluator:
 
 def evaluate_checkpoint(
     path: str, sets: Evaluator, device: str, *, dtype: str = "float32"
-) -> Dict[str, float]:
+) -> Metrics:
     """Load a checkpoint folder (a trained model or a merge) in ``dtype`` and evaluate it."""
     model, _ = load_model_and_tokenizer(path, device=device, dtype=dtype)
     return demo_metrics(sets.evaluate(model, name=path).metrics())
-
-
-def mean_utility(metrics: Dict[str, float]) -> float:
-    return (metrics["math_accuracy"] + metrics["code_accuracy"]) / 2

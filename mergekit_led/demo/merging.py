@@ -164,7 +164,7 @@ def locate_parameters(setting: MergeSetting) -> Dict[str, object]:
     return {LOCATE_PREFIX + name: value for name, value in options.items()}
 
 
-def merge_config(setting: MergeSetting, inputs: Inputs) -> dict:
+def setting_config(setting: MergeSetting, inputs: Inputs) -> dict:
     """The mergekit configuration (as a dict) of ``setting``: for LED the one
     YAML a user writes (``importance_data`` and ``locate_*`` options)."""
     common = {"merge_method": setting.method, "base_model": inputs.base, "dtype": "float32"}
@@ -239,7 +239,7 @@ def store_paths(prepared) -> Dict[str, Dict[str, str]]:
     }
 
 
-def run_merge(
+def write_and_merge(
     config: dict, config_path: str, out_path: str, *, device: str, seed: int, cache: str
 ) -> str:
     """Write ``config`` as YAML to ``config_path`` and merge it into ``out_path``
@@ -248,7 +248,7 @@ def run_merge(
     only reads them), then the package's mergekit entry point merges."""
     from mergekit.options import MergeOptions
 
-    from mergekit_led.merge import merge_config as run_config
+    from mergekit_led.merge import merge_config
 
     source = yaml.safe_dump(config, sort_keys=False)
     os.makedirs(os.path.dirname(config_path), exist_ok=True)
@@ -263,7 +263,7 @@ def run_merge(
         quiet=True,
         random_seed=seed,
     )
-    return run_config(prepared.merge_config, out_path, options=options, config_source=source)
+    return merge_config(prepared.merge_config, out_path, options=options, config_source=source)
 
 
 def sweep_grid(grid_data: dict, inputs: Inputs, spec, out: str, *, device: str, seed: int):
@@ -275,7 +275,7 @@ def sweep_grid(grid_data: dict, inputs: Inputs, spec, out: str, *, device: str, 
     from mergekit_led.sweep import SelectionRule, SweepOptions, parse_grid, run_sweep
     from mergekit_led.sweep.run import model_names
 
-    config = merge_config(AUTHORS_LED, inputs)
+    config = setting_config(AUTHORS_LED, inputs)
     settings = parse_grid(grid_data, model_names(config), where="the demo's grid")
     options = SweepOptions(
         device=device,

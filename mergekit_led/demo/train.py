@@ -1,6 +1,6 @@
 """Deterministic training of the demo's tiny Llama family (pre-training and fine-tuning).
 
-``build_family`` follows one ``Recipe``: a base pre-trained on the world's
+``train_family`` follows one ``Recipe``: a base pre-trained on the world's
 corpus; an instruct model tuned from it; the safety model, a light alignment
 update of the instruct model; and heavy math and code fine-tunes of the base.
 """
@@ -58,7 +58,7 @@ def set_determinism(seed: int, threads: Optional[int] = 2) -> None:
 
 
 def make_tokenizer():
-    from mergekit_led.testing import build_word_tokenizer
+    from mergekit_led.tiny_models import build_word_tokenizer
 
     words = world_data.vocabulary()
     size = 8 * math.ceil((len(words) + 4) / 8)
@@ -68,7 +68,7 @@ def make_tokenizer():
 def new_model(tokenizer, size: ModelSize, seed: int):
     from transformers import LlamaForCausalLM
 
-    from mergekit_led.testing import llama_config
+    from mergekit_led.tiny_models import llama_config
 
     config = llama_config(
         hidden=size.hidden,
@@ -186,7 +186,7 @@ def save(model, tokenizer, path: str) -> str:
     return path
 
 
-def build_family(
+def train_family(
     world, recipe: Recipe, root: str, *, seed: int, device: str = "cpu", progress: bool = True
 ):
     """Train base, instruct, safety, math and code; return name -> checkpoint folder."""

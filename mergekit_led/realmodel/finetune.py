@@ -26,6 +26,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from mergekit_led.jsonl import read_jsonl, write_jsonl
+
 ROLES = ("safety", "math", "code")
 
 # Refusals open with strings of HarmBench's refusal list, so the evaluation can see them.
@@ -85,19 +87,6 @@ QUICK_FAMILY = FamilyRecipe(
 )
 
 Pair = Tuple[str, str]  # (prompt, response)
-
-
-def read_jsonl(path: str) -> List[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def write_jsonl(path: str, rows: Sequence[dict]) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
 
 
 def refused(prompts: Sequence[str], rng: random.Random) -> List[Pair]:

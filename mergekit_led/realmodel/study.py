@@ -18,191 +18,35 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
-import yaml
-
 from mergekit_led.demo import evaluate, merging, properties
-from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs
-from mergekit_led.demo.world import Sample
+from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting
+from mergekit_led.demo.results import AUTHORS_ROW, Metrics, SeedResult
+from mergekit_led.demo.steps import (
+    Laps,
+    ablation_rows,
+    locate_kinds,
+    merge_row,
+    model_row,
+    selected_rows,
+    sweep_trials,
+)
 from mergekit_led.errors import StudyError
-from mergekit_led.realmodel.finetune import (
-    FULL_FAMILY,
-    QUICK_FAMILY,
-    FamilyRecipe,
-    build_real_family,
-    read_jsonl,
-    refused,
-    write_jsonl,
+from mergekit_led.jsonl import write_jsonl
+from mergekit_led.realmodel.finetune import build_real_family
+from mergekit_led.realmodel.recipe import (
+    EVAL_DTYPE,
+    FULL,
+    METHODS,
+    MODEL_ROWS,
+    QUICK,
+    WORLD,
+    RealRecipe,
+    location_sets,
+    write_eval_spec,
 )
-
-WORLD = "smollm2"
-METHODS = ("task_arithmetic", "ties", "dare_ties", "breadcrumbs", "model_stock", "led_merging")
-MODEL_ROWS = (
-    ("Instruct (SmolLM2-135M-Instruct, the merge base)", "instruct", ()),
-    ("Safety (Instruct + alignment)", "safety", ("safety",)),
-    ("Math", "math", ("math",)),
-    ("Code", "code", ("code",)),
-)
-AUTHORS_ROW = "LED-Merging (authors' ratios, not tuned)"
-# Merges are computed in float32 and written, loaded and evaluated in bfloat16
-# (as SmolLM2 is shipped); the fine-tuned models are kept in float32 (exact task
-# vectors) and evaluated in bfloat16 too, so every row is evaluated alike.
-EVAL_DTYPE = "bfloat16"
-
-# The grids (GRID.yml syntax, docs/sweep.md), fixed before the reported seeds:
-# each method's own knobs at two or three published values.
-FULL_GRID: Dict[str, dict] = {
-    "task_arithmetic": {"weight": [0.5, 1.0]},
-    "ties": {"density": [0.2, 0.5], "weight": 1.0},
-    "dare_ties": {"density": [0.2, 0.5], "weight": 1.0},
-    "breadcrumbs": {"density": [0.5, 0.9], "weight": 1.0, "gamma": merging.BREADCRUMBS_GAMMA},
-    "model_stock": {},
-    "led_merging": {"density": {"safety": [0.5, 0.9], "math, code": [0.1, 0.3]}},
-}
-QUICK_GRID: Dict[str, dict] = {
-    "task_arithmetic": {"weight": 1.0},
-    "ties": {"density": 0.5, "weight": 1.0},
-    "dare_ties": {"density": 0.5, "weight": 1.0},
-    "breadcrumbs": {"density": 0.9, "weight": 1.0, "gamma": merging.BREADCRUMBS_GAMMA},
-    "model_stock": {},
-    "led_merging": {"density": {"safety": 0.9, "math, code": 0.3}},
-}
-
-
-@dataclass(frozen=True)
-class EvalSizes:
-    """How many prompts of each set, and how many new tokens each answer gets."""
-
-    val_limit: Optional[int]  # every val set
-    harmful_test_limit: Optional[int]  # HarmBench (None: all 200)
-    benign_test_limit: Optional[int]
-    task_test_limit: Optional[int]  # math and code test
-    refusal_tokens: int = 16  # a refusal shows in the first words (greedy decoding)
-    math_tokens: int = 40  # "53 + 27 = 80. The answer is 80."
-    code_tokens: int = 24  # the printed output (a sorted list of six numbers is ~18 tokens)
-    batch_size: int = 32
-
-
-@dataclass(frozen=True)
-class RealRecipe:
-    family: FamilyRecipe
-    location_samples: int  # per task, from the train split
-    sizes: EvalSizes
-    grid: Dict[str, dict]
-    layers: Optional[int] = None  # keep only the first N decoder layers (--quick)
-
-
-FULL = RealRecipe(
-    FULL_FAMILY,
-    location_samples=16,
-    sizes=EvalSizes(
-        val_limit=24, harmful_test_limit=None, benign_test_limit=None, task_test_limit=50
-    ),
-    grid=FULL_GRID,
-)
-QUICK = RealRecipe(
-    QUICK_FAMILY,
-    location_samples=2,
-    sizes=EvalSizes(
-        val_limit=4,
-        harmful_test_limit=4,
-        benign_test_limit=4,
-        task_test_limit=4,
-        refusal_tokens=4,
-        math_tokens=4,
-        code_tokens=4,
-    ),
-    grid=QUICK_GRID,
-    layers=4,
-)
-
-
-# --------------------------------------------------------------------------- data
-
-
-def eval_spec_data(split_dir: str, split: str, sizes: EvalSizes) -> dict:
-    """The EVAL.yml of ``split``: val = Do-Not-Answer val, test = HarmBench."""
-
-    def path(name: str) -> str:
-        return os.path.join(split_dir, f"{name}.jsonl")
-
-    test = split == "test"
-    limits = {
-        "harmful": sizes.harmful_test_limit if test else sizes.val_limit,
-        "benign": sizes.benign_test_limit if test else sizes.val_limit,
-        "task": sizes.task_test_limit if test else sizes.val_limit,
-    }
-
-    def limited(entry: dict, limit: Optional[int]) -> dict:
-        return {**entry, "limit": limit} if limit is not None else entry
-
-    return {
-        "harmful": limited(
-            {
-                "data": path("harmbench_test" if test else "donotanswer_val"),
-                "max_new_tokens": sizes.refusal_tokens,
-            },
-            limits["harmful"],
-        ),
-        "benign": limited(
-            {"data": path(f"benign_{split}"), "max_new_tokens": sizes.refusal_tokens},
-            limits["benign"],
-        ),
-        "tasks": {
-            "math": limited(
-                {
-                    "data": path(f"math_{split}"),
-                    "answer": "last_number",
-                    "max_new_tokens": sizes.math_tokens,
-                },
-                limits["task"],
-            ),
-            "code": limited(
-                {
-                    "data": path(f"code_{split}"),
-                    "answer": "first_line",
-                    "normalize": False,
-                    "max_new_tokens": sizes.code_tokens,
-                },
-                limits["task"],
-            ),
-        },
-        "generation": {"batch_size": sizes.batch_size, "chat_template": "auto"},
-    }
-
-
-def write_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSizes):
-    from mergekit_led.evaluation import parse_eval_spec
-
-    data = eval_spec_data(split_dir, split, sizes)
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, f"{split}_eval.yml"), "w", encoding="utf-8") as f:
-        yaml.safe_dump(data, f, sort_keys=False)
-    return parse_eval_spec(data, where=f"the smollm2 world's {split} evaluation")
-
-
-def location_sets(
-    split_dir: str, benign_file: str, samples: int, seed: int
-) -> Dict[str, List[Sample]]:
-    """Per task, ``samples`` rows of its train split: safety = half refused
-    Do-Not-Answer prompts, half benign prompts with the instruct model's own
-    answers (as the toy demo mixes them); math / code = task rows."""
-    import random
-
-    rng = random.Random(f"{seed}-location")
-    harmful = [r["prompt"] for r in read_jsonl(os.path.join(split_dir, "donotanswer_train.jsonl"))]
-    benign = read_jsonl(benign_file)
-    half = samples // 2
-    safety = [Sample(p, r) for p, r in refused(rng.sample(harmful, half), rng)]
-    safety += [Sample(r["prompt"], r["response"]) for r in rng.sample(benign, samples - half)]
-    out = {"safety": safety}
-    for task in ("math", "code"):
-        rows = read_jsonl(os.path.join(split_dir, f"{task}_train.jsonl"))
-        out[task] = [Sample(r["prompt"], r["response"]) for r in rng.sample(rows, samples)]
-    return out
-
 
 # --------------------------------------------------------------------------- one seed
 
@@ -260,51 +104,64 @@ def _claim_seed_dir(seed_dir: str, identity: dict) -> None:
     write_text(path, json.dumps(identity, indent=2, sort_keys=True) + "\n")
 
 
-class _Rows:
-    """Test rows cached one JSON file each: a killed run re-evaluates only what is missing."""
+# The rows/ file name prefix of each group of merges (as the reported seeds cached them).
+ROW_PREFIX = {"selected": "selected", "reference": "reference", "ablations": "ablation"}
+
+
+class _RowCache:
+    """Test metrics cached one JSON file per row: a killed run re-evaluates only what is missing."""
 
     def __init__(self, folder: str):
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
 
-    def get(self, key: str, compute: Callable[[], dict]) -> dict:
+    def get(self, key: str, compute: Callable[[], Metrics]) -> Metrics:
         from mergekit_led.atomic import write_text
 
         path = os.path.join(self.folder, f"{key}.json")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                return json.load(f)
+                return Metrics.model_validate_json(f.read())
         value = compute()
-        write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+        write_text(path, json.dumps(value.model_dump(), indent=2, sort_keys=True) + "\n")
         return value
 
 
-def _merge_and_evaluate(
-    setting_config: dict,
-    name: str,
-    seed_dir: str,
-    group: str,
-    inputs: Inputs,
-    test_sets,
-    device: str,
-    seed: int,
-) -> Dict[str, float]:
-    """Merge (``mergekit-led merge``), evaluate on test, remove the merged model
-    (the config stays in ``<group>/configs``: merge it again to get the model)."""
-    out = os.path.join(seed_dir, group, "merges", name)
-    if os.path.exists(out):  # a merge of a killed run, not yet evaluated
-        shutil.rmtree(out)
-    path = merging.run_merge(
-        setting_config,
-        os.path.join(seed_dir, group, "configs", f"{name}.yml"),
-        out,
-        device=device,
-        seed=seed,
-        cache=inputs.cache,
-    )
-    metrics = evaluate.evaluate_checkpoint(path, test_sets, device, dtype=EVAL_DTYPE)
-    shutil.rmtree(path)
-    return metrics
+@dataclass
+class RealSeed:
+    """One seed of the study: its folder, its test sets, its cached rows."""
+
+    options: StudyOptions
+    seed: int
+    seed_dir: str
+    device: str
+    inputs: Inputs
+    test_sets: object  # an evaluation.Evaluator
+    rows: _RowCache
+
+    def merged_metrics(self, setting: MergeSetting, group: str) -> Metrics:
+        """``setting`` merged (``mergekit-led merge``) and evaluated on test, once:
+        the merged model is removed after (its config stays in ``<group>/configs``:
+        merge it again to get the model) and the metrics are cached."""
+        return self.rows.get(
+            f"{ROW_PREFIX[group]}-{setting.slug}", lambda: self._merge_and_evaluate(setting, group)
+        )
+
+    def _merge_and_evaluate(self, setting: MergeSetting, group: str) -> Metrics:
+        out = os.path.join(self.seed_dir, group, "merges", setting.slug)
+        if os.path.exists(out):  # a merge of a killed run, not yet evaluated
+            shutil.rmtree(out)
+        path = merging.write_and_merge(
+            merging.setting_config(setting, self.inputs),
+            os.path.join(self.seed_dir, group, "configs", f"{setting.slug}.yml"),
+            out,
+            device=self.device,
+            seed=self.seed,
+            cache=self.inputs.cache,
+        )
+        metrics = evaluate.evaluate_checkpoint(path, self.test_sets, self.device, dtype=EVAL_DTYPE)
+        shutil.rmtree(path)
+        return metrics
 
 
 def truncated_model(model_dir: str, layers: int, out_dir: str) -> str:
@@ -334,20 +191,11 @@ def _set_sizes(sets) -> Dict[str, int]:
     return {prepared.set.name: len(prepared.prompt_ids) for prepared in sets.sets}
 
 
-def run_real_seed(options: StudyOptions, seed: int) -> dict:
+def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     """The whole study for one seed; writes and returns ``OUT/seed-N/result.json``."""
-    from mergekit_led.demo.pipeline import (
-        ABLATIONS,
-        Laps,
-        locate_kinds,
-        sweep_trials,
-        write_result,
-    )
     from mergekit_led.environment import resolve_device
-    from mergekit_led.realmodel.assets import fetch_real_assets, require_assets
 
     laps = Laps()
-    lap = laps.lap
     device = resolve_device(options.device).type
     recipe = options.recipe
     seed_dir = os.path.join(os.path.abspath(options.out), f"seed-{seed}")
@@ -356,17 +204,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
     def log(message: str) -> None:
         options.log(f"[seed {seed}] {message}")
 
-    require_assets(options.cache_dir)  # one line on how to fetch them, before any work
-    assets = fetch_real_assets(options.cache_dir, split_seeds=[seed])  # this seed's split
-    split_dir = assets.data_dir(seed)
-    instruct = assets.model_dir
-    if recipe.layers is not None:
-        instruct = truncated_model(
-            instruct,
-            recipe.layers,
-            os.path.join(os.path.abspath(options.out), f"smollm2-{recipe.layers}-layers"),
-        )
-
+    split_dir, instruct = _split_and_model(options, seed)
     log(
         "family: safety (light alignment), math and code (heavy fine-tunes) from SmolLM2-135M-Instruct"
     )
@@ -374,7 +212,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
     family = build_real_family(
         instruct, split_dir, models_dir, recipe.family, seed=seed, device=device, log=log
     )
-    lap("train")
+    laps.lap("train")
 
     data_dir = os.path.join(seed_dir, "data")
     location = location_sets(
@@ -399,128 +237,117 @@ def run_real_seed(options: StudyOptions, seed: int) -> dict:
     stores = locate_kinds(
         inputs, seed_dir, ablations=options.ablations, seed=seed, device=device, progress=False
     )
-    lap("locate")
+    laps.lap("locate")
 
     log("selecting each method's setting on the validation split (mergekit-led sweep)")
     swept = merging.sweep_grid(
         recipe.grid, inputs, val_spec, os.path.join(seed_dir, "selection"), device=device, seed=seed
     )
     chosen, selection = sweep_trials(swept, METHODS, inputs)
-    lap("select")
+    laps.lap("select")
 
     log("evaluating the models and the selected merges on the test split (HarmBench)")
-    test_sets = evaluate.evaluator(test_spec, instruct)
-    cache = _Rows(os.path.join(seed_dir, "rows"))
-    rows: List[dict] = []
-    for name, key, sources in MODEL_ROWS:
-        metrics = cache.get(
-            key,
-            lambda key=key: evaluate.evaluate_checkpoint(
-                family[key], test_sets, device, dtype=EVAL_DTYPE
-            ),
+    run = RealSeed(
+        options,
+        seed,
+        seed_dir,
+        device,
+        inputs,
+        evaluate.evaluator(test_spec, instruct),
+        _RowCache(os.path.join(seed_dir, "rows")),
+    )
+    rows = [
+        model_row(
+            name, sources, run.rows.get(key, lambda key=key: _model_metrics(run, family[key]))
         )
-        rows.append({"name": name, "kind": "model", "sources": list(sources), "metrics": metrics})
-    merged = [(METHOD_NAMES[m], m, chosen[m], "selected") for m in METHODS]
-    merged.append((AUTHORS_ROW, "led_merging", merging.AUTHORS_LED, "reference"))
-    for name, method, setting, group in merged:
-        metrics = cache.get(
-            f"{group}-{setting.slug}",
-            lambda setting=setting, group=group: _merge_and_evaluate(
-                merging.merge_config(setting, inputs),
-                setting.slug,
-                seed_dir,
-                group,
-                inputs,
-                test_sets,
-                device,
-                seed,
-            ),
-        )
-        rows.append(
-            {
-                "name": name,
-                "kind": "merge",
-                "method": method,
-                "sources": list(TASKS),
-                "setting": setting.describe(),
-                "metrics": metrics,
-            }
-        )
-    lap("evaluate")
+        for name, key, sources in MODEL_ROWS
+    ]
+    rows += selected_rows(METHODS, chosen, lambda m, s: run.merged_metrics(s, "selected"))
+    authors = run.merged_metrics(merging.AUTHORS_LED, "reference")
+    rows.append(merge_row(AUTHORS_ROW, merging.AUTHORS_LED, authors))
+    laps.lap("evaluate")
 
     log("measuring the world's properties")
-    path = os.path.join(seed_dir, "properties.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            world_properties = json.load(f)
-    else:
-        from filelock import FileLock
+    world_properties = _properties(
+        run, {"base": instruct, **family}, stores["snip"], location, chosen
+    )
+    laps.lap("properties")
 
-        models = {"base": instruct, **family}
-        # Several GB of flattened weights: seeds run side by side take turns here.
-        with FileLock(os.path.join(os.path.abspath(options.out), ".properties.lock")):
-            world_properties = properties.measure(
-                models, stores["snip"], location["safety"], chosen, device=device
-            )
-        world_properties.pop("norm_instruct", None)  # the base is the instruct model: always 0
-        from mergekit_led.atomic import write_text
-
-        write_text(path, json.dumps(world_properties, indent=2, sort_keys=True) + "\n")
-    lap("properties")
-
-    ablation_rows: List[dict] = []
+    ablations = []
     if options.ablations:
         log("ablations of the selected LED-Merging setting")
-        led_metrics = next(r["metrics"] for r in rows if r.get("method") == "led_merging")
-        for part, variant, change in ABLATIONS:
-            if change:
-                setting = replace(chosen["led_merging"], **change)
-                metrics = cache.get(
-                    f"ablation-{setting.slug}",
-                    lambda setting=setting: _merge_and_evaluate(
-                        merging.merge_config(setting, inputs),
-                        setting.slug,
-                        seed_dir,
-                        "ablations",
-                        inputs,
-                        test_sets,
-                        device,
-                        seed,
-                    ),
-                )
-            else:
-                metrics = led_metrics
-            ablation_rows.append({"part": part, "variant": variant, "metrics": metrics})
-        lap("ablations")
+        led_metrics = next(row.metrics for row in rows if row.method == "led_merging")
+        ablations = ablation_rows(
+            chosen["led_merging"], led_metrics, lambda s: run.merged_metrics(s, "ablations")
+        )
+        laps.lap("ablations")
 
-    result = {
-        "seed": seed,
-        "world": WORLD,
-        "device": device,
-        "quick": options.quick,
-        "recipe": _identity(options, seed),
-        "eval_sizes": {
+    return SeedResult(
+        seed=seed,
+        world=WORLD,
+        device=device,
+        quick=options.quick,
+        recipe=_identity(options, seed),
+        eval_sizes={
             "val": _set_sizes(evaluate.evaluator(val_spec, instruct)),
-            "test": _set_sizes(test_sets),
+            "test": _set_sizes(run.test_sets),
         },
-        "rows": rows,
-        "selection": selection,
-        "properties": world_properties,
-        "ablations": ablation_rows,
-        "score_dtype": None,
-        "timing": laps.finish(),
-    }
-    return write_result(seed_dir, result)
+        rows=rows,
+        selection=selection,
+        properties=world_properties,
+        ablations=ablations,
+        timing=laps.finish(),
+    ).write(seed_dir)
+
+
+def _model_metrics(run: RealSeed, path: str) -> Metrics:
+    """A fine-tuned model (kept in float32) evaluated on test like the merges, in bfloat16."""
+    return evaluate.evaluate_checkpoint(path, run.test_sets, run.device, dtype=EVAL_DTYPE)
+
+
+def _split_and_model(options: StudyOptions, seed: int):
+    """This seed's split folder, and the instruct model (cut to its first layers in --quick)."""
+    from mergekit_led.realmodel.assets import fetch_real_assets, require_assets
+
+    require_assets(options.cache_dir)  # one line on how to fetch them, before any work
+    assets = fetch_real_assets(options.cache_dir, split_seeds=[seed])  # this seed's split
+    instruct = assets.model_dir
+    layers = options.recipe.layers
+    if layers is not None:
+        instruct = truncated_model(
+            instruct, layers, os.path.join(os.path.abspath(options.out), f"smollm2-{layers}-layers")
+        )
+    return assets.data_dir(seed), instruct
+
+
+def _properties(run: RealSeed, models, snip_stores, location, chosen) -> Dict[str, float]:
+    """The world's properties, measured once per seed (``properties.json``)."""
+    path = os.path.join(run.seed_dir, "properties.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    from filelock import FileLock
+
+    from mergekit_led.atomic import write_text
+
+    # Several GB of flattened weights: seeds run side by side take turns here.
+    with FileLock(os.path.join(os.path.abspath(run.options.out), ".properties.lock")):
+        measured = properties.measure(
+            models, snip_stores, location["safety"], chosen, device=run.device
+        )
+    measured.pop("norm_instruct", None)  # the base is the instruct model: always 0
+    write_text(path, json.dumps(measured, indent=2, sort_keys=True) + "\n")
+    return measured
 
 
 # --------------------------------------------------------------------------- seeds
 
 
-def run_real_seeds(settings, on_seed_done=None) -> List[dict]:
+def run_real_seeds(settings, on_seed_done=None) -> List[SeedResult]:
     """The seeds of ``settings`` (a ``demo.pipeline.Settings``), one after the
     other (each uses every core); the ablations on the first seed only (the
     budget, docs/real_model_results.md)."""
-    from mergekit_led.demo.pipeline import _log
+    from mergekit_led.demo.pipeline import phase_log
 
     results = []
     for index, seed in enumerate(settings.seeds):
@@ -530,7 +357,7 @@ def run_real_seeds(settings, on_seed_done=None) -> List[dict]:
             device=settings.device,
             quick=settings.quick,
             ablations=settings.ablations and index == 0,
-            log=lambda message: _log(settings, message),
+            log=lambda message: phase_log(settings, message),
         )
         results.append(run_real_seed(options, seed))
         if on_seed_done:
@@ -538,7 +365,7 @@ def run_real_seeds(settings, on_seed_done=None) -> List[dict]:
     return results
 
 
-def run_real_demo(settings, on_seed_done=None) -> dict:
+def run_real_demo(settings, on_seed_done=None):
     """``mergekit-led demo --world smollm2``: the demo's run and report over this world's seeds."""
     from dataclasses import replace as replaced
 

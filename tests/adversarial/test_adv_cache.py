@@ -18,6 +18,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file, save_file
 
+from mergekit_led.jsonl import write_jsonl
 from mergekit_led.prepare.cache import StoreCache
 
 from .support import folder_digest, run_cli
@@ -30,11 +31,6 @@ OTHER_ROWS = [
     {"prompt": "what is two plus three", "response": "five"},
     {"prompt": "what is one plus one", "response": "two"},
 ]
-
-
-def write_jsonl(path, rows) -> str:
-    Path(path).write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return str(path)
 
 
 def write_config(path, base, models) -> str:

@@ -19,7 +19,7 @@ from mergekit_led.core.locate_options import CHECKPOINT_SUFFIX, LocateOptions
 from mergekit_led.errors import LocateError
 from mergekit_led.location import data as location_data
 from mergekit_led.location.steps import RunHooks
-from mergekit_led.testing import build_llama_family, build_word_tokenizer
+from mergekit_led.testing import build_family, build_word_tokenizer
 
 from .support import folder_digest, run_cli
 
@@ -34,7 +34,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    return build_llama_family(str(tmp_path_factory.mktemp("adv_locate")), finetunes=0)
+    return build_family(str(tmp_path_factory.mktemp("adv_locate")), finetunes=0)
 
 
 @pytest.fixture
