@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, MistralConfig
 
-from mergekit_led.location.memory import GIB, Budget, Setup, judge, shape_from_config
+from mergekit_led.location.memory import Setup, judge
+from mergekit_led.location.memory_budget import GIB, Budget
+from mergekit_led.location.memory_shape import shape_from_config
 
 MODELS = {
     "Llama-3.2-1B": LlamaConfig(

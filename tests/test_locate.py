@@ -23,6 +23,7 @@ from mergekit_led import load_importance
 from mergekit_led.core.locate_options import CHECKPOINT_SUFFIX
 from mergekit_led.errors import LEDError, LocateError
 from mergekit_led.location import data as location_data
+from mergekit_led.location.data_loading import load_rows
 from mergekit_led.location.model import load_model
 from mergekit_led.location.steps import RunHooks, answer_loss, snip_step
 from mergekit_led.testing import build_family, build_word_tokenizer
@@ -285,7 +286,7 @@ def test_chat_template_path(tmp_path, locate_chat_model):
     # prompt/response rows go through the template as one user turn; "none" opts out
     pair = [{"prompt": "what is one plus two", "response": "three"}]
     templated = location_data.select_samples(
-        location_data.load_rows(pair), tokenizer, tokenization, location_data.Fields()
+        load_rows(pair), tokenizer, tokenization, location_data.Fields()
     )
     assert templated.samples[0].input_ids == tuple(expected_samples[0][0][:1]) + tuple(
         tokenizer(

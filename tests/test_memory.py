@@ -17,15 +17,9 @@ from click.testing import CliRunner
 import mergekit_led
 from mergekit_led.errors import MemoryPlanError
 from mergekit_led.location import memory
-from mergekit_led.location.memory import (
-    GIB,
-    ModelShape,
-    Setup,
-    judge,
-    model_shape,
-    parse_memory,
-    plan_memory,
-)
+from mergekit_led.location.memory import Setup, judge, model_shape, plan_memory
+from mergekit_led.location.memory_budget import GIB, Budget, parse_memory
+from mergekit_led.location.memory_shape import ModelShape
 from mergekit_led.location.steps import RunHooks
 from mergekit_led.testing import build_family
 
@@ -123,14 +117,14 @@ def test_flags_lower_the_plan_where_they_act():
 
 def test_judge_names_the_cheapest_flags_that_fit_or_why_nothing_does():
     setup = Setup(dtype="bfloat16", tokens=1024, answer_tokens=256, device_type="cuda")
-    budget = memory.Budget(80 * 10**9, "--memory 80GB", "cuda", "cuda")
+    budget = Budget(80 * 10**9, "--memory 80GB", "cuda", "cuda")
     verdict = judge(LLAMA3_8B, setup, budget)
     assert verdict.fits  # 16 GB weights + 32 GB accumulators + activations on an 80 GB card
-    small = memory.Budget(24 * 10**9, "--memory 24GB", "cuda", "cuda")
+    small = Budget(24 * 10**9, "--memory 24GB", "cuda", "cuda")
     verdict = judge(LLAMA3_8B, setup, small)
     assert not verdict.fits and verdict.fitting is not None
     assert "--offload-accumulators" in verdict.fitting.setup.flags()
-    tiny = memory.Budget(10 * 10**9, "--memory 10GB", "cuda", "cuda")
+    tiny = Budget(10 * 10**9, "--memory 10GB", "cuda", "cuda")
     verdict = judge(LLAMA3_8B, setup, tiny)
     assert verdict.fitting is None and "--device-map auto" in verdict.reason
     assert "\n" not in memory.refusal(verdict)
@@ -371,7 +365,7 @@ def test_time_estimates_only_where_a_rate_was_measured(monkeypatch):
     from mergekit_led.location import rates
 
     setup = Setup(dtype="bfloat16", tokens=1000, answer_tokens=100, device_type="cuda")
-    budget = memory.Budget(80 * GIB, "--memory 80GiB", "cuda", "cuda")
+    budget = Budget(80 * GIB, "--memory 80GiB", "cuda", "cuda")
     verdict = judge(LLAMA3_8B, setup, budget)
     assert rates.estimate_seconds_per_sample(verdict, device="a GPU never measured") is None
     rate = rates.MeasuredRate(LLAMA3_8B.parameters * 1000 / 2.0, 1.5, 4.0, "a test")

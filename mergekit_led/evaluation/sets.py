@@ -45,7 +45,7 @@ class EvalSet:
 def load_set(name: str, spec: SetSpec) -> EvalSet:
     """The items of one set, checked: present fields, strings, not empty, and a
     reference on every row of a utility task."""
-    from mergekit_led.location.data import load_rows
+    from mergekit_led.location.data_loading import load_rows
 
     where = f"evaluation set {name} ({spec.data})"
     try:

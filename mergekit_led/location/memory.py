@@ -26,19 +26,26 @@
 
 ``judge`` tries the memory-saving flags in order of their cost and names the
 first set that fits a budget. Reading the config and the device are
-the only I/O (``model_shape``, ``device_budget``); the rest is arithmetic.
+the only I/O (``model_shape``; ``device_budget``, in ``location.memory_budget``);
+the rest is arithmetic. ``ModelShape``, a model's sizes from its config, is in
+``location.memory_shape``.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from mergekit_led.errors import MemoryPlanError
+from mergekit_led.location.memory_budget import GIB, Budget, format_gib
+from mergekit_led.location.memory_shape import (
+    BYTES_PER_DTYPE,
+    ModelShape,
+    shape_from_config,
+    short_error,
+)
 
-GIB = 2**30
 # What a locate process holds besides the model's tensors. CPU: the peak RSS
 # of the same locate code path on a 0.1M-parameter model (interpreter, torch,
 # transformers, datasets, tokenizer, data), measured with
@@ -55,7 +62,6 @@ ALLOCATOR_SLACK = 0.05
 # Bytes per embedding element at the end of the backward pass (see plan_memory).
 END_BYTES_32 = {False: 4, True: 12}
 END_BYTES_16 = 10
-BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
 # The flags that lower a run's peak, cheapest first. Gradient checkpointing
 # recomputes each layer's forward (about a third more compute); offloading
 # copies 4 bytes per weight to the CPU and adds them there on every sample,
@@ -65,41 +71,6 @@ FLAG_SETS: Tuple[Tuple[str, ...], ...] = (
     ("--offload-accumulators",),
     ("--offload-accumulators", "--gradient-checkpointing"),
 )
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-    "t": 10**12,
-    "tb": 10**12,
-    "tib": 2**40,
-}
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the plan needs to know about a model, from its config."""
-
-    model: str
-    architecture: str
-    parameters: int  # every parameter once (a tied head counts once)
-    largest: int  # elements of the largest parameter
-    tied_head: bool
-    vocab: int
-    hidden: int
-    layers: int
-    intermediate: int  # MLP width that runs per token (MoE: the routed experts')
-    heads: int
-    kv_width: int  # key (= value) width: kv heads × head dim
-    dtype: str  # the checkpoint's dtype (what --dtype auto loads)
-    max_positions: Optional[int]
 
 
 @dataclass(frozen=True)
@@ -152,14 +123,6 @@ class MemoryPlan:
 
     def part(self, name: str) -> int:
         return next(p.bytes for p in self.parts if p.name == name)
-
-
-@dataclass(frozen=True)
-class Budget:
-    bytes: int
-    source: str  # e.g. "--memory 24GB", "NVIDIA H100 80GB HBM3: 79.1 GiB free"
-    device_type: str
-    device_name: str
 
 
 @dataclass(frozen=True)
@@ -263,8 +226,8 @@ def judge(shape: ModelShape, setup: Setup, budget: Budget, **kwargs: Any) -> Ver
     if fitting is None:
         smallest = plan_memory(shape, _with_flags(setup, FLAG_SETS[-1]), **kwargs)
         reason = (
-            f"even with {' '.join(FLAG_SETS[-1])} it needs {_gib(smallest.device_total)} "
-            f"(weights alone {_gib(smallest.part('weights'))})"
+            f"even with {' '.join(FLAG_SETS[-1])} it needs {format_gib(smallest.device_total)} "
+            f"(weights alone {format_gib(smallest.part('weights'))})"
         )
         if setup.dtype == "float32":
             reason += "; --dtype bf16 halves the weights (and changes the scores slightly)"
@@ -318,89 +281,11 @@ def _with_flags(setup: Setup, flags: Tuple[str, ...]) -> Setup:
     )
 
 
-def parse_memory(text: str) -> int:
-    """``24GB`` / ``24 GiB`` / ``800MB`` / ``24`` (GB) -> bytes. GB is 10^9, GiB 2^30."""
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise MemoryPlanError(
-            f"--memory {text!r} is not a memory size; write e.g. 24GB, 24GiB or 800MB."
-        )
-    value = float(match.group(1)) * (_UNITS[unit] if unit else 10**9)
-    if value <= 0:
-        raise MemoryPlanError(f"--memory {text!r} must be more than zero.")
-    return int(value)
-
-
 def _count(parameters: int) -> str:
     return f"{parameters / 1e9:.2f}B" if parameters >= 1e9 else f"{parameters / 1e6:.1f}M"
 
 
-def _gib(value: float) -> str:
-    return f"{value / GIB:.2f} GiB"
-
-
 # --------------------------------------------------------------------------- reading
-
-
-def shape_from_config(config: Any, model: str) -> ModelShape:
-    """The plan's view of a transformers config: parameter counts from the model
-    built on the meta device (exact, no memory), widths from the config."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    try:
-        with torch.device("meta"):
-            built = AutoModelForCausalLM.from_config(config)
-    except Exception as error:  # transformers raises many types for an odd config
-        raise MemoryPlanError(
-            f"Cannot plan the memory of {model}: its config does not build a causal LM "
-            f"({_one_line(error)})."
-        ) from error
-    try:
-        return _shape(config, built, model)
-    except (AttributeError, TypeError, ValueError, IndexError) as error:
-        raise MemoryPlanError(
-            f"Cannot plan the memory of {model}: its config lacks a size the plan needs "
-            f"({_one_line(error)})."
-        ) from error
-
-
-def _shape(config: Any, built: Any, model: str) -> ModelShape:
-    params = {id(p): p for p in built.parameters()}
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    hidden = int(text.hidden_size)
-    heads = int(text.num_attention_heads)
-    head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
-    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
-    intermediate = int(getattr(text, "intermediate_size", None) or 4 * hidden)
-    routed = getattr(text, "num_experts_per_tok", None)
-    expert_width = getattr(text, "moe_intermediate_size", None)
-    if routed and expert_width:
-        intermediate = int(routed) * int(expert_width)
-    head = built.get_output_embeddings()
-    embeddings = built.get_input_embeddings()
-    tied = head is not None and head.weight is embeddings.weight
-    # transformers 5 names it dtype (and warns on torch_dtype); earlier versions torch_dtype.
-    name = "dtype" if hasattr(config, "dtype") else "torch_dtype"
-    dtype = getattr(config, name, None)
-    dtype_name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
-    max_positions = getattr(text, "max_position_embeddings", None)
-    return ModelShape(
-        model=model,
-        architecture=type(built).__name__,
-        parameters=sum(p.numel() for p in params.values()),
-        largest=max(p.numel() for p in params.values()),
-        tied_head=tied,
-        vocab=int(embeddings.weight.shape[0]),
-        hidden=hidden,
-        layers=int(text.num_hidden_layers),
-        intermediate=intermediate,
-        heads=heads,
-        kv_width=kv_heads * head_dim,
-        dtype=dtype_name if dtype_name in BYTES_PER_DTYPE else "float32",
-        max_positions=int(max_positions) if isinstance(max_positions, int) else None,
-    )
 
 
 def model_shape(model: str, *, trust_remote_code: bool = False) -> ModelShape:
@@ -417,88 +302,9 @@ def model_shape(model: str, *, trust_remote_code: bool = False) -> ModelShape:
         )
     except Exception as error:  # OSError, ValueError, KeyError, hub errors
         raise MemoryPlanError(
-            f"Cannot plan the memory of {model}: its config cannot be read ({_one_line(error)})."
+            f"Cannot plan the memory of {model}: its config cannot be read ({short_error(error)})."
         ) from error
     return shape_from_config(config, model)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return (text[:300] + " ...") if len(text) > 300 else text or type(error).__name__
-
-
-def planned_device_type(device: str, memory: Optional[str]) -> str:
-    """The device type a plan is for: ``--device``, with auto resolved here.
-    ``cuda`` needs a visible GPU unless ``--memory`` gives its budget."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and memory is None and not torch.cuda.is_available():
-        raise MemoryPlanError(
-            "--device cuda: torch sees no CUDA device here; give the GPU's memory with "
-            "--memory (e.g. --memory 80GB) to plan for it."
-        )
-    return device
-
-
-def device_budget(
-    device_type: str, memory: Optional[str] = None, device_map: Optional[str] = None
-) -> Budget:
-    """What the run may use: ``--memory`` when given, else the free memory of the
-    visible GPU (all visible GPUs with ``--device-map``), or the CPU's available memory."""
-    if memory is not None:  # no device is asked: a plan for a GPU works without one
-        return Budget(parse_memory(memory), f"--memory {memory}", device_type, device_type)
-    name = device_name(device_type)
-    if device_type == "cuda":
-        import torch
-
-        indices = range(torch.cuda.device_count()) if device_map else [torch.cuda.current_device()]
-        free = sum(torch.cuda.mem_get_info(index)[0] for index in indices)
-        what = f"{len(indices)} GPUs" if device_map else name
-        return Budget(free, f"{what}: {_gib(free)} free", device_type, name)
-    # The plan's overhead holds what this process already holds: count it as available.
-    available = _available_cpu_memory() + _own_rss()
-    return Budget(available, f"CPU: {_gib(available)} available", device_type, name)
-
-
-def _own_rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def device_name(device_type: str) -> str:
-    if device_type == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name()
-    return "cpu"
-
-
-def _available_cpu_memory() -> int:
-    """MemAvailable of /proc/meminfo, capped by a cgroup limit (containers)."""
-    available = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    if available is None:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                limit = f.read().strip()
-        except OSError:
-            continue
-        if limit.isdigit():
-            available = min(available, int(limit))
-    return available
 
 
 # --------------------------------------------------------------------------- rendering
@@ -515,21 +321,21 @@ def render(verdict: Verdict, *, seconds_per_sample: Optional[float] = None) -> L
     device = "GPU" if setup.device_type == "cuda" else "CPU"
     for part in plan.parts:
         where = "" if part.on_device or setup.device_type == "cpu" else "  (CPU memory)"
-        lines.append(f"  {part.name:<44} {_gib(part.bytes):>11}   {part.formula}{where}")
+        lines.append(f"  {part.name:<44} {format_gib(part.bytes):>11}   {part.formula}{where}")
     lines.append(
-        f"  {'total on the ' + device:<44} {_gib(plan.device_total):>11}   "
-        f"budget {_gib(verdict.budget.bytes)} ({verdict.budget.source})"
+        f"  {'total on the ' + device:<44} {format_gib(plan.device_total):>11}   "
+        f"budget {format_gib(verdict.budget.bytes)} ({verdict.budget.source})"
     )
     if plan.host_total:
-        lines.append(f"  {'CPU memory besides':<44} {_gib(plan.host_total):>11}")
+        lines.append(f"  {'CPU memory besides':<44} {format_gib(plan.host_total):>11}")
     if verdict.fits:
         lines.append("fits.")
     elif verdict.fitting is not None:
         fitting = verdict.fitting
-        host = f", {_gib(fitting.host_total)} of CPU memory" if fitting.host_total else ""
+        host = f", {format_gib(fitting.host_total)} of CPU memory" if fitting.host_total else ""
         lines.append(
             f"does not fit; fits with {' '.join(fitting.setup.flags())} "
-            f"({_gib(fitting.device_total)} on the {device}{host})."
+            f"({format_gib(fitting.device_total)} on the {device}{host})."
         )
     else:
         lines.append(f"does not fit, with any flags: {verdict.reason}.")
@@ -546,16 +352,16 @@ def refusal(verdict: Verdict) -> str:
     device = "GPU" if plan.setup.device_type == "cuda" else "CPU"
     if verdict.fitting is not None:
         way = f"it fits with {' '.join(verdict.fitting.setup.flags())} " + (
-            f"({_gib(verdict.fitting.device_total)})"
+            f"({format_gib(verdict.fitting.device_total)})"
         )
     else:
         way = f"no flags make it fit: {verdict.reason}"
-    parts = ", ".join(f"{p.name} {_gib(p.bytes)}" for p in plan.parts)
+    parts = ", ".join(f"{p.name} {format_gib(p.bytes)}" for p in plan.parts)
     return (
-        f"Locate of {plan.shape.model} needs about {_gib(plan.device_total)} of {device} memory "
+        f"Locate of {plan.shape.model} needs about {format_gib(plan.device_total)} of {device} memory "
         f"({plan.setup.dtype}, {plan.setup.tokens} tokens per sample, flags: "
         f"{' '.join(plan.setup.flags()) or 'none'}) but the budget is "
-        f"{_gib(verdict.budget.bytes)} ({verdict.budget.source}); {way}. Plan: {parts}. "
+        f"{format_gib(verdict.budget.bytes)} ({verdict.budget.source}); {way}. Plan: {parts}. "
         "Pass --memory SIZE to plan for another budget (docs/locate.md#memory-plan)."
     )
 

@@ -8,7 +8,8 @@ the merge method for (``mergekit_led.location.weight_names``), so the merge find
 
 Long runs checkpoint their accumulators (``--checkpoint-every``) and resume
 to the same scores; under ``torchrun``/``accelerate launch`` every process
-scores a strided shard of the samples and the sums are all-reduced once.
+scores a strided shard of the samples and the sums are all-reduced once
+(``mergekit_led.location.data_scoring``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -28,35 +28,33 @@ from mergekit_led.core.locate_options import (
     DATA_SCORES,
     LocateOptions,
     options_from,
-    resume_key_options,
     with_option_keywords,
 )
 from mergekit_led.errors import (
     LocateError,
     MemoryPlanError,
-    NonFiniteSample,
     is_safetensors_error,
 )
 from mergekit_led.location import data as location_data
 from mergekit_led.location import memory
-from mergekit_led.location.checkpoint import Progress, RunCheckpoint
+from mergekit_led.location.checkpoint import RunCheckpoint
+from mergekit_led.location.data_loading import load_rows
+from mergekit_led.location.data_scoring import score_data
 from mergekit_led.location.distributed import Distributed
-from mergekit_led.location.model import enable_gradient_checkpointing, load_tokenizer
+from mergekit_led.location.memory_budget import device_budget, parse_memory, planned_device_type
+from mergekit_led.location.memory_shape import ModelShape
+from mergekit_led.location.model import load_tokenizer
 from mergekit_led.location.provenance import dataset_info, save_importance_for_run
 from mergekit_led.location.run_checks import check_options
 from mergekit_led.location.scores import (
-    SnipAccumulator,
-    WandaAccumulator,
     magnitude_scores,
     random_scores,
 )
-from mergekit_led.location.steps import RunHooks, input_device
+from mergekit_led.location.steps import RunHooks
 from mergekit_led.location.tokenization import check_answers, check_tokenizer_class
 from mergekit_led.location.weight_names import (
     ScoredParameters,
     check_mergeable,
-    check_wanda_applies,
-    linear_modules,
     local_checkpoint,
     model_weights,
     scored_parameters,
@@ -121,14 +119,14 @@ def plan_locate(
     """
     opts = options_from(options, keywords, caller="plan_locate")
     if opts.memory is not None:
-        memory.parse_memory(opts.memory)
+        parse_memory(opts.memory)
     model = os.fspath(model)
-    device_type = memory.planned_device_type(opts.device, opts.memory)
+    device_type = planned_device_type(opts.device, opts.memory)
     shape = memory.model_shape(model, trust_remote_code=opts.trust_remote_code)
     tokens = answer = None
     if data is not None and opts.score in DATA_SCORES:
         tokenizer = load_tokenizer(model, opts)
-        rows = location_data.load_rows(data, split=opts.split)
+        rows = load_rows(data, split=opts.split)
         fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
         location_data.data_format(rows.columns, fields, rows.name)
         _, selection = _select(
@@ -137,22 +135,8 @@ def plan_locate(
         tokens = max(len(sample.input_ids) for sample in selection.samples)
         answer = max(sample.answer_length for sample in selection.samples)
     setup = memory.setup_for(shape, opts, device_type, tokens=tokens, answer_tokens=answer)
-    budget = memory.device_budget(device_type, opts.memory, opts.device_map)
+    budget = device_budget(device_type, opts.memory, opts.device_map)
     return memory.judge(shape, setup, budget)
-
-
-def _progress_bar(total: int, initial: int, opts: LocateOptions, dist: Distributed):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=f"locate {opts.score}"
-        + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
-        unit="sample",
-        disable=not (opts.progress and dist.is_main),
-        dynamic_ncols=True,
-    )
 
 
 def _run(
@@ -165,7 +149,7 @@ def _run(
     if opts.score in DATA_SCORES:
         tokenizer = load_tokenizer(model, opts)
         declared_class = check_tokenizer_class(tokenizer, opts.tokenizer or model)
-        rows = location_data.load_rows(data, split=opts.split)
+        rows = load_rows(data, split=opts.split)
         fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
         location_data.data_format(
             rows.columns, fields, rows.name
@@ -226,7 +210,7 @@ def _run(
         scores = random_scores(scored.shapes(), opts.seed)
         counts = None
     else:
-        scores, counts, details = _score_data(
+        scores, counts, details = score_data(
             loaded, model, scored, selection, opts, dist, out, hooks.steps[opts.score]
         )
     scores = scored.store_scores(scores, loaded, opts.score)  # keyed by mergekit's names
@@ -271,7 +255,7 @@ def _select(rows, tokenizer, fields, opts: LocateOptions, max_length: Optional[i
     return tokenization, selection
 
 
-def _shape_for_check(model: str, opts: LocateOptions) -> Optional[memory.ModelShape]:
+def _shape_for_check(model: str, opts: LocateOptions) -> Optional[ModelShape]:
     """The model's shape for the memory check, or None (with a note) when its
     config cannot be planned: loading it then reports what is wrong."""
     try:
@@ -282,7 +266,7 @@ def _shape_for_check(model: str, opts: LocateOptions) -> Optional[memory.ModelSh
 
 
 def _check_memory(
-    shape: memory.ModelShape,
+    shape: ModelShape,
     opts: LocateOptions,
     dist: Distributed,
     selection: location_data.SelectedSamples,
@@ -296,7 +280,7 @@ def _check_memory(
         tokens=max(len(s.input_ids) for s in samples),
         answer_tokens=max(s.answer_length for s in samples),
     )
-    budget = memory.device_budget(dist.device.type, opts.memory, opts.device_map)
+    budget = device_budget(dist.device.type, opts.memory, opts.device_map)
     verdict = memory.judge(shape, setup, budget)
     for line in memory.render(verdict):
         LOG.info(line)
@@ -351,184 +335,3 @@ def _base_weights(opts: LocateOptions, scored: ScoredParameters) -> Callable[[st
         return mergekit_weights.read_weight(base_weights, weight, loader)
 
     return base_weight
-
-
-def _run_key(
-    model: str, selection: location_data.SelectedSamples, opts: LocateOptions, dist
-) -> Dict[str, Any]:
-    """What must match for a checkpoint to be resumed: the model, the data, the
-    process layout and device, and every option that can change the sums
-    (``resume_key_options``: all but those marked otherwise)."""
-    return {
-        "model": model,
-        "data_fingerprint": selection.fingerprint,
-        "samples": len(selection.samples),
-        "device_type": dist.device.type,
-        "world_size": dist.world_size,
-        "rank": dist.rank,
-        **resume_key_options(opts),
-    }
-
-
-def _score_data(
-    loaded: nn.Module,
-    model: str,
-    scored: ScoredParameters,
-    selection: location_data.SelectedSamples,
-    opts: LocateOptions,
-    dist: Distributed,
-    out: str,
-    step: Callable[..., None],
-):
-    """Score this process's shard with ``step`` per sample, all-reduce the sums,
-    return the mean scores."""
-    details: Dict[str, Any] = {}
-    if opts.score == "snip":
-        accumulator = SnipAccumulator(
-            scored.params, offload=opts.offload_accumulators, skip_nonfinite=opts.skip_nonfinite
-        )
-    else:
-        check_wanda_applies(loaded, model, scored)
-        modules = linear_modules(loaded, scored)
-        accumulator = WandaAccumulator(scored.params, modules, offload=opts.offload_accumulators)
-        details["wanda_magnitude_fallback"] = accumulator.fallback
-    if opts.gradient_checkpointing and opts.score == "snip":
-        details["gradient_checkpointing_layers"] = enable_gradient_checkpointing(loaded)
-
-    shard = selection.samples[dist.rank :: dist.world_size]
-    checkpoint = RunCheckpoint(out, dist.rank, dist.world_size)
-    run_key = _run_key(model, selection, opts, dist)
-    progress = Progress()
-    clean_stale_staging(checkpoint.path)  # half-written checkpoints of a killed run
-    if opts.resume and checkpoint.exists():
-        progress = checkpoint.load(accumulator, run_key)
-        if not 0 <= progress.samples <= progress.position <= len(shard):
-            raise LocateError(
-                f"The locate checkpoint {checkpoint.path} is damaged (it records "
-                f"{progress.samples} samples scored at position {progress.position} of "
-                f"{len(shard)}). Delete {checkpoint.folder} to start over."
-            )
-        LOG.info(
-            "Resuming from %s at sample %d of %d.", checkpoint.path, progress.position, len(shard)
-        )
-    elif opts.resume and checkpoint.others():
-        raise LocateError(
-            f"The locate checkpoint {checkpoint.folder} was written by a run with another "
-            f"number of processes ({', '.join(checkpoint.others())}); resume with the same "
-            f"number ({dist.world_size} now), or delete it."
-        )
-    elif opts.resume:
-        LOG.info("No locate checkpoint at %s; starting from the beginning.", checkpoint.path)
-
-    failure: Optional[BaseException] = None
-    scoring_started, first_position = time.perf_counter(), progress.position
-    accumulator.attach()
-    try:
-        _score_shard(loaded, accumulator, step, shard, progress, opts, dist, checkpoint, run_key)
-    except Exception as error:  # other processes must learn of it before any collective
-        failure = error
-    finally:
-        accumulator.detach()
-    if dist.any_failed(failure is not None):
-        if failure is not None:
-            raise failure
-        raise LocateError("Another process of this distributed locate run failed; see its error.")
-
-    totals = torch.tensor(
-        [progress.samples, progress.answer_tokens, progress.tokens], dtype=torch.float64
-    )
-    dist.all_reduce_sum(totals)
-    for tensor in accumulator.state().values():
-        dist.all_reduce_sum(tensor)
-    nonfinite = sorted(i for part in dist.all_gather(progress.nonfinite) for i in part)
-    samples, answer_tokens, tokens = (int(v) for v in totals.tolist())
-    if samples == 0:
-        raise LocateError(
-            f"Every sample of the location data was skipped ({len(nonfinite)} had a non-finite "
-            "loss or gradient); there is nothing to average."
-        )
-    details["scoring_seconds"] = round(time.perf_counter() - scoring_started, 3)
-    details["samples_per_second"] = round(
-        (progress.position - first_position) / max(details["scoring_seconds"], 1e-9), 3
-    )
-    counts = {
-        "samples": samples,
-        "answer_tokens": answer_tokens,
-        "tokens": tokens,
-        "nonfinite": nonfinite,
-    }
-    return accumulator.scores(samples), counts, details
-
-
-def _release_freed_memory() -> None:
-    """Give the heap memory freed by this sample's gradients back to the OS.
-
-    Gradient buffers of many sizes are allocated and freed per sample; glibc
-    keeps the freed chunks, and the fragmented heap grows over a run (about
-    60 MB on a 29M-parameter model). ``malloc_trim`` returns it (no-op elsewhere).
-    """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        if not hasattr(libc, "malloc_trim"):  # glibc only
-            return None
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _load_libc()
-
-
-def _score_shard(loaded, accumulator, step, shard, progress, opts, dist, checkpoint, run_key):
-    device = input_device(loaded)
-    bar = _progress_bar(len(shard), progress.position, opts, dist)
-    started, tokens_at_start = time.perf_counter(), progress.tokens
-    position_at_start = progress.position
-    try:
-        while progress.position < len(shard):
-            sample = shard[progress.position]
-            try:
-                step(loaded, accumulator, sample, device)
-            except NonFiniteSample as bad:
-                if not opts.skip_nonfinite:
-                    raise LocateError(
-                        f"Sample {bad.sample.index} of the location data gives a non-finite "
-                        f"result ({bad.what}); pass --skip-nonfinite to skip such samples, or "
-                        "use --dtype fp32."
-                    ) from None  # cause: its text is in the message
-                progress.nonfinite.append(bad.sample.index)
-                LOG.warning("Skipping sample %d: %s.", bad.sample.index, bad.what)
-            else:
-                progress.samples += 1
-                progress.answer_tokens += sample.answer_length
-                progress.tokens += len(sample.input_ids)
-            progress.position += 1
-            _release_freed_memory()
-            bar.update(1)
-            elapsed = time.perf_counter() - started
-            if elapsed > 0:
-                done = progress.position - position_at_start
-                bar.set_postfix(
-                    {
-                        "samples/s": f"{done / elapsed:.2f}",
-                        "tokens/s": f"{(progress.tokens - tokens_at_start) / elapsed:.0f}",
-                    },
-                    refresh=False,
-                )
-            if (
-                opts.checkpoint_every
-                and progress.position % opts.checkpoint_every == 0
-                and progress.position < len(shard)
-            ):
-                checkpoint.save(accumulator, progress, run_key)
-    finally:
-        bar.close()

@@ -36,7 +36,7 @@ def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str]
             f"Unknown --device {opts.device!r}; choose one of {', '.join(DEVICE_CHOICES)}."
         )
     if opts.memory is not None:
-        from mergekit_led.location.memory import parse_memory
+        from mergekit_led.location.memory_budget import parse_memory
 
         parse_memory(opts.memory)  # a bad size is refused before anything runs
     if opts.checkpoint_every is not None and opts.checkpoint_every < 1:

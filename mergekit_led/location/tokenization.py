@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from mergekit_led.errors import LocateError
 from mergekit_led.location import data as location_data
+from mergekit_led.location.data_loading import LocationRows
 
 LOG = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _normalizer(tokenizer):
 
 
 def selected_answers(
-    rows: location_data.LocationRows,
+    rows: LocationRows,
     selection: location_data.SelectedSamples,
     fields: location_data.Fields,
 ) -> List[str]:
@@ -162,7 +163,7 @@ def selected_answers(
 
 def check_answers(
     tokenizer,
-    rows: location_data.LocationRows,
+    rows: LocationRows,
     selection: location_data.SelectedSamples,
     fields: location_data.Fields,
     *,

@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional
 from mergekit_led.core.locate_options import LocateOptions
 from mergekit_led.errors import LEDError, LocateError
 from mergekit_led.location import data as location_data
+from mergekit_led.location.data_loading import load_rows
 from mergekit_led.location.model import load_tokenizer
 from mergekit_led.prepare.config_options import score_options
 from mergekit_led.prepare.models import ResolvedModel
@@ -68,7 +69,7 @@ def plan_store(request: StoreRequest) -> PlannedStore:
     model, opts = request.model, request.options
     where = f"Model {model.label}, importance_data {request.data}"
     try:
-        rows = location_data.load_rows(request.data, split=opts.split)
+        rows = load_rows(request.data, split=opts.split)
         fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
         location_data.data_format(rows.columns, fields, rows.name)
         tokenizer = load_tokenizer(model.path, opts)

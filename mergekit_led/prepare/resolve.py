@@ -19,7 +19,7 @@ from mergekit_led.core.parameters import DATA_PARAMETER, STORE_PARAMETERS
 from mergekit_led.errors import ConfigError, StoresNotComputed
 from mergekit_led.prepare.cache import StoreCache
 from mergekit_led.prepare.models import model_reference
-from mergekit_led.prepare.run import Preparer
+from mergekit_led.prepare.preparer import Preparer
 from mergekit_led.store.hub import store_path
 
 _LOCK = threading.Lock()
