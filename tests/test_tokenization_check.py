@@ -1,4 +1,4 @@
-"""The sanity check of tokenized location data (``mergekit_led.location.tokenization``).
+"""The sanity check of tokenized location data (``mergekit_led.location.tokenizer_check``).
 
 The end-to-end case is the transformers override issue 11 found: a Qwen2 checkpoint
 whose saved tokenizer ``AutoTokenizer`` replaces by ``Qwen2Tokenizer``, which drops
@@ -16,7 +16,7 @@ import pytest
 import mergekit_led
 from mergekit_led import load_importance
 from mergekit_led.errors import LocateError
-from mergekit_led.location.tokenization import answer_check
+from mergekit_led.location.tokenizer_check import answer_check
 from mergekit_led.testing import build_family, build_word_tokenizer
 
 ANSWERS = [

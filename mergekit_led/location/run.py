@@ -51,7 +51,7 @@ from mergekit_led.location.scores import (
     random_scores,
 )
 from mergekit_led.location.steps import RunHooks
-from mergekit_led.location.tokenization import check_answers, check_tokenizer_class
+from mergekit_led.location.tokenizer_check import check_answers, check_tokenizer_class
 from mergekit_led.location.weight_names import (
     ScoredParameters,
     check_mergeable,
