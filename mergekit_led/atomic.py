@@ -61,12 +61,16 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
 
 
+def writer_id() -> str:
+    """``<pid>@<host>`` of this process: staging areas and the sweep's scratch folders
+    carry it in their names, so a later run can tell a killed writer's leftovers."""
+    return f"{os.getpid()}@{_host()}"
+
+
 def staging_path(target: str) -> str:
     """A fresh hidden staging area path beside ``target`` naming this writer."""
     parent, name = os.path.split(os.path.abspath(target))
-    return os.path.join(
-        parent, f".{name}{STAGING_MARK}{uuid.uuid4().hex[:8]}-{os.getpid()}@{_host()}"
-    )
+    return os.path.join(parent, f".{name}{STAGING_MARK}{uuid.uuid4().hex[:8]}-{writer_id()}")
 
 
 @dataclass(frozen=True)

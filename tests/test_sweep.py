@@ -413,3 +413,27 @@ def test_grid_files_are_read_like_configs(tmp_path):
     os.mkfifo(tmp_path / "fifo.yml")
     with pytest.raises(SweepError, match="not a regular file"):
         load_grid(str(tmp_path / "fifo.yml"), MODELS)
+
+
+def test_a_killed_sweeps_scratch_is_removed_and_nothing_else(tmp_path):
+    """A kill skips the clean-up of a setting's scratch folder (on the RAM disk, a
+    merged model's memory until a reboot): the next sweep removes the folders of
+    dead sweep processes on this host, and no other folder."""
+    import subprocess
+
+    from mergekit_led.atomic import writer_id
+    from mergekit_led.sweep.scratch import SCRATCH_PREFIX, remove_killed_scratch
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # its process id is now free: a killed sweep's
+    host = writer_id().split("@", 1)[1]
+    dead = tmp_path / f"{SCRATCH_PREFIX}3-{child.pid}@{host}-ab12_cd"
+    running = tmp_path / f"{SCRATCH_PREFIX}4-{writer_id()}-ef34gh"
+    elsewhere = tmp_path / f"{SCRATCH_PREFIX}5-{child.pid}@another-host-ij56kl"
+    users = tmp_path / f"{SCRATCH_PREFIX}notes"
+    for folder in (dead, running, elsewhere, users):
+        (folder / "model").mkdir(parents=True)
+    lines = []
+    assert remove_killed_scratch(str(tmp_path), lines.append) == [str(dead)]
+    assert not dead.exists() and running.exists() and elsewhere.exists() and users.exists()
+    assert lines == [f"Removed {dead}, left by a killed sweep (process {child.pid})."]

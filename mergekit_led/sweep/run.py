@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -25,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mergekit_led.errors import SweepError
+from mergekit_led.sweep import scratch
 from mergekit_led.sweep.grid import ModelNames, Setting, setting_config
 from mergekit_led.sweep.selection import SelectionRule
 
@@ -264,7 +264,8 @@ def _sweep(config, todo, spec, out: str, options: SweepOptions, say):
     resolved = _with_stores(config, [s for _, s in todo], options, say)
     tokenizer = _tokenizer(config, options)
     evaluator = Evaluator(spec, tokenizer, batch_size=options.batch_size)
-    scratch_root = _scratch_root(config, out, options.scratch)
+    scratch_root = scratch.scratch_root(config, out, options.scratch)
+    scratch.remove_killed_scratch(scratch_root, say)
     for number, (index, setting) in enumerate(todo, start=1):
         text = setting.describe(names.short)
         say(f"[{number}/{len(todo)}] {setting.method}: {text}")
@@ -277,7 +278,7 @@ def _sweep(config, todo, spec, out: str, options: SweepOptions, say):
             raise SweepError(
                 f"Setting {index} ({setting.method}: {text}) is not a valid config: {reason}"
             ) from error
-        holder = tempfile.mkdtemp(prefix=f"sweep-setting-{index}-", dir=scratch_root)
+        holder = scratch.setting_folder(scratch_root, index)
         folder = os.path.join(holder, "model")
         try:
             clock = time.perf_counter()
@@ -365,35 +366,6 @@ def _tokenizer(config, options: SweepOptions):
         raise SweepError(
             f"Cannot load the tokenizer of {source}: {' '.join(str(error).split())}"
         ) from error
-
-
-def _scratch_root(config, out: str, scratch: Optional[str]) -> str:
-    """Where settings are merged: ``scratch`` when given; else a RAM disk
-    (``/dev/shm``) with room for two copies of the base model; else ``OUT/.scratch``."""
-    if scratch:
-        os.makedirs(scratch, exist_ok=True)
-        return scratch
-    size = _model_bytes(config["base_model"])
-    ram = "/dev/shm"
-    if size and os.path.isdir(ram) and os.access(ram, os.W_OK):
-        # Room on the RAM disk is not room in RAM: the merge there and the model
-        # loaded from it both take memory, so both must fit twice over.
-        free_ram = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        if shutil.disk_usage(ram).free > 2 * size and free_ram > 4 * size:
-            return ram
-    path = os.path.join(out, ".scratch")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def _model_bytes(model: str) -> int:
-    if not os.path.isdir(model):
-        return 0
-    return sum(
-        os.path.getsize(os.path.join(model, name))
-        for name in os.listdir(model)
-        if name.endswith((".safetensors", ".bin"))
-    )
 
 
 def _merge(parsed, merged_config, folder: str, device, options: SweepOptions) -> None:
