@@ -37,15 +37,16 @@ from mergekit_led.demo.steps import (
     ablation_rows,
     locate_kinds,
     locate_stores,
+    merge_in_group,
     merge_row,
     model_row,
     selected_rows,
     sweep_trials,
+    write_location_files,
 )
 from mergekit_led.demo.summary import summarize
 from mergekit_led.environment import resolve_device
 from mergekit_led.errors import DemoOptionError
-from mergekit_led.jsonl import write_jsonl
 
 FULL = train.Recipe(
     train.ModelSize(64, 2, 4, 192),
@@ -174,15 +175,14 @@ class ToySeed:
     ) -> str:
         """``setting`` merged into ``<group>/merges/<name>`` (its slug by default),
         its config (``config``, else the setting's) in ``<group>/configs/<name>.yml``."""
-        root = os.path.join(self.seed_dir, group)
-        name = name or setting.slug
-        return merging.write_and_merge(
+        return merge_in_group(
+            self.seed_dir,
+            group,
+            name or setting.slug,
             config or merging.setting_config(setting, inputs),
-            os.path.join(root, "configs", f"{name}.yml"),
-            os.path.join(root, "merges", name),
+            inputs,
             device=self.device,
             seed=self.seed,
-            cache=inputs.cache,
         )
 
 
@@ -301,12 +301,7 @@ def _world_data(run: ToySeed) -> ToyData:
     )
     data_dir = os.path.join(run.seed_dir, "data")
     location = the_world.location_sets(recipe.location_samples)
-    location_files = {
-        t: write_jsonl(
-            os.path.join(data_dir, f"location_{t}.jsonl"), [s.as_dict() for s in location[t]]
-        )
-        for t in TASKS
-    }
+    location_files = write_location_files(data_dir, location)
     limit = QUICK_EVAL_ITEMS if run.settings.quick else None
     val = evaluate.eval_sets(the_world, "val", limit)
     test = evaluate.eval_sets(the_world, "test", limit)

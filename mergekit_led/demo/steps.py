@@ -20,6 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from mergekit_led.demo import evaluate, merging
 from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
 from mergekit_led.demo.results import AblationRow, Metrics, Row, Selection, Trial
+from mergekit_led.demo.world import Sample
+from mergekit_led.jsonl import write_jsonl
 
 # The ablations of the paper's Table 4, each one component of the selected LED setting changed.
 ABLATIONS = (
@@ -53,6 +55,36 @@ class Laps:
         self.timing["total_s"] = round(sum(self.timing.values()), 1)
         self.timing["cpu_s"] = round(time.process_time() - self._cpu, 1)
         return self.timing
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_location_files(data_dir: str, location: Dict[str, Sequence[Sample]]) -> Dict[str, str]:
+    """Each task's location set as ``data_dir/location_<task>.jsonl`` (what the LED
+    configs name as ``importance_data``); task -> path."""
+    return {
+        task: write_jsonl(
+            os.path.join(data_dir, f"location_{task}.jsonl"), [s.as_dict() for s in location[task]]
+        )
+        for task in TASKS
+    }
+
+
+def merge_in_group(
+    seed_dir: str, group: str, name: str, config: dict, inputs: Inputs, *, device: str, seed: int
+) -> str:
+    """``config`` merged into ``seed_dir/<group>/merges/<name>``, the config kept as
+    ``seed_dir/<group>/configs/<name>.yml`` (a seed's layout in both worlds)."""
+    root = os.path.join(seed_dir, group)
+    return merging.write_and_merge(
+        config,
+        os.path.join(root, "configs", f"{name}.yml"),
+        os.path.join(root, "merges", name),
+        device=device,
+        seed=seed,
+        cache=inputs.cache,
+    )
 
 
 # --------------------------------------------------------------------------- locate

@@ -28,13 +28,14 @@ from mergekit_led.demo.steps import (
     Laps,
     ablation_rows,
     locate_kinds,
+    merge_in_group,
     merge_row,
     model_row,
     selected_rows,
     sweep_trials,
+    write_location_files,
 )
 from mergekit_led.errors import StudyError
-from mergekit_led.jsonl import write_jsonl
 from mergekit_led.realmodel.finetune import build_real_family
 from mergekit_led.realmodel.recipe import (
     EVAL_DTYPE,
@@ -151,13 +152,14 @@ class RealSeed:
         out = os.path.join(self.seed_dir, group, "merges", setting.slug)
         if os.path.exists(out):  # a merge of a killed run, not yet evaluated
             shutil.rmtree(out)
-        path = merging.write_and_merge(
+        path = merge_in_group(
+            self.seed_dir,
+            group,
+            setting.slug,
             merging.setting_config(setting, self.inputs),
-            os.path.join(self.seed_dir, group, "configs", f"{setting.slug}.yml"),
-            out,
+            self.inputs,
             device=self.device,
             seed=self.seed,
-            cache=self.inputs.cache,
         )
         metrics = evaluate.evaluate_checkpoint(path, self.test_sets, self.device, dtype=EVAL_DTYPE)
         shutil.rmtree(path)
@@ -218,12 +220,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     location = location_sets(
         split_dir, os.path.join(models_dir, "benign_answers.jsonl"), recipe.location_samples, seed
     )
-    location_files = {
-        t: write_jsonl(
-            os.path.join(data_dir, f"location_{t}.jsonl"), [s.as_dict() for s in location[t]]
-        )
-        for t in TASKS
-    }
+    location_files = write_location_files(data_dir, location)
     val_spec = write_eval_spec(data_dir, split_dir, "val", recipe.sizes)
     test_spec = write_eval_spec(data_dir, split_dir, "test", recipe.sizes)
     inputs = Inputs(
