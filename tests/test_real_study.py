@@ -119,6 +119,14 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
     monkeypatch.setattr(study.evaluate, "evaluate_checkpoint", refuse)
     again = run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
     assert again.rows == summary.rows
+    # A damaged cached stage is named, not read as a result or silently recomputed.
+    damaged = tmp_path / "out" / "seed-1" / "rows" / "instruct.json"
+    damaged.write_text('{"harmful_compliance": "lots"}')
+    with pytest.raises(study.StudyError, match=r"seed-1/rows/instruct\.json: not a result this"):
+        run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
+    (tmp_path / "out" / "seed-0" / "properties.json").write_text("[1, 2")
+    with pytest.raises(study.StudyError, match=r"seed-0/properties\.json: not a result this"):
+        run_demo(_settings(tmp_path / "out", fake_assets.cache_dir, seeds=[0]))
 
 
 def test_a_seed_folder_of_another_study_is_refused(tmp_path, fake_assets):

@@ -109,6 +109,21 @@ def _claim_seed_dir(seed_dir: str, identity: dict) -> None:
 ROW_PREFIX = {"selected": "selected", "reference": "reference", "ablations": "ablation"}
 
 
+def _read_cached(path: str, kind):
+    """A stage's cached JSON file, checked against what this study writes there:
+    a damaged or edited file is a one-line error, not a traceback."""
+    from pydantic import TypeAdapter
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return TypeAdapter(kind).validate_json(f.read())
+    except (OSError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        reason = " ".join(str(error).split())
+        raise StudyError(
+            f"{path}: not a result this study wrote ({reason}); remove it to compute it again."
+        ) from error
+
+
 class _RowCache:
     """Test metrics cached one JSON file per row: a killed run re-evaluates only what is missing."""
 
@@ -121,8 +136,7 @@ class _RowCache:
 
         path = os.path.join(self.folder, f"{key}.json")
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return Metrics.model_validate_json(f.read())
+            return _read_cached(path, Metrics)
         value = compute()
         write_text(path, json.dumps(value.model_dump(), indent=2, sort_keys=True) + "\n")
         return value
@@ -321,8 +335,7 @@ def _properties(run: RealSeed, models, snip_stores, location, chosen) -> Dict[st
     """The world's properties, measured once per seed (``properties.json``)."""
     path = os.path.join(run.seed_dir, "properties.json")
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return _read_cached(path, Dict[str, float])
     from filelock import FileLock
 
     from mergekit_led.atomic import write_text
