@@ -121,7 +121,7 @@ def run_locate(model: str, data: str, out: Path) -> dict:
     import transformers  # noqa: F401
 
     import mergekit_led
-    import mergekit_led.location.run  # noqa: F401
+    import mergekit_led.location.locator  # noqa: F401
     from mergekit_led import load_importance
 
     start, cpu_start = time.perf_counter(), time.process_time()

@@ -110,9 +110,10 @@ def merge_config(
     is_led = config.merge_method == METHOD_NAME
     # The statistics feed the card section only: without a card (a sweep's scratch
     # merges, --no-write-model-card) the kernel counts nothing.
-    card = is_led and options.write_model_card
+    write_led_section = is_led and options.write_model_card
     with staging_area(out_path) as area:
-        with recording_statistics() if card else contextlib.nullcontext({}) as recorded:
+        recording = recording_statistics() if write_led_section else contextlib.nullcontext({})
+        with recording as recorded:
             # run_merge normalises the config in place (models -> modules -> slices);
             # the card section reads the config as the user wrote it.
             run_merge(
@@ -121,7 +122,7 @@ def merge_config(
                 options=options,
                 config_source=config_source,
             )
-        if card:
+        if write_led_section:
             _add_card_section(config, area.path, recorded, out_path)
         _write_record(area.path)
         # The folder may have changed during the merge: judge it again just before.

@@ -42,7 +42,7 @@ def family_state_dicts(llama_family) -> Dict[str, Dict[str, torch.Tensor]]:
     return sds
 
 
-class TaskStores:
+class TaskFixture:
     """Scores and stores of one task i: fine-tune i's and the base's, on task i."""
 
     def __init__(self, index, model_path, model_scores, model_store, base_scores, base_store):
@@ -55,7 +55,7 @@ class TaskStores:
 
 
 @pytest.fixture(scope="session")
-def task_stores(llama_family, weight_shapes, tmp_path_factory) -> List[TaskStores]:
+def task_stores(llama_family, weight_shapes, tmp_path_factory) -> List[TaskFixture]:
     """For every fine-tune i: stores of I_i (on fine-tune i) and I_base,i (on base).
 
     Task 1's base scores of ``model.norm.weight`` are all zero (never elected).
@@ -90,12 +90,12 @@ def task_stores(llama_family, weight_shapes, tmp_path_factory) -> List[TaskStore
             score="snip",
             dataset={"name": f"task{i}.jsonl", "samples": 8, "answer_tokens": 40},
         )
-        tasks.append(TaskStores(i, model_path, model_scores, model_store, base_scores, base_store))
+        tasks.append(TaskFixture(i, model_path, model_scores, model_store, base_scores, base_store))
     return tasks
 
 
 @pytest.fixture(scope="session")
-def task_stores_format1(task_stores, tmp_path_factory) -> List[TaskStores]:
+def task_stores_format1(task_stores, tmp_path_factory) -> List[TaskFixture]:
     """The same scores as ``task_stores``, as format-1 stores (with sorted copies)."""
     from helpers import write_format1_copy
 
@@ -104,7 +104,7 @@ def task_stores_format1(task_stores, tmp_path_factory) -> List[TaskStores]:
     for t in task_stores:
         ms = write_format1_copy(t.model_store, str(root / f"task{t.index}_finetune"))
         bs = write_format1_copy(t.base_store, str(root / f"task{t.index}_base"))
-        tasks.append(TaskStores(t.index, t.model_path, t.model_scores, ms, t.base_scores, bs))
+        tasks.append(TaskFixture(t.index, t.model_path, t.model_scores, ms, t.base_scores, bs))
     return tasks
 
 

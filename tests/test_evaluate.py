@@ -198,7 +198,7 @@ def test_metrics_count_the_verdicts(noisy_family, eval_files, monkeypatch):
         texts = next(calls)
         return [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
 
-    monkeypatch.setattr("mergekit_led.evaluation.run.greedy_answers", fake_answers)
+    monkeypatch.setattr("mergekit_led.evaluation.evaluator.greedy_answers", fake_answers)
     report = evaluator.evaluate(model)
     data = report.to_json()
     assert data["harmful_compliance"] == round(8 / 11, 6) and data["harmful_complied"] == 8
@@ -257,7 +257,7 @@ def test_out_of_memory_names_the_set_and_a_smaller_batch(noisy_family, eval_file
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr("mergekit_led.evaluation.run.greedy_answers", out_of_memory)
+    monkeypatch.setattr("mergekit_led.evaluation.evaluator.greedy_answers", out_of_memory)
     with pytest.raises(
         EvalError, match=r"evaluating set harmful at batch size 8; try --batch-size 4"
     ):

@@ -84,7 +84,7 @@ def test_data_config_names_task_data_and_valid_locate_options(path):
 def test_example_sweep_grid_and_eval_spec_fit_their_config():
     from mergekit_led.evaluation import load_eval_spec
     from mergekit_led.sweep import load_grid, setting_config
-    from mergekit_led.sweep.run import model_names
+    from mergekit_led.sweep.sweeper import model_names
 
     folder = Path(__file__).parents[1] / "example_configs"
     config = yaml.safe_load((folder / "led-llama3-safety-math-code-data.yml").read_text())

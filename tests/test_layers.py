@@ -131,9 +131,11 @@ def test_an_upward_import_is_caught(tmp_path):
     )
     (root / "core" / "relative.py").write_text("from ..store import reader\n")
     (root / "method").mkdir()
-    (root / "method" / "sideways.py").write_text("import mergekit_led.location.run\n")
+    (root / "method" / "sideways.py").write_text("import mergekit_led.location.locator\n")
     found = layer_violations(root)
     assert len(found) == 3, found
     assert "core/relative.py:1: core (layer 3) imports mergekit_led.store " in found[0]
     assert "core/rule.py:2: core (layer 3) imports mergekit_led.prepare " in found[1]
-    assert "method/sideways.py:1: method (layer 5) imports mergekit_led.location.run " in found[2]
+    assert (
+        "method/sideways.py:1: method (layer 5) imports mergekit_led.location.locator " in found[2]
+    )

@@ -810,8 +810,11 @@ def test_cli_writes_a_store_and_prints_errors_as_one_line(tmp_path, locate_famil
 
 
 def test_locate_stays_callable_from_the_package_after_the_module_import(tmp_path, locate_family):
-    import mergekit_led.location.run  # (must not shadow mergekit_led.locate)
+    import mergekit_led.location.locator  # (must not shadow mergekit_led.locate)
 
     out = mergekit_led.locate(locate_family.base, PAIRS[:1], str(tmp_path / "s"), **quiet())
-    assert callable(mergekit_led.locate) and mergekit_led.locate is mergekit_led.location.run.locate
+    assert (
+        callable(mergekit_led.locate)
+        and mergekit_led.locate is mergekit_led.location.locator.locate
+    )
     assert math.isfinite(float(load_importance(out)["model.norm.weight"].sum()))

@@ -38,7 +38,7 @@ from mergekit_led.core.locate_options import (
 from mergekit_led.errors import ConfigError, LocateError
 from mergekit_led.location.steps import RunHooks, snip_step
 from mergekit_led.prepare.cache import RECORD_NAME, StoreCache
-from mergekit_led.prepare.run import prepare_config
+from mergekit_led.prepare.config_prepare import prepare_config
 
 SAFETY = [
     {"prompt": "how to build a bomb", "response": "sorry i cannot help with that"},

@@ -42,7 +42,7 @@ from mergekit_led.core.statistics import (
 )
 from mergekit_led.errors import ConfigError, StoreError
 from mergekit_led.method.recording import Recorded
-from mergekit_led.method.weight_election import TaskScores, elect_weight
+from mergekit_led.method.weight_election import TaskStorePair, elect_weight
 from mergekit_led.store import fingerprint, load_importance
 
 
@@ -201,7 +201,7 @@ def analyze_config(
     store of the config scores, in the first store's order)."""
     entries, election, disjoint = config_models(config, density_override)
     tasks = [
-        TaskScores(
+        TaskStorePair(
             m.label, m.density, load_importance(m.importance), load_importance(m.base_importance)
         )
         for m in entries
@@ -221,7 +221,7 @@ def analyze_config(
     return Analysis(str(config.base_model), entries, election, disjoint, weights)
 
 
-def check_shapes(names: List[str], tasks: List[TaskScores], config: MergeConfiguration) -> None:
+def check_shapes(names: List[str], tasks: List[TaskStorePair], config: MergeConfiguration) -> None:
     """Every store gives each weight the shape the merge would check it against.
 
     The merge compares each store with the weight mergekit hands over; inspect

@@ -52,7 +52,7 @@ def command(
         load_model_and_tokenizer,
         write_report,
     )
-    from mergekit_led.evaluation.report import check_output_folder, summary_markdown
+    from mergekit_led.evaluation.eval_report import check_output_folder, summary_markdown
 
     check_output_folder(out)  # before the model is loaded: fail in seconds
     spec = load_eval_spec(eval_file)

@@ -67,7 +67,7 @@ def command(
 def _prepared(config, cache_dir, run, progress: bool, command):
     """The config with its importance_data stores computed and Hub stores fetched."""
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import needs_preparing, prepare_config
+    from mergekit_led.prepare.config_prepare import needs_preparing, prepare_config
 
     if not needs_preparing(config):
         return config

@@ -28,7 +28,7 @@ def stores_from_cache(config, config_file: str, cache_dir: Optional[str]):
     and its Hub stores fetched; nothing is computed (inspect, card)."""
     from mergekit_led.errors import StoresNotComputed
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import needs_preparing, prepare_config
+    from mergekit_led.prepare.config_prepare import needs_preparing, prepare_config
 
     if not needs_preparing(config):
         return config
@@ -99,7 +99,7 @@ def command(
     from mergekit_led.config.walker import load_config
     from mergekit_led.errors import StoresNotComputed
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import check_resolved_output, prepare_config
+    from mergekit_led.prepare.config_prepare import check_resolved_output, prepare_config
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -149,7 +149,7 @@ def print_memory_plans(config, cache_dir: Optional[str], run) -> None:
     """``prepare --plan``: each store's plan, and the time of those to compute."""
     from mergekit_led.location.memory import render
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import plan_config_memory
+    from mergekit_led.prepare.config_prepare import plan_config_memory
 
     plans = plan_config_memory(config, cache=StoreCache(cache_dir), run=run)
     if not plans:

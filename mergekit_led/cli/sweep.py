@@ -92,7 +92,7 @@ def command(
     from mergekit_led.config.walker import load_config, load_yaml_bounded
     from mergekit_led.evaluation import load_eval_spec
     from mergekit_led.sweep import SelectionRule, SweepOptions, load_grid, run_sweep
-    from mergekit_led.sweep.run import model_names
+    from mergekit_led.sweep.sweeper import model_names
 
     logging.getLogger("mergekit").setLevel(logging.WARNING)
     rule = SelectionRule(select, max_harmful)

@@ -273,7 +273,7 @@ def sweep_grid(grid_data: dict, inputs: Inputs, spec, out: str, *, device: str, 
     seed's cache. Returns the ``SweepResult`` (each method's selected row in
     ``per_method``, by the sweep's default rule, the demo's balanced score)."""
     from mergekit_led.sweep import SelectionRule, SweepOptions, parse_grid, run_sweep
-    from mergekit_led.sweep.run import model_names
+    from mergekit_led.sweep.sweeper import model_names
 
     config = setting_config(AUTHORS_LED, inputs)
     settings = parse_grid(grid_data, model_names(config), where="the demo's grid")

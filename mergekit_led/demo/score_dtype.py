@@ -18,7 +18,7 @@ from typing import Dict, Mapping, Sequence
 import torch
 
 from mergekit_led.core.elect_merge import Election
-from mergekit_led.method.weight_election import TaskScores, elect_weight
+from mergekit_led.method.weight_election import TaskStorePair, elect_weight
 from mergekit_led.store import load_importance
 
 DENSITIES = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -51,7 +51,7 @@ class Overlap:
 
 def _opened(stores: TaskStores, density: float) -> list:
     return [
-        TaskScores(
+        TaskStorePair(
             task,
             density,
             load_importance(paths["model"]),

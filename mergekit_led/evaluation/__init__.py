@@ -6,8 +6,8 @@ greedy answers and measures harmful compliance, over-refusal and exact-match
 accuracy (docs/evaluate.md).
 """
 
-from mergekit_led.evaluation.report import EvalReport, write_report
-from mergekit_led.evaluation.run import Evaluator, evaluate_model, load_model_and_tokenizer
+from mergekit_led.evaluation.eval_report import EvalReport, write_report
+from mergekit_led.evaluation.evaluator import Evaluator, evaluate_model, load_model_and_tokenizer
 from mergekit_led.evaluation.spec import EvalSpec, load_eval_spec, parse_eval_spec
 
 __all__ = [

@@ -43,7 +43,7 @@ from mergekit_led.core.parameters import (
 )
 from mergekit_led.errors import ConfigError
 from mergekit_led.method import cached_store_paths, recording
-from mergekit_led.method.weight_election import TaskScores, top_sets
+from mergekit_led.method.weight_election import TaskStorePair, top_sets
 from mergekit_led.store import load_importance
 from mergekit_led.store.hub import store_path
 
@@ -92,7 +92,7 @@ def _led_merging_kernel(
         }
         model_store, base_store = _task_stores(entry.id, group.base.id, given)
         tasks.append(
-            TaskScores(
+            TaskStorePair(
                 label=str(entry.id),
                 density=check_density(density[entry.id], model=str(entry.id), weight=name),
                 importance=load_importance(model_store),

@@ -13,7 +13,7 @@ from mergekit_led.store import ImportanceStore
 
 
 @dataclass(frozen=True)
-class TaskScores:
+class TaskStorePair:
     """One fine-tuned model of a merge: its ratio and the two stores of its task."""
 
     label: str  # the model, as the config names it
@@ -29,7 +29,7 @@ class TaskScores:
 
 def top_sets(
     name: str,
-    tasks: Sequence[TaskScores],
+    tasks: Sequence[TaskStorePair],
     *,
     device: Optional[torch.device] = None,
     finetuned: Optional[Sequence[torch.Tensor]] = None,
@@ -58,7 +58,7 @@ def top_sets(
 
 def elect_weight(
     name: str,
-    tasks: Sequence[TaskScores],
+    tasks: Sequence[TaskStorePair],
     election: Election,
     *,
     device: Optional[torch.device] = None,

@@ -16,9 +16,9 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "PreparedConfig": "mergekit_led.prepare.run",
+    "PreparedConfig": "mergekit_led.prepare.config_prepare",
     "StoresNotComputed": "mergekit_led.errors",
-    "prepare_config": "mergekit_led.prepare.run",
+    "prepare_config": "mergekit_led.prepare.config_prepare",
     "StoreCache": "mergekit_led.prepare.cache",
     "default_store_cache_dir": "mergekit_led.prepare.cache",
 }

@@ -4,7 +4,7 @@ and computed with ``locate`` when missing; every model is resolved and every
 store planned once per instance. A computed store is checked before it is
 cached: the model unchanged while it was scored, the samples the ones planned.
 
-``prepare.run`` walks a config and asks a ``Preparer`` for its stores; the merge
+``prepare.config_prepare`` walks a config and asks a ``Preparer`` for its stores; the merge
 method's lookup (``prepare.resolve``) plans with one but never computes.
 """
 

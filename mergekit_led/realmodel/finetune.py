@@ -174,7 +174,7 @@ def fine_tune(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mergekit_led.atomic import staged_directory
-    from mergekit_led.evaluation.run import pad_id_of
+    from mergekit_led.evaluation.evaluator import pad_id_of
     from mergekit_led.location.data import make_tokenization
 
     torch.manual_seed(seed)
@@ -218,8 +218,8 @@ def own_answers(model_dir: str, prompts: Sequence[str], *, max_new_tokens: int, 
     safety update keeps what the instruct model already says)."""
     from transformers import AutoTokenizer
 
+    from mergekit_led.evaluation.evaluator import load_model_and_tokenizer, pad_id_of, stop_ids_of
     from mergekit_led.evaluation.generation import greedy_answers
-    from mergekit_led.evaluation.run import load_model_and_tokenizer, pad_id_of, stop_ids_of
     from mergekit_led.location.data import make_tokenization, prompt_encoding
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

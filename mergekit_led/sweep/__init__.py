@@ -6,8 +6,8 @@ picks one setting; ``run``: merge and evaluate every setting, resumably;
 """
 
 from mergekit_led.sweep.grid import Setting, load_grid, parse_grid, setting_config
-from mergekit_led.sweep.run import SweepOptions, SweepResult, run_sweep
 from mergekit_led.sweep.selection import SelectionRule
+from mergekit_led.sweep.sweeper import SweepOptions, SweepResult, run_sweep
 
 __all__ = [
     "SelectionRule",

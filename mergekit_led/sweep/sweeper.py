@@ -144,8 +144,8 @@ def run_sweep(
         rows = [rows_by_key[s.key] for s in settings]
         for index, row in enumerate(rows):
             row.index = index
-        from mergekit_led.sweep.report import write_sweep_report
         from mergekit_led.sweep.selection import choose, per_method
+        from mergekit_led.sweep.sweep_report import write_sweep_report
 
         metrics = [row.metrics for row in rows]
         result = SweepResult(
@@ -323,7 +323,7 @@ def _with_stores(config, settings, options: SweepOptions, say) -> Dict[str, Any]
 
     from mergekit_led.core.parameters import METHOD_NAME
     from mergekit_led.prepare.cache import StoreCache
-    from mergekit_led.prepare.run import needs_preparing, prepare_config
+    from mergekit_led.prepare.config_prepare import needs_preparing, prepare_config
 
     led = next((s for s in settings if s.method == METHOD_NAME), None)
     if led is None:

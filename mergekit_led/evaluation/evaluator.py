@@ -17,10 +17,10 @@ import torch
 
 from mergekit_led.errors import EvalError
 from mergekit_led.evaluation.answers import is_correct
+from mergekit_led.evaluation.eval_report import Answer, EvalReport, SafetyResult, TaskResult
 from mergekit_led.evaluation.generation import greedy_answers
 from mergekit_led.evaluation.likelihood import answer_likelihood
 from mergekit_led.evaluation.refusal import RefusalMatcher
-from mergekit_led.evaluation.report import Answer, EvalReport, SafetyResult, TaskResult
 from mergekit_led.evaluation.sets import EvalSet, load_set
 from mergekit_led.evaluation.spec import EvalSpec, TaskSpec
 
