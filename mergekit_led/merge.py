@@ -40,7 +40,7 @@ from mergekit_led.analysis.config_analysis import from_recorded
 from mergekit_led.analysis.model_card import add_led_section
 from mergekit_led.atomic import replace_directory, staging_area
 from mergekit_led.config.preflight import preflight
-from mergekit_led.config.walker import config_inputs
+from mergekit_led.config.walker import ConfigSource, ConfigView, read_config
 from mergekit_led.core.parameters import METHOD_NAME, STORE_PARAMETERS
 from mergekit_led.environment import check_device
 from mergekit_led.errors import ConfigError
@@ -104,9 +104,10 @@ def merge_config(
     options = options or MergeOptions()
     out_path = os.path.abspath(out_path)
     check_merge_device(options)
-    check_output_path(config, out_path, overwrite=overwrite)
+    view = read_config(config)  # walked once; every check below reads this
+    check_output_path(view, out_path, overwrite=overwrite)
     check_input_models(config)
-    preflight(config)
+    preflight(view)
     is_led = config.merge_method == METHOD_NAME
     # The statistics feed the card section only: without a card (a sweep's scratch
     # merges, --no-write-model-card) the kernel counts nothing.
@@ -123,11 +124,11 @@ def merge_config(
                 config_source=config_source,
             )
         if write_led_section:
-            _add_card_section(config, area.path, recorded, out_path)
+            _add_card_section(view, area.path, recorded, out_path)
         _write_record(area.path)
         # The folder may have changed during the merge: judge it again just before.
         try:
-            check_output_path(config, out_path, overwrite=overwrite)
+            check_output_path(view, out_path, overwrite=overwrite)
         except ConfigError as error:
             kept = _keep_aside(area.path, out_path)
             raise ConfigError(
@@ -145,10 +146,10 @@ def merge_config(
     return out_path
 
 
-def _add_card_section(config, folder: str, recorded, out_path: str) -> None:
+def _add_card_section(view: ConfigView, folder: str, recorded, out_path: str) -> None:
     """The LED-Merging card section; a failure here never costs the merge."""
     try:
-        add_led_section(config, folder, from_recorded(config, recorded))
+        add_led_section(view.config, folder, from_recorded(view, recorded))
     except Exception as error:  # the merge is done: report, keep it
         LOG.warning(
             "The merge into %s is complete, but its LED-Merging card section could not "
@@ -184,7 +185,7 @@ def check_merge_device(options: MergeOptions) -> None:
             check_device("cuda", asked=flag)
 
 
-def check_output_path(config: MergeConfiguration, out_path: str, *, overwrite: bool) -> None:
+def check_output_path(config: ConfigSource, out_path: str, *, overwrite: bool) -> None:
     """Refuse an output path that would overwrite an input or unrelated files."""
     out_path = os.path.abspath(out_path)
     if os.path.islink(out_path):
@@ -258,7 +259,7 @@ def _write_record(folder: str) -> None:
         json.dump(record, f, indent=2)
 
 
-def check_not_an_input(config: MergeConfiguration, path: str, *, what: str, writer: str) -> None:
+def check_not_an_input(config: ConfigSource, path: str, *, what: str, writer: str) -> None:
     """Refuse ``path`` when it is, holds or sits inside a local input of ``config``
     (models, LoRA adapters, tokenizer source, importance stores)."""
     real = os.path.realpath(path)
@@ -358,7 +359,7 @@ def _safetensors_files(path: str) -> List[str]:
     return ["model.safetensors"] if os.path.isfile(os.path.join(path, "model.safetensors")) else []
 
 
-def protected_inputs(config: MergeConfiguration) -> Dict[str, str]:
+def protected_inputs(config: ConfigSource) -> Dict[str, str]:
     """Real path -> role of every local input of ``config`` a merge must not touch."""
     protected: Dict[str, str] = {}
     for path, role in _input_paths(config):
@@ -367,12 +368,14 @@ def protected_inputs(config: MergeConfiguration) -> Dict[str, str]:
     return protected
 
 
-def _input_paths(config: MergeConfiguration) -> Iterator[Tuple[str, str]]:
+def _input_paths(config: ConfigSource) -> Iterator[Tuple[str, str]]:
+    view = read_config(config)
+    config = view.config
     for reference in config.referenced_models():
         yield reference.model.path, "input model"
         if reference.lora is not None:
             yield reference.lora.path, "LoRA adapter"
-    for item in config_inputs(config):
+    for item in view.inputs:
         if item.base is not None:
             yield item.base.model.path, "base model"
         for key in STORE_PARAMETERS:

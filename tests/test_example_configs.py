@@ -8,7 +8,7 @@ import yaml
 from mergekit.config import MergeConfiguration
 
 from mergekit_led.config.preflight import preflight
-from mergekit_led.config.walker import config_inputs
+from mergekit_led.config.walker import read_config
 from mergekit_led.errors import ConfigError, StoreError
 from mergekit_led.prepare.config_options import locate_options_from
 
@@ -61,7 +61,7 @@ def test_store_config_names_both_stores(path, tmp_path, monkeypatch):
 def test_data_config_names_task_data_and_valid_locate_options(path):
     config = load(path)
     assert f"mergekit-led merge example_configs/{path.name} merged/" in path.read_text()
-    for item in config_inputs(config):
+    for item in read_config(config).inputs:
         if item.is_base:
             continue
         assert "importance" not in item.parameters and "base_importance" not in item.parameters

@@ -16,7 +16,7 @@ import torch
 from mergekit.config import MergeConfiguration
 from tqdm.auto import tqdm
 
-from mergekit_led.config.walker import config_inputs, has_base_model
+from mergekit_led.config.walker import ConfigSource, read_config
 from mergekit_led.core.elect_merge import Election
 from mergekit_led.core.elect_merge import disjoint as make_disjoint
 from mergekit_led.core.parameters import (
@@ -124,7 +124,7 @@ class Analysis:
 
 
 def config_models(
-    config: MergeConfiguration,
+    config: ConfigSource,
     density_override: Optional[float] = None,
     *,
     several_sets: bool = False,
@@ -136,12 +136,14 @@ def config_models(
     (what can be attributed to whole tensors), unless ``several_sets``: then a
     model gets one entry per parameter set, saying where it applies (the card
     of a merge whose models' values vary per slice)."""
+    view = read_config(config)
+    config = view.config
     if config.merge_method != METHOD_NAME:
         raise ConfigError(
             f"This config merges with {config.merge_method!r}; inspect and the card "
             f"section analyse {METHOD_NAME!r} configs only."
         )
-    if not has_base_model(config):
+    if not view.has_base_model:
         raise ConfigError(f"{BASE_REQUIRED}.")
     shared = dict(config.parameters or {})
     election = parse_election(shared.get("election", Election.both.value)).value
@@ -149,9 +151,7 @@ def config_models(
     if not isinstance(disjoint, bool):
         raise ConfigError("`disjoint` must be true or false for inspect and the card.")
     sets: Dict[str, Dict[Tuple, List[str]]] = {}  # label -> parameter values -> where
-    for item in config_inputs(config):
-        if item.is_base:
-            continue
+    for item in view.fine_tuned:
         params = item.parameters
         require_parameters(params, model=item.label)
         for key in ("density", "weight", *STORE_PARAMETERS):
@@ -190,7 +190,7 @@ def config_models(
 
 
 def analyze_config(
-    config: MergeConfiguration,
+    config: ConfigSource,
     *,
     density_override: Optional[float] = None,
     device: Optional[str] = None,
@@ -199,7 +199,9 @@ def analyze_config(
     """Elect every weight of every model from its stores, as ``led_merging`` would,
     and count. Weight names come from the stores' manifests (the weights every
     store of the config scores, in the first store's order)."""
-    entries, election, disjoint = config_models(config, density_override)
+    view = read_config(config)
+    config = view.config
+    entries, election, disjoint = config_models(view, density_override)
     tasks = [
         TaskStorePair(
             m.label, m.density, load_importance(m.importance), load_importance(m.base_importance)
@@ -250,13 +252,14 @@ def check_shapes(names: List[str], tasks: List[TaskStorePair], config: MergeConf
                     )
 
 
-def from_recorded(config: MergeConfiguration, recorded: Recorded) -> Analysis:
+def from_recorded(config: ConfigSource, recorded: Recorded) -> Analysis:
     """The analysis of a merge from the statistics its merge method recorded
     (``method.recording``): no store is read again. Each weight's counts are
     re-ordered to the config's model order (a slice may list its models in
     another order, or leave some out: those count zero there)."""
-    entries, election, disjoint = config_models(config, several_sets=True)
-    analysis = Analysis(str(config.base_model), entries, election, disjoint, [])
+    view = read_config(config)
+    entries, election, disjoint = config_models(view, several_sets=True)
+    analysis = Analysis(str(view.config.base_model), entries, election, disjoint, [])
     order = {label: index for index, label in enumerate(analysis.labels)}
     for labels, stats in recorded.values():
         unknown = [label for label in labels if label not in order]

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-from mergekit.config import MergeConfiguration
-
+from mergekit_led.config.walker import ConfigView
 from mergekit_led.core.parameters import METHOD_NAME
 from mergekit_led.errors import ConfigError
 
@@ -46,34 +45,16 @@ def method_parameters() -> Tuple[Set[str], Set[str]]:
     return ours, everyone
 
 
-def _parameter_scopes(config: MergeConfiguration) -> Iterator[Tuple[str, Mapping[str, Any]]]:
-    """(where, parameters) of every ``parameters:`` mapping of the config."""
-    yield "parameters", config.parameters or {}
-    modules: List[Tuple[str, Any]] = [("", None)]
-    modules += [(f"module {name!r} ", module) for name, module in (config.modules or {}).items()]
-    for prefix, module in modules:
-        if module is not None:
-            yield f"{prefix}parameters", module.parameters or {}
-        models = module.models if module is not None else config.models
-        slices = module.slices if module is not None else config.slices
-        for index, model in enumerate(models or []):
-            yield f"{prefix}models[{index}] ({model.model})", model.parameters or {}
-        for index, output_slice in enumerate(slices or []):
-            yield f"{prefix}slices[{index}] parameters", output_slice.parameters or {}
-            for number, source in enumerate(output_slice.sources):
-                where = f"{prefix}slices[{index}].sources[{number}] ({source.model})"
-                yield where, source.parameters or {}
-
-
-def check_parameter_names(config: MergeConfiguration) -> None:
+def check_parameter_names(view: ConfigView) -> None:
     """Refuse a key of an ``led_merging`` config that no merge method takes; warn
     about keys of other methods, which ``led_merging`` ignores."""
-    if config.merge_method != METHOD_NAME:
+    if view.merge_method != METHOD_NAME:
         return  # other methods' keys are mergekit's business
     ours, everyone = method_parameters()
     ignored: Dict[str, str] = {}
-    for where, parameters in _parameter_scopes(config):
-        for key in parameters:
+    for scope in view.scopes:
+        where = scope.where
+        for key in scope.parameters:
             if key in ours:
                 continue
             if key in everyone:
@@ -97,25 +78,16 @@ def _suggestion(key: str, names: Set[str]) -> str:
     return f" Did you mean `{close[0]}`?" if close else ""
 
 
-def check_duplicate_inputs(config: MergeConfiguration) -> None:
+def check_duplicate_inputs(view: ConfigView) -> None:
     """The same model twice in one model list or output slice (mergekit refuses it
     with a traceback once the merge reaches it, after any store was computed)."""
-    groups: List[Tuple[str, List[Any]]] = []
-    modules: List[Tuple[str, Any]] = [("", None)]
-    modules += [(f"module {name!r} ", module) for name, module in (config.modules or {}).items()]
-    for prefix, module in modules:
-        models = module.models if module is not None else config.models
-        slices = module.slices if module is not None else config.slices
-        if models:
-            groups.append((f"{prefix}models", [m.model for m in models]))
-        for index, output_slice in enumerate(slices or []):
-            groups.append((f"{prefix}slices[{index}]", [s.model for s in output_slice.sources]))
-    for where, references in groups:
+    for group in view.groups:
         seen: Dict[Any, int] = {}
-        for number, reference in enumerate(references):
+        for number, reference in enumerate(group.models):
             if reference in seen:
                 raise ConfigError(
-                    f"Model {reference} is listed twice in {where} (entries {seen[reference]} "
-                    f"and {number}); mergekit merges each model once per slice. Remove one."
+                    f"Model {reference} is listed twice in {group.where} (entries "
+                    f"{seen[reference]} and {number}); mergekit merges each model once per "
+                    "slice. Remove one."
                 )
             seen[reference] = number

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Dict, Optional, Tuple
 
 from mergekit.common import ModelReference
-from mergekit.config import InputSliceDefinition, MergeConfiguration
+from mergekit.config import InputSliceDefinition
 
-from mergekit_led.config.walker import config_inputs, has_base_model, slice_groups
+from mergekit_led.config.walker import ConfigSource, ConfigView, read_config
 from mergekit_led.core.parameters import (
     BASE_REQUIRED,
     METHOD_NAME,
@@ -29,12 +29,14 @@ from mergekit_led.errors import ConfigError, FingerprintMismatch
 from mergekit_led.store import ImportanceStore, fingerprint, load_importance
 
 
-def preflight(config: MergeConfiguration) -> None:
+def preflight(config: ConfigSource) -> None:
     """Raise ``ConfigError``/``StoreError`` for anything that would make the merge
     wrong or fail; do nothing for configs of other merge methods."""
+    view = read_config(config)
+    config = view.config
     if config.merge_method != METHOD_NAME:
         return
-    if not has_base_model(config):
+    if not view.has_base_model:
         raise ConfigError(f"{BASE_REQUIRED}.")
     if config.tokenizer_source is not None or config.tokenizer is not None:
         raise ConfigError(
@@ -43,7 +45,7 @@ def preflight(config: MergeConfiguration) -> None:
             "scores of those rows were computed in the original token order. Remove "
             "the tokenizer setting (the models must share one tokenizer)."
         )
-    _check_slice_positions(config)
+    _check_slice_positions(view)
     shared = config.parameters or {}
     if is_scalar(shared.get("election")):
         parse_election(shared["election"])
@@ -52,9 +54,7 @@ def preflight(config: MergeConfiguration) -> None:
         raise ConfigError(f"`disjoint` must be true or false, got {disjoint!r}.")
 
     checked_models: Dict[Tuple[str, str], None] = {}
-    for item in config_inputs(config):
-        if item.is_base:
-            continue
+    for item in view.fine_tuned:
         parameters = item.parameters
         require_parameters(parameters, model=item.label)
         _check_numbers(parameters, item.label, item.where)
@@ -75,10 +75,10 @@ def _check_numbers(parameters, model: str, where: str) -> None:
         parse_number(value, parameter="weight", model=label)
 
 
-def _check_slice_positions(config: MergeConfiguration) -> None:
+def _check_slice_positions(view: ConfigView) -> None:
     """Scores are looked up by the output weight's name, so a source layer must
     sit at its own index in the output."""
-    for slices in slice_groups(config):
+    for slices in view.slice_groups:
         position = 0
         for output_slice in slices:
             for source in output_slice.sources:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from mergekit.common import ModelReference
-from mergekit.config import InputModelDefinition, InputSliceDefinition, MergeConfiguration
+from mergekit.config import MergeConfiguration
 
-from mergekit_led.config.walker import config_inputs
+from mergekit_led.config.walker import ConfigSource, read_config
 from mergekit_led.core.parameters import (
     DATA_PARAMETER,
     METHOD_NAME,
@@ -55,13 +55,12 @@ class PreparedConfig:
         return sum(store.computed for store in self.stores)
 
 
-def needs_preparing(config: MergeConfiguration) -> bool:
+def needs_preparing(config: ConfigSource) -> bool:
     """Whether ``config`` asks for stores by ``importance_data`` or names Hub stores."""
-    if config.merge_method != METHOD_NAME:
+    view = read_config(config)
+    if view.merge_method != METHOD_NAME:
         return False
-    for item in config_inputs(config):
-        if item.is_base:
-            continue
+    for item in view.fine_tuned:
         params = item.parameters
         if DATA_PARAMETER in params and any(k not in params for k in STORE_PARAMETERS):
             return True
@@ -137,10 +136,10 @@ def prepare_config(
         for role, store in planned.items():
             _set_parameter(definition, role, prepared[store.key].path)
     local = portable.model_copy(deep=True)
-    for definition, item in _inputs_with_definitions(local):
+    for item in read_config(local).fine_tuned:
         for role in STORE_PARAMETERS:
-            if not item.is_base and _is_hub_store(item.parameters.get(role)):
-                _set_parameter(definition, role, store_path(item.parameters[role]))
+            if _is_hub_store(item.parameters.get(role)):
+                _set_parameter(item.definition, role, store_path(item.parameters[role]))
     return PreparedConfig(portable, local, list(prepared.values()))
 
 
@@ -212,9 +211,7 @@ def _plan_config(preparer: Preparer, config: MergeConfiguration):
     """[(definition, role -> planned store)] for every input that needs stores by
     ``importance_data``; Hub stores are fetched and checked on the way."""
     wanted: List[Tuple[Any, Dict[str, PlannedStore]]] = []
-    for definition, item in _inputs_with_definitions(config):
-        if item.is_base:
-            continue
+    for item in read_config(config).fine_tuned:
         params = item.parameters
         for role in STORE_PARAMETERS:
             if _is_hub_store(params.get(role)):
@@ -223,29 +220,10 @@ def _plan_config(preparer: Preparer, config: MergeConfiguration):
         missing = tuple(role for role in STORE_PARAMETERS if role not in params)
         if not missing or DATA_PARAMETER not in params:
             continue  # explicit stores win; a model with neither is preflight's to report
-        wanted.append((definition, preparer.plan_input(item.model, item.base, params, missing)))
+        wanted.append(
+            (item.definition, preparer.plan_input(item.model, item.base, params, missing))
+        )
     return wanted
-
-
-def _definitions(
-    config: MergeConfiguration,
-) -> Iterator[Union[InputModelDefinition, InputSliceDefinition]]:
-    """Every input definition, in the order ``config_inputs`` yields them."""
-    for module in [None, *(config.modules or {}).values()]:
-        yield from (module.models if module else config.models) or []
-        for output_slice in (module.slices if module else config.slices) or []:
-            yield from output_slice.sources
-
-
-def _inputs_with_definitions(config: MergeConfiguration):
-    """``config_inputs`` with the definition each input comes from (to fill in)."""
-    definitions = list(_definitions(config))
-    inputs = list(config_inputs(config))
-    if len(definitions) != len(inputs) or any(
-        d.model != i.model for d, i in zip(definitions, inputs)
-    ):
-        raise AssertionError("config_inputs and the definitions walk disagree")  # a bug
-    return list(zip(definitions, inputs))
 
 
 def _set_parameter(definition: Any, name: str, value: str) -> None:
@@ -282,12 +260,12 @@ def _check_hub_store(
         )
 
 
-def check_resolved_output(config: MergeConfiguration, config_file: str, output: str) -> None:
+def check_resolved_output(config: ConfigSource, config_file: str, output: str) -> None:
     """``prepare -o`` never writes over its own inputs: the config it reads or a
     data file the config names."""
     real = os.path.realpath(output)
     inputs = [("the config", config_file)]
-    for item in config_inputs(config):
+    for item in read_config(config).inputs:
         data = item.parameters.get(DATA_PARAMETER)
         if isinstance(data, str):
             inputs.append((f"importance_data of model {item.label}", data))
