@@ -23,6 +23,7 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mergekit_led.cli.locate import option_choices
 from mergekit_led.core.locate_options import LocateOptions, option_fields
 from mergekit_led.tables import markdown_table
 
@@ -41,8 +42,9 @@ def _default(spec: Field) -> str:
 
 def _values(spec: Field) -> str:
     meta = spec.metadata
-    if "choices" in meta:
-        return " | ".join(f"`{choice}`" for choice in meta["choices"])
+    choices = option_choices(spec)
+    if choices:
+        return " | ".join(f"`{choice}`" for choice in choices)
     if meta.get("flag"):
         return "flag"
     if isinstance(spec.default, bool):

@@ -441,6 +441,31 @@ def test_random_scores_are_seeded(tmp_path, locate_family):
     assert float(a[name].min()) >= 0.0 and float(a[name].max()) < 1.0
 
 
+def test_a_new_score_kind_is_one_entry_of_the_table(tmp_path, monkeypatch, locate_family):
+    """A kind added to ``SCORE_KINDS`` alone is checked, computed and stored by
+    ``locate``, and ``importance_data`` refuses it as it needs no data."""
+    from mergekit_led.errors import ConfigError
+    from mergekit_led.location import score_kinds
+    from mergekit_led.prepare.config_options import locate_options_from
+
+    def twos(loaded, scored, opts, base_weights):
+        return {name: torch.full(tuple(shape), 2.0) for name, shape in scored.shapes().items()}
+
+    kind = score_kinds.ScoreKind("twos", needs_data=False, scores=twos)
+    monkeypatch.setitem(score_kinds.SCORE_KINDS, "twos", kind)
+    store = load_importance(
+        mergekit_led.locate(locate_family.base, None, str(tmp_path / "t"), score="twos", **quiet())
+    )
+    assert store.manifest.score == "twos"
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(store[name], torch.full_like(store[name], 2.0))
+    with pytest.raises(ConfigError, match="`locate_score: twos` for model m needs no data"):
+        locate_options_from({"locate_score": "twos"}, model="m")
+    monkeypatch.delitem(score_kinds.SCORE_KINDS, "twos")
+    with pytest.raises(LocateError, match="Unknown score kind 'twos'; choose one of snip, wanda"):
+        mergekit_led.locate(locate_family.base, None, str(tmp_path / "u"), score="twos", **quiet())
+
+
 def test_wanda_scores(tmp_path, locate_family, locate_jsonl):
     from transformers import AutoModelForCausalLM
 

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from dataclasses import Field
+from typing import Optional, Sequence, Tuple
 
 import click
 
 from mergekit_led.cli import run_cli_errors_cleanly
 from mergekit_led.core.locate_options import option_fields
+
+
+def option_choices(spec: Field) -> Optional[Tuple[str, ...]]:
+    """The values a ``LocateOptions`` field takes, when it lists them: its own
+    ``choices``, or for ``score`` the names of the table of score kinds."""
+    if spec.metadata.get("choices_of") == "score kinds":
+        from mergekit_led.location.score_kinds import SCORE_KINDS
+
+        return tuple(SCORE_KINDS)
+    return spec.metadata.get("choices")
 
 
 def locate_click_options(names: Optional[Sequence[str]] = None):
@@ -30,7 +41,8 @@ def locate_click_options(names: Optional[Sequence[str]] = None):
             if meta.get("flag"):
                 function = click.option(name, spec.name, is_flag=True, help=meta["help"])(function)
                 continue
-            kind = click.Choice(meta["choices"]) if "choices" in meta else meta.get("type", str)
+            choices = option_choices(spec)
+            kind = click.Choice(choices) if choices else meta.get("type", str)
             function = click.option(
                 name,
                 spec.name,

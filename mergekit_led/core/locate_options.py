@@ -25,8 +25,6 @@ import torch
 
 from mergekit_led.environment import DEVICE_CHOICES
 
-SCORE_KINDS = ("snip", "wanda", "magnitude", "random")
-DATA_SCORES = ("snip", "wanda")
 CHECKPOINT_SUFFIX = ".locate-checkpoint"
 MODEL_DTYPES = {
     "auto": "auto",
@@ -58,7 +56,8 @@ def _option(
     by default, as ``resume_key``. ``config``: whether a config may set it as
     ``locate_<option>``; by default, as ``cache_key``. ``prepare``: whether
     ``mergekit-led prepare`` takes it from its command line (``RUN_OPTIONS``).
-    ``cli=False``: not an option of ``mergekit-led locate``.
+    ``cli=False``: not an option of ``mergekit-led locate``. ``choices_of``: the
+    table above this layer that lists the values (``cli.locate.option_choices``).
     """
     cache_key = resume_key if cache_key is None else cache_key
     config = cache_key if config is None else config
@@ -80,7 +79,8 @@ class LocateOptions:
     fields by ``cli.locate.locate_click_options``), the ``locate_*`` config keys,
     and what the manifest records."""
 
-    score: str = _option("snip", "Score kind.", choices=SCORE_KINDS)
+    # Its choices are the table of score kinds, ``location.score_kinds`` (a layer above).
+    score: str = _option("snip", "Score kind.", choices_of="score kinds")
     # Not a config key: importance_data computes data scores only, which use no base.
     base: Optional[str] = _option(
         None, "Base model for --score magnitude: scores |θ − θ_base|.", config=False

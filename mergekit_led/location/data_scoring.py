@@ -24,13 +24,9 @@ from mergekit_led.location import data as location_data
 from mergekit_led.location.checkpoint import Progress, RunCheckpoint
 from mergekit_led.location.distributed import Distributed
 from mergekit_led.location.model import enable_gradient_checkpointing
-from mergekit_led.location.scores import SnipAccumulator, WandaAccumulator
+from mergekit_led.location.score_kinds import ScoreKind
 from mergekit_led.location.steps import input_device
-from mergekit_led.location.weight_names import (
-    ScoredParameters,
-    check_wanda_applies,
-    linear_modules,
-)
+from mergekit_led.location.weight_names import ScoredParameters
 
 LOG = logging.getLogger(__name__)
 
@@ -74,21 +70,13 @@ def score_data(
     opts: LocateOptions,
     dist: Distributed,
     out: str,
+    kind: ScoreKind,
     step: Callable[..., None],
 ):
-    """Score this process's shard with ``step`` per sample, all-reduce the sums,
-    return the mean scores."""
-    details: Dict[str, Any] = {}
-    if opts.score == "snip":
-        accumulator = SnipAccumulator(
-            scored.params, offload=opts.offload_accumulators, skip_nonfinite=opts.skip_nonfinite
-        )
-    else:
-        check_wanda_applies(loaded, model, scored)
-        modules = linear_modules(loaded, scored)
-        accumulator = WandaAccumulator(scored.params, modules, offload=opts.offload_accumulators)
-        details["wanda_magnitude_fallback"] = accumulator.fallback
-    if opts.gradient_checkpointing and opts.score == "snip":
+    """Score this process's shard with ``step`` per sample into ``kind``'s
+    accumulator, all-reduce the sums, return the mean scores."""
+    accumulator, details = kind.accumulator(loaded, model, scored, opts)
+    if opts.gradient_checkpointing and kind.uses_gradients:
         details["gradient_checkpointing_layers"] = enable_gradient_checkpointing(loaded)
 
     shard = selection.samples[dist.rank :: dist.world_size]

@@ -25,7 +25,6 @@ from torch import nn
 
 from mergekit_led.atomic import clean_stale_staging
 from mergekit_led.core.locate_options import (
-    DATA_SCORES,
     LocateOptions,
     options_from,
     with_option_keywords,
@@ -46,10 +45,7 @@ from mergekit_led.location.memory_shape import ModelShape
 from mergekit_led.location.model import load_tokenizer
 from mergekit_led.location.provenance import dataset_info, save_importance_for_run
 from mergekit_led.location.run_checks import check_options
-from mergekit_led.location.scores import (
-    magnitude_scores,
-    random_scores,
-)
+from mergekit_led.location.score_kinds import SCORE_KINDS
 from mergekit_led.location.steps import RunHooks
 from mergekit_led.location.tokenizer_check import check_answers, check_tokenizer_class
 from mergekit_led.location.weight_names import (
@@ -124,7 +120,7 @@ def plan_locate(
     device_type = planned_device_type(opts.device, opts.memory)
     shape = memory.model_shape(model, trust_remote_code=opts.trust_remote_code)
     tokens = answer = None
-    if data is not None and opts.score in DATA_SCORES:
+    if data is not None and SCORE_KINDS[opts.score].needs_data:
         tokenizer = load_tokenizer(model, opts)
         rows = load_rows(data, split=opts.split)
         fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
@@ -146,7 +142,8 @@ def _run(
     selection = rows = tokenizer = tokenization = None
     weights = model_weights(model, trust_remote_code=opts.trust_remote_code)
     check_mergeable(weights, model)  # before loading anything
-    if opts.score in DATA_SCORES:
+    kind = SCORE_KINDS[opts.score]
+    if kind.needs_data:
         tokenizer = load_tokenizer(model, opts)
         declared_class = check_tokenizer_class(tokenizer, opts.tokenizer or model)
         rows = load_rows(data, split=opts.split)
@@ -158,7 +155,7 @@ def _run(
         LOG.warning("The %s score uses no data; --data %s is ignored.", opts.score, data)
 
     planned_length = None
-    if opts.score == "snip":
+    if kind.uses_gradients:
         # The memory check needs the samples' lengths: select them from the
         # config's max length before loading, so a run that cannot fit stops here.
         shape = _shape_for_check(model, opts)
@@ -168,7 +165,7 @@ def _run(
             _check_memory(shape, opts, dist, selection)
 
     loaded = _load_model(hooks, model, opts, dist)
-    if opts.score in DATA_SCORES:
+    if kind.needs_data:
         max_length = opts.max_length or _model_max_length(loaded)
         if selection is None or max_length != planned_length:
             tokenization, selection = _select(rows, tokenizer, fields, opts, max_length)
@@ -201,19 +198,16 @@ def _run(
         )
     details: Dict[str, Any] = {}
 
-    if opts.score == "magnitude":
-        scores = magnitude_scores(
-            scored.weight_tensors(loaded), _base_weights(opts, scored) if opts.base else None
-        )
-        counts = None
-    elif opts.score == "random":
-        scores = random_scores(scored.shapes(), opts.seed)
-        counts = None
-    else:
+    if kind.needs_data:
+        step = hooks.steps.get(kind.name, kind.step)
         scores, counts, details = score_data(
-            loaded, model, scored, selection, opts, dist, out, hooks.steps[opts.score]
+            loaded, model, scored, selection, opts, dist, out, kind, step
         )
-    scores = scored.store_scores(scores, loaded, opts.score)  # keyed by mergekit's names
+    else:
+        base_weights = _base_weights(opts, scored) if opts.base else None
+        scores, counts = kind.scores(loaded, scored, opts, base_weights), None
+    # keyed by mergekit's names
+    scores = scored.store_scores(scores, loaded, gradients=kind.uses_gradients)
     # The model is not needed to write the store: free it first, so writing
     # (sorted copies, serialisation) reuses its memory instead of adding to it.
     del loaded

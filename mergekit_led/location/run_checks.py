@@ -7,13 +7,12 @@ from typing import Any, Optional
 
 from mergekit_led.core.locate_options import (
     CHECKPOINT_SUFFIX,
-    DATA_SCORES,
     MODEL_DTYPES,
-    SCORE_KINDS,
     LocateOptions,
 )
 from mergekit_led.environment import DEVICE_CHOICES
 from mergekit_led.errors import LocateError
+from mergekit_led.location.score_kinds import SCORE_KINDS
 
 
 def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str] = None) -> None:
@@ -21,9 +20,10 @@ def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str]
         raise LocateError(
             f"Unknown score kind {opts.score!r}; choose one of {', '.join(SCORE_KINDS)}."
         )
-    if opts.score in DATA_SCORES and data is None:
+    kind = SCORE_KINDS[opts.score]
+    if kind.needs_data and data is None:
         raise LocateError(f"The {opts.score} score needs location data (--data).")
-    if opts.base is not None and opts.score != "magnitude":
+    if opts.base is not None and not kind.takes_base:
         raise LocateError("--base is only used by --score magnitude (|θ − θ_base|).")
     if opts.dtype not in MODEL_DTYPES:
         raise LocateError(

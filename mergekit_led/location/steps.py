@@ -80,10 +80,9 @@ def wanda_step(model, accumulator: WandaAccumulator, sample, device) -> None:
 
 @dataclass(frozen=True)
 class RunHooks:
-    """The seams of a locate run: how the model is loaded and how one sample is
-    scored per score kind. ``locate(..., hooks=...)`` replaces them (tools and tests)."""
+    """The seams of a locate run: how the model is loaded, and per score kind a
+    step that replaces the kind's own (``location.score_kinds``) for one sample.
+    ``locate(..., hooks=...)`` replaces them (tools and tests)."""
 
     load_model: Callable[..., nn.Module] = load_model
-    steps: Mapping[str, Callable[..., None]] = field(
-        default_factory=lambda: {"snip": snip_step, "wanda": wanda_step}
-    )
+    steps: Mapping[str, Callable[..., None]] = field(default_factory=dict)

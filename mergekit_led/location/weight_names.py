@@ -82,10 +82,11 @@ class ScoredParameters:
         return tensors
 
     def store_scores(
-        self, scores: Dict[str, torch.Tensor], model: nn.Module, score_kind: str
+        self, scores: Dict[str, torch.Tensor], model: nn.Module, *, gradients: bool
     ) -> Dict[str, torch.Tensor]:
         """Scores keyed by mergekit's names: layout-route scores converted, and the
-        weights no gradient reaches scored (0 for SNIP, ``|θ|`` for wanda's fallback)."""
+        weights no gradient reaches scored (0 for a score of ``gradients`` such as
+        SNIP, ``|θ|`` otherwise: wanda's fallback)."""
         pending = [name for name in self.layout_params if name in scores]
         if pending:
             converted = self._in_mergekit_layout({n: scores.pop(n) for n in pending}, model)
@@ -94,7 +95,7 @@ class ScoredParameters:
             if name in scores:
                 continue
             values = buffer.detach().to("cpu", torch.float32)
-            scores[name] = torch.zeros_like(values) if score_kind == "snip" else values.abs()
+            scores[name] = torch.zeros_like(values) if gradients else values.abs()
         return scores
 
     def _in_mergekit_layout(

@@ -14,15 +14,14 @@ from typing import Any, Dict, Mapping, Optional
 from pydantic import TypeAdapter, ValidationError
 
 from mergekit_led.core.locate_options import (
-    DATA_SCORES,
     LOCATE_CONFIG_OPTIONS,
     MODEL_DTYPES,
-    SCORE_KINDS,
     SCORE_OPTIONS,
     LocateOptions,
 )
 from mergekit_led.core.parameters import DATA_PARAMETER, LOCATE_PREFIX, is_scalar
 from mergekit_led.errors import ConfigError
+from mergekit_led.location.score_kinds import SCORE_KINDS, data_scores
 
 _KIND_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
 _ADAPTERS = {name: TypeAdapter(Optional[kind]) for name, kind in LOCATE_CONFIG_OPTIONS.items()}
@@ -78,12 +77,12 @@ def _check(opts: LocateOptions, model: str) -> None:
     if opts.score not in SCORE_KINDS:
         raise ConfigError(
             f"`{LOCATE_PREFIX}score: {opts.score}` {where} is unknown; choose one of "
-            f"{', '.join(DATA_SCORES)}."
+            f"{', '.join(data_scores())}."
         )
-    if opts.score not in DATA_SCORES:
+    if not SCORE_KINDS[opts.score].needs_data:
         raise ConfigError(
             f"`{LOCATE_PREFIX}score: {opts.score}` {where} needs no data, so "
-            f"`{DATA_PARAMETER}` cannot compute it; use one of {', '.join(DATA_SCORES)}, "
+            f"`{DATA_PARAMETER}` cannot compute it; use one of {', '.join(data_scores())}, "
             f"or compute the stores with `mergekit-led locate --score {opts.score}` and "
             "give them as importance/base_importance."
         )
