@@ -184,7 +184,7 @@ def test_config_options_are_the_score_changing_locate_options():
 
 
 def test_led_merging_declares_the_config_keys_to_mergekit():
-    from mergekit_led.method.led_merging import led_merging
+    from mergekit_led.method.mergekit_method import led_merging
 
     spec = {p.name: p for p in led_merging.spec.parameters}
     assert spec["density"].required

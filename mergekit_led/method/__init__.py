@@ -21,7 +21,7 @@ def register() -> None:
     from mergekit.merge_methods.registry import registered_methods
 
     from mergekit_led.core.parameters import METHOD_NAME
-    from mergekit_led.method.led_merging import led_merging
+    from mergekit_led.method.mergekit_method import led_merging
 
     if any(method.spec.name == METHOD_NAME for method in registered_methods()):
         return

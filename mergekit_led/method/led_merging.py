@@ -3,7 +3,9 @@
 Per weight: read each model's two score tensors (fine-tuned and base, on that
 task's data) from their importance stores, elect, make the elected sets
 disjoint, and add the masked task vectors to the base (``LED_SPEC.md`` 2-4).
-Registration with mergekit is ``mergekit_led.method.register``.
+The ``MergeMethod`` object mergekit registers (this function's spec plus the
+``locate_*`` parameters) is built in ``method.mergekit_method``; registration
+is ``mergekit_led.method.register``.
 
 A model may give ``importance_data`` (and ``locate_*`` options) instead of its
 store paths; the stores are then taken from the store cache, and a missing one
@@ -12,27 +14,15 @@ stops the merge with the command that computes it (``mergekit_led.prepare``).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Dict, Hashable, Optional, Sequence, Tuple
+from typing import Any, Dict, Hashable, Optional, Tuple
 
 import torch
-from mergekit.merge_methods.base import (
-    BasePolicy,
-    FunctionalGroupMergeMethod,
-    InputContract,
-    ParameterScope,
-    ParameterSpec,
-    PerNonBase,
-    TensorGroup,
-)
+from mergekit.merge_methods.base import BasePolicy, InputContract, PerNonBase, TensorGroup
 from mergekit.merge_methods.easy_define import merge_method
 
 from mergekit_led.core.elect_merge import Election, elect_and_merge
-from mergekit_led.core.locate_options import LOCATE_CONFIG_OPTIONS
 from mergekit_led.core.parameters import (
-    BASE_REQUIRED,
     DATA_PARAMETER,
-    LOCATE_PREFIX,
     METHOD_NAME,
     PRETTY_NAME,
     REFERENCE_URL,
@@ -47,16 +37,19 @@ from mergekit_led.method.weight_election import TaskStorePair, top_sets
 from mergekit_led.store import load_importance
 from mergekit_led.store.hub import store_path
 
-LOCATE_PARAMETERS = tuple(LOCATE_PREFIX + name for name in LOCATE_CONFIG_OPTIONS)
 
-
+# mergekit calls this (through ``method.mergekit_method.led_merging``) once per output
+# weight: ``group`` holds the base model's tensor of that weight and each fine-tuned
+# model's, and every ``PerNonBase`` parameter arrives as a mapping from model to its
+# value (the config's parameters merged in mergekit's precedence). It returns the
+# merged weight.
 @merge_method(
     name=METHOD_NAME,
     pretty_name=PRETTY_NAME,
     reference_url=REFERENCE_URL,
     contract=InputContract(base=BasePolicy.REQUIRED),
 )
-def _led_merging_kernel(
+def led_merging_kernel(
     group: TensorGroup,
     *,
     density: PerNonBase[float],
@@ -117,22 +110,6 @@ def _led_merging_kernel(
     return merged
 
 
-class LEDMergeMethod(FunctionalGroupMergeMethod):
-    """mergekit's functional group method, with a clearer error without a base."""
-
-    def validate_inputs(
-        self,
-        input_ids: Sequence[Hashable],
-        base_id: Optional[Hashable] = None,
-        *,
-        group_name: Optional[str] = None,
-    ) -> None:
-        if base_id is None or base_id not in input_ids:
-            where = f" (merging {group_name})" if group_name else ""
-            raise ConfigError(f"{BASE_REQUIRED}{where}.")
-        super().validate_inputs(input_ids, base_id, group_name=group_name)
-
-
 def _task_stores(model: Hashable, base: Hashable, given: Dict[str, Any]) -> Tuple[str, str]:
     """The local folders of one model's two stores: as given (a path or a Hub
     reference), or found in the store cache by ``importance_data``."""
@@ -140,28 +117,3 @@ def _task_stores(model: Hashable, base: Hashable, given: Dict[str, Any]) -> Tupl
         return store_path(given["importance"]), store_path(given["base_importance"])
     paths = cached_store_paths(model, base, given)
     return paths["importance"], paths["base_importance"]
-
-
-def _implementation(group: TensorGroup, **parameters: Any) -> torch.Tensor:
-    """The kernel, with the ``locate_*`` parameters mergekit binds gathered into one."""
-    locate_options = {key: parameters.pop(key) for key in LOCATE_PARAMETERS}
-    return _led_merging_kernel.implementation(group, locate_options=locate_options, **parameters)
-
-
-# The spec easy_define derives from the kernel's signature, with ``locate_options``
-# replaced by one optional per-model parameter per locate option a config may set.
-_LOCATE_SPECS = tuple(
-    ParameterSpec(
-        name=LOCATE_PREFIX + option,
-        value_type=Optional[kind],
-        scope=ParameterScope.NON_BASE,
-        default=None,
-    )
-    for option, kind in LOCATE_CONFIG_OPTIONS.items()
-)
-_SPEC = dataclasses.replace(
-    _led_merging_kernel.spec,
-    parameters=tuple(p for p in _led_merging_kernel.spec.parameters if p.name != "locate_options")
-    + _LOCATE_SPECS,
-)
-led_merging = LEDMergeMethod(_SPEC, _implementation)
