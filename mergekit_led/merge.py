@@ -41,6 +41,7 @@ from mergekit_led.analysis.model_card import add_led_section
 from mergekit_led.atomic import replace_directory, staging_area
 from mergekit_led.config.preflight import preflight
 from mergekit_led.config.walker import ConfigSource, ConfigView, read_config
+from mergekit_led.console import without_torch_dtype_warning
 from mergekit_led.core.parameters import METHOD_NAME, STORE_PARAMETERS
 from mergekit_led.environment import check_device
 from mergekit_led.errors import ConfigError
@@ -117,12 +118,13 @@ def merge_config(
         with recording as recorded:
             # run_merge normalises the config in place (models -> modules -> slices);
             # the card section reads the config as the user wrote it.
-            run_merge(
-                config.model_copy(deep=True),
-                area.path,
-                options=options,
-                config_source=config_source,
-            )
+            with without_torch_dtype_warning():
+                run_merge(
+                    config.model_copy(deep=True),
+                    area.path,
+                    options=options,
+                    config_source=config_source,
+                )
         if write_led_section:
             _add_card_section(view, area.path, recorded, out_path)
         _write_record(area.path)

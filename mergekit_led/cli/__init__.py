@@ -15,6 +15,7 @@ from typing import Optional
 import click
 
 from mergekit_led._version import __version__
+from mergekit_led.console import library_bars_off_unless_terminal
 from mergekit_led.errors import LEDError, is_out_of_memory, is_safetensors_error
 
 # name -> (module, one-line help shown by `mergekit-led --help` without importing it)
@@ -72,6 +73,7 @@ def main() -> None:
     3. mergekit-led merge      a mergekit YAML config with merge_method: led_merging
     4. mergekit-led evaluate   is the merge safe and useful?
     """
+    library_bars_off_unless_terminal()  # before any subcommand imports a library
 
 
 def run_cli_errors_cleanly(function):

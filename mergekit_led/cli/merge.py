@@ -51,6 +51,7 @@ def command(
     Models that give `importance_data` instead of store paths get their stores
     computed first (or taken from the store cache), as `mergekit-led prepare`."""
     from mergekit_led.config.walker import load_config
+    from mergekit_led.console import on_terminal
     from mergekit_led.merge import merge_config
 
     merge_options.apply_global_options()
@@ -60,7 +61,13 @@ def command(
         "trust_remote_code": merge_options.trust_remote_code,
         "allow_bad_tokenization": allow_bad_tokenization,
     }
-    config = _prepared(config, cache_dir, run, not merge_options.quiet, command)
+    progress = not merge_options.quiet
+    config = _prepared(config, cache_dir, run, progress, command)
+    if progress and not on_terminal():
+        # mergekit's bars (loader warm-up, graph execution) would be a line per
+        # refresh in a log: one line for the stage instead.
+        merge_options = merge_options.model_copy(update={"quiet": True})
+        click.echo(f"merging {config_file} into {out_path}", err=True)
     merge_config(config, out_path, options=merge_options, config_source=source, overwrite=overwrite)
 
 

@@ -68,6 +68,6 @@ def greedy_answers(
 def _bar(total: int, description: Optional[str]):
     if description is None:
         return None
-    from tqdm.auto import tqdm
+    from mergekit_led.console import progress_bar
 
-    return tqdm(total=total, desc=description, unit="prompt", leave=False)
+    return progress_bar(total=total, desc=description, unit="prompt", leave=False)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
+from mergekit_led.console import datasets_bars_off
 from mergekit_led.errors import LocateError
 
 FILE_BUILDERS = {
@@ -97,7 +98,8 @@ def _load_file(path: str):
     if builder in ("json", "csv"):
         _check_utf8(path)
     try:
-        return datasets.load_dataset(builder, data_files=path, split="train")
+        with datasets_bars_off():
+            return datasets.load_dataset(builder, data_files=path, split="train")
     except Exception as error:  # the datasets library raises many types here
         raise LocateError(f"Cannot read location data file {path}: {error}") from error
 

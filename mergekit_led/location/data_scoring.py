@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mergekit_led.atomic import clean_stale_staging
+from mergekit_led.console import progress_bar
 from mergekit_led.core.locate_options import LocateOptions, resume_key_options
 from mergekit_led.errors import LocateError, NonFiniteSample
 from mergekit_led.location import data as location_data
@@ -32,15 +33,13 @@ LOG = logging.getLogger(__name__)
 
 
 def _progress_bar(total: int, initial: int, opts: LocateOptions, dist: Distributed):
-    from tqdm.auto import tqdm
-
-    return tqdm(
+    return progress_bar(
         total=total,
         initial=initial,
         desc=f"locate {opts.score}"
         + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
         unit="sample",
-        disable=not (opts.progress and dist.is_main),
+        enabled=opts.progress and dist.is_main,
         dynamic_ncols=True,
     )
 
