@@ -14,9 +14,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 from mergekit.config import MergeConfiguration
-from tqdm.auto import tqdm
 
 from mergekit_led.config.walker import ConfigSource, read_config
+from mergekit_led.console import progress_bar
 from mergekit_led.core.elect_merge import Election
 from mergekit_led.core.elect_merge import disjoint as make_disjoint
 from mergekit_led.core.parameters import (
@@ -216,10 +216,15 @@ def analyze_config(
     check_shapes(names, tasks, config)
     target = torch.device(device) if device else None
     weights = []
-    for name in tqdm(names, desc="electing", disable=not progress, leave=False):
-        elected = elect_weight(name, tasks, Election(election), device=target)
-        kept = make_disjoint(elected) if disjoint else elected
-        weights.append(weight_stats(name, elected, kept))
+    electing = progress_bar(
+        total=len(names), desc="electing", unit="weight", enabled=progress, leave=False
+    )
+    with electing as bar:
+        for name in names:
+            elected = elect_weight(name, tasks, Election(election), device=target)
+            kept = make_disjoint(elected) if disjoint else elected
+            weights.append(weight_stats(name, elected, kept))
+            bar.update()
     return Analysis(str(config.base_model), entries, election, disjoint, weights)
 
 
