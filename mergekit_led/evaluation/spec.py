@@ -12,9 +12,11 @@ from typing import Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mergekit_led.errors import EvalError
+from mergekit_led.evaluation.answers import EXTRACTORS
 
-# The answer extractors of a utility task (``answers.EXTRACTORS``).
-Extractor = Literal["full", "first_line", "last_number", "regex"]
+# The answer extractors of a utility task: the table ``answers.EXTRACTORS``, and
+# ``regex`` (which also takes a ``pattern``).
+Extractor = Literal[(*EXTRACTORS, "regex")]
 
 
 class _Closed(BaseModel):
