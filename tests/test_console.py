@@ -58,36 +58,19 @@ def test_a_merge_and_a_locate_in_a_log_print_lines_not_bars(tmp_path, console_sc
     }
     config_file = tmp_path / "led.yml"
     config_file.write_text(yaml.safe_dump(config))
-    merge = subprocess.run(
-        [
-            console_script("mergekit-led"),
-            "merge",
-            str(config_file),
-            str(tmp_path / "out"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-    )
-    assert merge.returncode == 0, merge.stderr
-    locate = subprocess.run(
-        [
-            console_script("mergekit-led"),
-            "locate",
-            "--model",
-            family.base,
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "store"),
-        ],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-    )
-    assert locate.returncode == 0, locate.stderr
+
+    def run(*args):
+        proc = subprocess.run(
+            [console_script("mergekit-led"), *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=child_env(),
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    merge = run("merge", config_file, tmp_path / "out", "--cache-dir", tmp_path / "cache")
+    locate = run("locate", "--model", family.base, "--data", data, "--out", tmp_path / "store")
     for proc in (merge, locate):
         log = proc.stdout + proc.stderr
         assert not [mark for mark in BAR_MARKS if mark in log], log
