@@ -2,7 +2,7 @@
 read by every whole-config check and step.
 
 mergekit configs name their inputs in three shapes (``models:``, ``slices:``,
-``modules:`` holding either). Each input is yielded with its parameters merged
+``modules:`` holding either). Each input is listed with its parameters merged
 in mergekit's own precedence (source > slice > module > config; see
 ``mergekit.config.ConfigReader.parameter_sources``) and with the base model
 that applies to it.
@@ -25,6 +25,9 @@ from mergekit.config import (
 
 from mergekit_led.errors import ConfigError
 
+# Where an input is written: an entry of a model list, or a source of an output slice.
+InputDefinition = Union[InputModelDefinition, InputSliceDefinition]
+
 
 @dataclass(frozen=True)
 class ConfigInput:
@@ -35,7 +38,7 @@ class ConfigInput:
     base: Optional[ModelReference]
     where: str  # "models", "slices[2]", "module 'x' slices[0]", ...
     # the config's own definition of this input (``prepare`` fills store paths in)
-    definition: Any = field(default=None, compare=False, repr=False)
+    definition: Optional[InputDefinition] = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -159,9 +162,6 @@ def _children(node: yaml.Node) -> List[yaml.Node]:
     if isinstance(node, yaml.MappingNode):
         return [item for pair in node.value for item in pair]
     return []
-
-
-InputDefinition = Union[InputModelDefinition, InputSliceDefinition]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 from mergekit.common import ModelReference
 from mergekit.config import MergeConfiguration
 
-from mergekit_led.config.walker import ConfigSource, read_config
+from mergekit_led.config.walker import ConfigSource, InputDefinition, read_config
 from mergekit_led.core.parameters import (
     DATA_PARAMETER,
     METHOD_NAME,
@@ -204,13 +204,13 @@ def plan_config_memory(
     return plans
 
 
-# --------------------------------------------------------------------------- config walk
+# --------------------------------------------------------------------------- the stores a config asks for
 
 
 def _plan_config(preparer: Preparer, config: MergeConfiguration):
     """[(definition, role -> planned store)] for every input that needs stores by
     ``importance_data``; Hub stores are fetched and checked on the way."""
-    wanted: List[Tuple[Any, Dict[str, PlannedStore]]] = []
+    wanted: List[Tuple[InputDefinition, Dict[str, PlannedStore]]] = []
     for item in read_config(config).fine_tuned:
         params = item.parameters
         for role in STORE_PARAMETERS:
@@ -226,7 +226,7 @@ def _plan_config(preparer: Preparer, config: MergeConfiguration):
     return wanted
 
 
-def _set_parameter(definition: Any, name: str, value: str) -> None:
+def _set_parameter(definition: InputDefinition, name: str, value: str) -> None:
     definition.parameters = {**(definition.parameters or {}), name: value}
 
 
