@@ -445,7 +445,7 @@ def test_a_new_score_kind_is_one_entry_of_the_table(tmp_path, monkeypatch, locat
     """A kind added to ``SCORE_KINDS`` alone is checked, computed and stored by
     ``locate``, and ``importance_data`` refuses it as it needs no data."""
     from mergekit_led.errors import ConfigError
-    from mergekit_led.location import score_kinds
+    from mergekit_led.location import plan_locate, score_kinds
     from mergekit_led.prepare.config_options import locate_options_from
 
     def twos(loaded, scored, opts, base_weights):
@@ -464,6 +464,8 @@ def test_a_new_score_kind_is_one_entry_of_the_table(tmp_path, monkeypatch, locat
     monkeypatch.delitem(score_kinds.SCORE_KINDS, "twos")
     with pytest.raises(LocateError, match="Unknown score kind 'twos'; choose one of snip, wanda"):
         mergekit_led.locate(locate_family.base, None, str(tmp_path / "u"), score="twos", **quiet())
+    with pytest.raises(LocateError, match="Unknown score kind 'twos'"):
+        plan_locate(locate_family.base, score="twos")
 
 
 def test_wanda_scores(tmp_path, locate_family, locate_jsonl):

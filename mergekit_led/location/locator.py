@@ -45,7 +45,7 @@ from mergekit_led.location.memory_shape import ModelShape
 from mergekit_led.location.model import load_tokenizer
 from mergekit_led.location.provenance import dataset_info, save_importance_for_run
 from mergekit_led.location.run_checks import check_options
-from mergekit_led.location.score_kinds import SCORE_KINDS
+from mergekit_led.location.score_kinds import score_kind
 from mergekit_led.location.steps import RunHooks
 from mergekit_led.location.tokenizer_check import check_answers, check_tokenizer_class
 from mergekit_led.location.weight_names import (
@@ -114,13 +114,14 @@ def plan_locate(
     when ``memory`` gives the budget.
     """
     opts = options_from(options, keywords, caller="plan_locate")
+    kind = score_kind(opts.score)
     if opts.memory is not None:
         parse_memory(opts.memory)
     model = os.fspath(model)
     device_type = planned_device_type(opts.device, opts.memory)
     shape = memory.model_shape(model, trust_remote_code=opts.trust_remote_code)
     tokens = answer = None
-    if data is not None and SCORE_KINDS[opts.score].needs_data:
+    if data is not None and kind.needs_data:
         tokenizer = load_tokenizer(model, opts)
         rows = load_rows(data, split=opts.split)
         fields = location_data.Fields(opts.prompt_field, opts.response_field, opts.messages_field)
@@ -142,7 +143,7 @@ def _run(
     selection = rows = tokenizer = tokenization = None
     weights = model_weights(model, trust_remote_code=opts.trust_remote_code)
     check_mergeable(weights, model)  # before loading anything
-    kind = SCORE_KINDS[opts.score]
+    kind = score_kind(opts.score)
     if kind.needs_data:
         tokenizer = load_tokenizer(model, opts)
         declared_class = check_tokenizer_class(tokenizer, opts.tokenizer or model)

@@ -12,15 +12,11 @@ from mergekit_led.core.locate_options import (
 )
 from mergekit_led.environment import DEVICE_CHOICES
 from mergekit_led.errors import LocateError
-from mergekit_led.location.score_kinds import SCORE_KINDS
+from mergekit_led.location.score_kinds import score_kind
 
 
 def check_options(opts: LocateOptions, data: Any, out: str, model: Optional[str] = None) -> None:
-    if opts.score not in SCORE_KINDS:
-        raise LocateError(
-            f"Unknown score kind {opts.score!r}; choose one of {', '.join(SCORE_KINDS)}."
-        )
-    kind = SCORE_KINDS[opts.score]
+    kind = score_kind(opts.score)
     if kind.needs_data and data is None:
         raise LocateError(f"The {opts.score} score needs location data (--data).")
     if opts.base is not None and not kind.takes_base:

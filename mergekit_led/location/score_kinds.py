@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mergekit_led.core.locate_options import LocateOptions
+from mergekit_led.errors import LocateError
 from mergekit_led.location.scores import (
     SnipAccumulator,
     WandaAccumulator,
@@ -111,6 +112,14 @@ SCORE_KINDS: Mapping[str, ScoreKind] = {
         ),
     )
 }
+
+
+def score_kind(name: str) -> ScoreKind:
+    """The entry of ``name``; a ``LocateError`` naming the kinds for any other name."""
+    kind = SCORE_KINDS.get(name)
+    if kind is None:
+        raise LocateError(f"Unknown score kind {name!r}; choose one of {', '.join(SCORE_KINDS)}.")
+    return kind
 
 
 def data_scores() -> Tuple[str, ...]:
