@@ -1,11 +1,8 @@
-"""``mergekit-led demo``: LED-Merging end to end on a tiny synthetic model family.
+"""The studies of LED-Merging, run from a clone of the repository and not installed with
+``mergekit-led`` (docs/architecture.md, "The studies").
 
-``world`` (vocabulary, corpus, tasks, splits and data mixtures), ``train``
-(the family: base, instruct, safety, math, code), ``merging`` (each method's
-grid in GRID.yml syntax, run by ``mergekit-led sweep`` on the validation split,
-and the single merges as mergekit configs), ``evaluate`` (the world's sets as an
-EVAL.yml for ``mergekit-led evaluate``), ``properties`` (the world's measured
-root causes), ``score_dtype`` (elected sets from float32 vs bfloat16 stores),
-``pipeline`` (one seed end to end; seeds in parallel),
-``report`` (multi-seed tables, findings, markdown, JSON, plot), ``cli``.
+``common`` (what both worlds share: the steps, typed results, summary, findings and report),
+``toy`` (a tiny Llama family trained offline: ``python -m studies.toy``, ``make demo``) and
+``smollm2`` (SmolLM2-135M-Instruct and HarmBench: ``python -m studies.smollm2``,
+``make real-quick``, ``make real-study``). Each imports only the ones before it.
 """

@@ -21,11 +21,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
-from mergekit_led.demo import evaluate, merging, properties
-from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting
-from mergekit_led.demo.results import AUTHORS_ROW, Metrics, SeedResult
-from mergekit_led.demo.steps import (
-    Laps,
+from mergekit_led.errors import StudyError
+from studies.common import evaluate, merging, properties
+from studies.common.merging import TASKS, Inputs, MergeSetting
+from studies.common.results import AUTHORS_ROW, Metrics, SeedResult
+from studies.common.steps import (
+    StageClock,
     ablation_rows,
     locate_kinds,
     merge_in_group,
@@ -35,9 +36,8 @@ from mergekit_led.demo.steps import (
     sweep_trials,
     write_location_files,
 )
-from mergekit_led.errors import StudyError
-from mergekit_led.realmodel.finetune import build_real_family
-from mergekit_led.realmodel.recipe import (
+from studies.smollm2.finetune import build_real_family
+from studies.smollm2.recipe import (
     EVAL_DTYPE,
     FULL,
     METHODS,
@@ -211,7 +211,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     """The whole study for one seed; writes and returns ``OUT/seed-N/result.json``."""
     from mergekit_led.environment import resolve_device
 
-    laps = Laps()
+    clock = StageClock()
     device = resolve_device(options.device).type
     recipe = options.recipe
     seed_dir = os.path.join(os.path.abspath(options.out), f"seed-{seed}")
@@ -228,7 +228,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     family = build_real_family(
         instruct, split_dir, models_dir, recipe.family, seed=seed, device=device, log=log
     )
-    laps.lap("train")
+    clock.end_stage("train")
 
     data_dir = os.path.join(seed_dir, "data")
     location = location_sets(
@@ -248,14 +248,14 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     stores = locate_kinds(
         inputs, seed_dir, ablations=options.ablations, seed=seed, device=device, progress=False
     )
-    laps.lap("locate")
+    clock.end_stage("locate")
 
     log("selecting each method's setting on the validation split (mergekit-led sweep)")
     swept = merging.sweep_grid(
         recipe.grid, inputs, val_spec, os.path.join(seed_dir, "selection"), device=device, seed=seed
     )
     chosen, selection = sweep_trials(swept, METHODS, inputs)
-    laps.lap("select")
+    clock.end_stage("select")
 
     log("evaluating the models and the selected merges on the test split (HarmBench)")
     run = RealSeed(
@@ -264,7 +264,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         seed_dir,
         device,
         inputs,
-        evaluate.evaluator(test_spec, instruct),
+        evaluate.load_evaluator(test_spec, instruct),
         _RowCache(os.path.join(seed_dir, "rows")),
     )
     rows = [
@@ -276,13 +276,13 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     rows += selected_rows(METHODS, chosen, lambda m, s: run.merged_metrics(s, "selected"))
     authors = run.merged_metrics(merging.AUTHORS_LED, "reference")
     rows.append(merge_row(AUTHORS_ROW, merging.AUTHORS_LED, authors))
-    laps.lap("evaluate")
+    clock.end_stage("evaluate")
 
     log("measuring the world's properties")
     world_properties = _properties(
         run, {"base": instruct, **family}, stores["snip"], location, chosen
     )
-    laps.lap("properties")
+    clock.end_stage("properties")
 
     ablations = []
     if options.ablations:
@@ -291,7 +291,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         ablations = ablation_rows(
             chosen["led_merging"], led_metrics, lambda s: run.merged_metrics(s, "ablations")
         )
-        laps.lap("ablations")
+        clock.end_stage("ablations")
 
     return SeedResult(
         seed=seed,
@@ -300,14 +300,14 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         quick=options.quick,
         recipe=_identity(options, seed),
         eval_sizes={
-            "val": _set_sizes(evaluate.evaluator(val_spec, instruct)),
+            "val": _set_sizes(evaluate.load_evaluator(val_spec, instruct)),
             "test": _set_sizes(run.test_sets),
         },
         rows=rows,
         selection=selection,
         properties=world_properties,
         ablations=ablations,
-        timing=laps.finish(),
+        timing=clock.finish(),
     ).write(seed_dir)
 
 
@@ -318,7 +318,7 @@ def _model_metrics(run: RealSeed, path: str) -> Metrics:
 
 def _split_and_model(options: StudyOptions, seed: int):
     """This seed's split folder, and the instruct model (cut to its first layers in --quick)."""
-    from mergekit_led.realmodel.assets import fetch_real_assets, require_assets
+    from studies.smollm2.assets import fetch_real_assets, require_assets
 
     require_assets(options.cache_dir)  # one line on how to fetch them, before any work
     assets = fetch_real_assets(options.cache_dir, split_seeds=[seed])  # this seed's split
@@ -357,7 +357,7 @@ def run_real_seeds(settings, on_seed_done=None) -> List[SeedResult]:
     """The seeds of ``settings`` (a ``demo.pipeline.Settings``), one after the
     other (each uses every core); the ablations on the first seed only (the
     budget, docs/real_model_results.md)."""
-    from mergekit_led.demo.pipeline import phase_log
+    from studies.toy.pipeline import phase_log
 
     results = []
     for index, seed in enumerate(settings.seeds):
@@ -379,6 +379,6 @@ def run_real_demo(settings, on_seed_done=None):
     """``mergekit-led demo --world smollm2``: the demo's run and report over this world's seeds."""
     from dataclasses import replace as replaced
 
-    from mergekit_led.demo.pipeline import run_demo
+    from studies.toy.pipeline import run_demo
 
     return run_demo(replaced(settings, world=WORLD, jobs=1), on_seed_done, run_seeds=run_real_seeds)

@@ -12,13 +12,13 @@ import os
 
 import pytest
 
-from mergekit_led.demo.results import AUTHORS_ROW
 from mergekit_led.jsonl import read_jsonl
-from mergekit_led.realmodel import assets as assets_module
-from mergekit_led.realmodel import finetune, study
-from mergekit_led.realmodel.assets import RealAssets
-from mergekit_led.realmodel.evalsets import HARMBENCH_SIZE, build_eval_data
-from mergekit_led.realmodel.recipe import MODEL_ROWS
+from studies.common.results import AUTHORS_ROW
+from studies.smollm2 import assets as assets_module
+from studies.smollm2 import finetune, study
+from studies.smollm2.assets import RealAssets
+from studies.smollm2.evalsets import HARMBENCH_SIZE, build_eval_data
+from studies.smollm2.recipe import MODEL_ROWS
 
 FAKE_HARMBENCH = [{"prompt": f"harmful behavior {i}"} for i in range(HARMBENCH_SIZE)]
 FAKE_DNA = [
@@ -68,7 +68,7 @@ def fake_assets(tmp_path, monkeypatch):
 
 
 def _settings(out, cache, **changes):
-    from mergekit_led.demo.pipeline import Settings
+    from studies.toy.pipeline import Settings
 
     values = dict(
         out=str(out),
@@ -84,7 +84,7 @@ def _settings(out, cache, **changes):
 
 
 def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatch):
-    from mergekit_led.realmodel.study import run_real_demo as run_demo
+    from studies.smollm2.study import run_real_demo as run_demo
 
     summary = run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
     names = [row.name for row in summary.rows]
@@ -130,7 +130,7 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
 
 
 def test_a_seed_folder_of_another_study_is_refused(tmp_path, fake_assets):
-    from mergekit_led.realmodel.study import run_real_demo as run_demo
+    from studies.smollm2.study import run_real_demo as run_demo
 
     out = tmp_path / "out"
     (out / "seed-0").mkdir(parents=True)
