@@ -14,7 +14,7 @@ Each world writes its sets as an ``EVAL.yml`` of its own
 
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 from mergekit_led.evaluation import EvalSpec, Evaluator, load_model_and_tokenizer
 from studies.common.results import Metrics
@@ -34,9 +34,21 @@ def load_evaluator(spec: EvalSpec, model_path: str) -> Evaluator:
 
 
 def evaluate_checkpoint(
-    path: str, evaluator: Evaluator, device: str, *, dtype: str = "float32"
+    path: str,
+    evaluator: Evaluator,
+    device: str,
+    *,
+    dtype: str = "float32",
+    report_dir: Optional[str] = None,
 ) -> Metrics:
     """Load a checkpoint folder (a trained model or a merge) in ``dtype`` and evaluate it
-    on ``evaluator``'s sets."""
+    on ``evaluator``'s sets; with ``report_dir``, its ``eval.json``, ``answers.jsonl`` and
+    ``summary.md`` are written there (what ``mergekit-led evaluate`` writes), so every
+    number can be checked against the answers behind it."""
+    from mergekit_led.evaluation import write_report
+
     model, _ = load_model_and_tokenizer(path, device=device, dtype=dtype)
-    return study_metrics(evaluator.evaluate(model, name=path).metrics())
+    report = evaluator.evaluate(model, name=path)
+    if report_dir is not None:
+        write_report(report, report_dir)
+    return study_metrics(report.metrics())

@@ -5,8 +5,8 @@ where it stopped: the split (``make real-assets``' cache) → the family
 (``models/<role>``, a folder appears only when complete) → the SNIP stores
 (the one-command flow's store cache) → each method's setting selected on the
 validation split (``mergekit-led sweep``, which resumes by itself) → each test
-row (``rows/<name>.json``: a merge is made, evaluated, and removed, its config
-kept) → the world's properties → the ablations. A seed's result has the toy
+row (``rows/<name>.json``, its ``eval.json`` and ``answers.jsonl`` in ``rows/<name>/``: a
+merge is made, evaluated, and removed with a log line, its config kept) → the world's properties → the ablations. A seed's result has the toy
 demo's shape, so ``demo.report`` aggregates it.
 
 Seeds run one after the other, each with every core (one 135M model at a time
@@ -131,6 +131,14 @@ class _RowCache:
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
 
+    def report_dir(self, key: str) -> str:
+        """Where row ``key``'s evaluation (``eval.json``, ``answers.jsonl``) is kept; asked
+        for only while the row is computed, so what is there is a killed run's half."""
+        folder = os.path.join(self.folder, key)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        return folder
+
     def get(self, key: str, compute: Callable[[], Metrics]) -> Metrics:
         from mergekit_led.atomic import write_text
 
@@ -156,13 +164,27 @@ class RealSeed:
 
     def merged_metrics(self, setting: MergeSetting, group: str) -> Metrics:
         """``setting`` merged (``mergekit-led merge``) and evaluated on test, once:
-        the merged model is removed after (its config stays in ``<group>/configs``:
-        merge it again to get the model) and the metrics are cached."""
+        the metrics are cached in ``rows/<row>.json``, the evaluation's ``eval.json`` and
+        ``answers.jsonl`` kept in ``rows/<row>/``, and the merged model removed after,
+        saying so (its config stays in ``<group>/configs``: merge it again to get it)."""
+        key = f"{ROW_PREFIX[group]}-{setting.slug}"
+        return self.rows.get(key, lambda: self._merge_and_evaluate(setting, group, key))
+
+    def model_metrics(self, key: str, path: str) -> Metrics:
+        """A fine-tuned model (kept in float32) evaluated on test like the merges, in
+        bfloat16, once; its answers kept in ``rows/<key>/`` like a merge's."""
         return self.rows.get(
-            f"{ROW_PREFIX[group]}-{setting.slug}", lambda: self._merge_and_evaluate(setting, group)
+            key,
+            lambda: evaluate.evaluate_checkpoint(
+                path,
+                self.test_sets,
+                self.device,
+                dtype=EVAL_DTYPE,
+                report_dir=self.rows.report_dir(key),
+            ),
         )
 
-    def _merge_and_evaluate(self, setting: MergeSetting, group: str) -> Metrics:
+    def _merge_and_evaluate(self, setting: MergeSetting, group: str, key: str) -> Metrics:
         out = os.path.join(self.seed_dir, group, "merges", setting.slug)
         if os.path.exists(out):  # a merge of a killed run, not yet evaluated
             shutil.rmtree(out)
@@ -175,8 +197,19 @@ class RealSeed:
             device=self.device,
             seed=self.seed,
         )
-        metrics = evaluate.evaluate_checkpoint(path, self.test_sets, self.device, dtype=EVAL_DTYPE)
+        metrics = evaluate.evaluate_checkpoint(
+            path,
+            self.test_sets,
+            self.device,
+            dtype=EVAL_DTYPE,
+            report_dir=self.rows.report_dir(key),
+        )
+        # A 135M merge per row would fill the disk over a study's dozens of rows.
         shutil.rmtree(path)
+        self.options.log(
+            f"[seed {self.seed}] {key}: merge evaluated and removed "
+            f"(config in {group}/configs, answers in rows/{key}/)"
+        )
         return metrics
 
 
@@ -268,9 +301,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         _RowCache(os.path.join(seed_dir, "rows")),
     )
     rows = [
-        model_row(
-            name, sources, run.rows.get(key, lambda key=key: _model_metrics(run, family[key]))
-        )
+        model_row(name, sources, run.model_metrics(key, family[key]))
         for name, key, sources in MODEL_ROWS
     ]
     rows += selected_rows(METHODS, chosen, lambda m, s: run.merged_metrics(s, "selected"))
@@ -309,11 +340,6 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         ablations=ablations,
         timing=clock.finish(),
     ).write(seed_dir)
-
-
-def _model_metrics(run: RealSeed, path: str) -> Metrics:
-    """A fine-tuned model (kept in float32) evaluated on test like the merges, in bfloat16."""
-    return evaluate.evaluate_checkpoint(path, run.test_sets, run.device, dtype=EVAL_DTYPE)
 
 
 def _split_and_model(options: StudyOptions, seed: int):

@@ -107,6 +107,16 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
         tmp_path / "out/seed-0/selected/merges"
     )
     assert os.listdir(tmp_path / "out/seed-0/selected/configs")
+    # every evaluated row keeps what its numbers come from: eval.json and the answers
+    rows_dir = tmp_path / "out" / "seed-0" / "rows"
+    cached = sorted(p.stem for p in rows_dir.glob("*.json"))
+    assert len(cached) >= len(MODEL_ROWS) + 6 + 1  # the models, selected merges, reference
+    for key in cached:
+        evaluation = json.loads((rows_dir / key / "eval.json").read_text())
+        metrics = json.loads((rows_dir / f"{key}.json").read_text())
+        assert round(evaluation["harmful_compliance"], 4) == metrics["harmful_compliance"]
+        answers = read_jsonl(str(rows_dir / key / "answers.jsonl"))
+        assert len(answers) == sum(seed0["eval_sizes"]["test"].values())
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.startswith("# LED-Merging on SmolLM2-135M-Instruct")
 
