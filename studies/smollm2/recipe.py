@@ -156,7 +156,7 @@ def eval_spec_data(split_dir: str, split: str, sizes: EvalSizes) -> dict:
     }
 
 
-def write_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSizes):
+def write_real_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSizes):
     from mergekit_led.evaluation import parse_eval_spec
 
     data = eval_spec_data(split_dir, split, sizes)

@@ -46,7 +46,7 @@ from studies.smollm2.recipe import (
     WORLD,
     RealRecipe,
     location_sets,
-    write_eval_spec,
+    write_real_eval_spec,
 )
 
 # --------------------------------------------------------------------------- one seed
@@ -268,8 +268,8 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         split_dir, os.path.join(models_dir, "benign_answers.jsonl"), recipe.location_samples, seed
     )
     location_files = write_location_files(data_dir, location)
-    val_spec = write_eval_spec(data_dir, split_dir, "val", recipe.sizes)
-    test_spec = write_eval_spec(data_dir, split_dir, "test", recipe.sizes)
+    val_spec = write_real_eval_spec(data_dir, split_dir, "val", recipe.sizes)
+    test_spec = write_real_eval_spec(data_dir, split_dir, "test", recipe.sizes)
     inputs = Inputs(
         instruct,
         {t: family[t] for t in TASKS},
