@@ -43,13 +43,6 @@ def study_command(world: str, default_out: str, run_seeds=None) -> click.Command
         show_default=True,
         help="N (seeds 0 to N-1), a range A-B, or a list like 0,4,7.",
     )
-    @click.option(
-        "--jobs",
-        default=None,
-        type=int,
-        help="Seeds run at a time, each in its own single-threaded process "
-        "[default: the CPU count, at most the number of seeds; smollm2: 1].",
-    )
     @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="cpu", show_default=True)
     @click.option(
         "--ablations",
@@ -62,12 +55,18 @@ def study_command(world: str, default_out: str, run_seeds=None) -> click.Command
     )
     @click.option("--quiet", is_flag=True, help="No progress output.")
     @run_cli_errors_cleanly
-    def command(out, seeds, jobs, device, ablations, quick, quiet, cache_dir=None):
+    def command(out, seeds, device, ablations, quick, quiet, jobs=None, cache_dir=None):
         run_study(world, out, seeds, jobs, device, ablations, cache_dir, quick, quiet, run_seeds)
 
-    if run_seeds is None:
-        return command
-    # Only the real-model world reads assets.
+    if run_seeds is None:  # the toy's seeds run side by side, one process each
+        return click.option(
+            "--jobs",
+            default=None,
+            type=int,
+            help="Seeds run at a time, each in its own single-threaded process "
+            "[default: the CPU count, at most the number of seeds].",
+        )(command)
+    # The real-model world reads assets; its seeds run one after the other, each on every core.
     return click.option(
         "--cache-dir",
         default=None,
@@ -103,9 +102,9 @@ def run_study(
     logging.getLogger("mergekit").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     seed_list = parse_seeds(seeds)
-    jobs = check_jobs(jobs if jobs is not None else min(os.cpu_count() or 1, len(seed_list)))
     if run_seeds is not None:
         jobs = 1  # the real world's seeds run one after the other, each on every core
+    jobs = check_jobs(jobs if jobs is not None else min(os.cpu_count() or 1, len(seed_list)))
     settings = Settings(
         out=out,
         seeds=seed_list,

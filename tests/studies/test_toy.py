@@ -448,3 +448,18 @@ def test_quick_demo(tmp_path):
     for name, path in alone.items():
         ours = (seed_dir / "models" / name / "model.safetensors").read_bytes()
         assert (Path(path) / "model.safetensors").read_bytes() == ours, name
+
+
+def test_each_worlds_command_takes_its_own_options():
+    """``python -m studies.toy`` and ``python -m studies.smollm2``: the old ``mergekit-led
+    demo`` options, less ``--world``; only the real world reads assets, only the toy runs
+    seeds side by side."""
+    from studies.toy.cli import study_command
+
+    common = {"out", "seeds", "device", "ablations", "quick", "quiet"}
+    toy = study_command("toy", "demo-output")
+    real = study_command("smollm2", "real-study-output", run_seeds=lambda settings: None)
+    assert {p.name for p in toy.params} == common | {"jobs"}
+    assert {p.name for p in real.params} == common | {"cache_dir"}
+    result = CliRunner().invoke(real, ["--jobs", "2"])
+    assert result.exit_code == 2 and "No such option '--jobs'" in result.output
