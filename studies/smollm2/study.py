@@ -1,4 +1,4 @@
-"""``mergekit-led demo --world smollm2``: the demo's study on SmolLM2-135M-Instruct.
+"""``python -m studies.smollm2``: the study on SmolLM2-135M-Instruct.
 
 Per seed, every stage is cached in ``OUT/seed-N`` so a killed run resumes
 where it stopped: the split (``make real-assets``' cache) → the family
@@ -6,8 +6,9 @@ where it stopped: the split (``make real-assets``' cache) → the family
 (the one-command flow's store cache) → each method's setting selected on the
 validation split (``mergekit-led sweep``, which resumes by itself) → each test
 row (``rows/<name>.json``, its ``eval.json`` and ``answers.jsonl`` in ``rows/<name>/``: a
-merge is made, evaluated, and removed with a log line, its config kept) → the world's properties → the ablations. A seed's result has the toy
-demo's shape, so ``demo.report`` aggregates it.
+merge is made, evaluated, and removed with a log line, its config kept) → the world's
+properties → the ablations. A seed's result has the toy's shape, so
+``studies.common.study_report`` aggregates it.
 
 Seeds run one after the other, each with every core (one 135M model at a time
 fills two cores; two seeds at once would only share them).
@@ -380,7 +381,7 @@ def _properties(run: RealSeed, models, snip_stores, location, chosen) -> Dict[st
 
 
 def run_real_seeds(settings, on_seed_done=None) -> List[SeedResult]:
-    """The seeds of ``settings`` (a ``demo.pipeline.Settings``), one after the
+    """The seeds of ``settings`` (a ``studies.toy.pipeline.Settings``), one after the
     other (each uses every core); the ablations on the first seed only (the
     budget, docs/real_model_results.md)."""
     from studies.toy.pipeline import phase_log
@@ -402,7 +403,7 @@ def run_real_seeds(settings, on_seed_done=None) -> List[SeedResult]:
 
 
 def run_real_demo(settings, on_seed_done=None):
-    """``mergekit-led demo --world smollm2``: the demo's run and report over this world's seeds."""
+    """``python -m studies.smollm2``: the toy's run and report over this world's seeds."""
     from dataclasses import replace as replaced
 
     from studies.toy.pipeline import run_demo

@@ -94,7 +94,9 @@ class Settings:
     ablations: bool = False
     progress: bool = True  # progress bars and one line per phase
     phases: bool = False  # one line per phase even without bars (seeds running in parallel)
-    world: str = "toy"  # the report's world; "smollm2" runs through realmodel.study.run_real_demo
+    world: str = (
+        "toy"  # the report's world; "smollm2" runs through studies.smollm2.study.run_real_demo
+    )
     cache_dir: Optional[str] = None  # smollm2: the real assets' cache (make real-assets)
 
     @property
@@ -376,7 +378,7 @@ def run_demo(
 ) -> Summary:
     """Every seed (``settings.jobs`` at a time), then the aggregated report.
 
-    ``run_seeds`` runs another world's seeds (``realmodel.study.run_real_demo``
+    ``run_seeds`` runs another world's seeds (``studies.smollm2.study.run_real_demo``
     passes its own), so this layer does not import the worlds above it."""
     settings = replace(settings, device=resolve_device(settings.device).type)
     study_report.require_matplotlib()

