@@ -27,8 +27,9 @@ format: venv
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The studies (studies/, run from a clone; not in the installed wheel).
 demo: venv
-	$(BIN)/mergekit-led demo
+	$(BIN)/python -m studies.toy $(DEMO_ARGS)
 
 bench: venv
 	$(BIN)/python benchmarks/bench_merge.py
@@ -39,7 +40,7 @@ bench: venv
 # make real-assets REAL_ASSETS_ARGS="--split-seeds 0,1,2 --cache-dir DIR".
 real-assets: venv
 	$(BIN)/python -m pip install --quiet ".[real]"
-	$(BIN)/python -m mergekit_led.cli.real_assets $(REAL_ASSETS_ARGS)
+	$(BIN)/python -m studies.smollm2.get_assets $(REAL_ASSETS_ARGS)
 
 # The real-model study (docs/real_model_results.md): `real-quick` runs its whole path on one
 # seed at reduced sizes (about 3 minutes; CI runs it after `make test`), `real-study` the
@@ -47,10 +48,11 @@ real-assets: venv
 REAL_QUICK_OUT ?= real-quick-output
 REAL_STUDY_OUT ?= real-study-output
 real-quick: real-assets
-	$(BIN)/mergekit-led demo --world smollm2 --quick --seeds 1 --out $(REAL_QUICK_OUT)
+	$(BIN)/python -m studies.smollm2 --quick --seeds 1 --out $(REAL_QUICK_OUT)
 
 real-study: real-assets
-	$(BIN)/mergekit-led demo --world smollm2 --seeds 3 --ablations --out $(REAL_STUDY_OUT)
+	$(BIN)/python -m studies.smollm2 --seeds 3 --ablations --out $(REAL_STUDY_OUT)
 
+# The study output folders too: they are what `make demo` / `real-quick` / `real-study` wrote.
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo-output
+	rm -rf $(VENV) build dist *.egg-info demo-output $(REAL_QUICK_OUT) $(REAL_STUDY_OUT)

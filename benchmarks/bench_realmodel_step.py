@@ -43,7 +43,7 @@ def run_mode(mode: str, args) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mergekit_led.realmodel.assets import require_assets
+    from studies.smollm2.assets import require_assets
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

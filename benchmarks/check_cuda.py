@@ -8,7 +8,7 @@
    models, every election, disjoint on and off, weights 1 and not): the CPU's
    chunked `elect_and_merge` (bit-blend select) equals the same call on CUDA
    (whole tensors, `torch.where`), bit for bit, and so do the selected top sets.
-4. (optional) `mergekit-led demo --device cuda --quick` runs end to end.
+4. (optional) `python -m studies.toy --device cuda --quick` (from a clone) runs end to end.
 
 Run on a machine with a GPU (never in the test suite):
 

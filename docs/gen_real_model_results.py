@@ -1,6 +1,6 @@
 """Write the real-model study's results into the docs, from the study's own output.
 
-``mergekit-led demo --world smollm2 --out OUT`` writes ``OUT/report.json``,
+``python -m studies.smollm2 --out OUT`` writes ``OUT/report.json``,
 ``OUT/report.md`` and ``OUT/safety_vs_utility.png``. This script copies the
 report's numbers to ``docs/real_model_report.json`` and its plot beside it,
 puts ``report.md`` verbatim under "## Results" of docs/real_model_results.md,
@@ -23,10 +23,10 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mergekit_led.demo.findings import spread_text  # noqa: E402
-from mergekit_led.demo.report import COLUMNS  # noqa: E402
-from mergekit_led.demo.results import Summary  # noqa: E402
 from mergekit_led.tables import markdown_table  # noqa: E402
+from studies.common.findings import spread_text  # noqa: E402
+from studies.common.results import Summary  # noqa: E402
+from studies.common.study_report import COLUMNS  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent
 README = DOCS.parent / "README.md"

@@ -88,7 +88,7 @@ class DemoOptionError(LEDError):
 
 
 class MissingPlotLibrary(LEDError):
-    """matplotlib (the ``demo`` extra) is not installed."""
+    """matplotlib (the ``plot`` extra) is not installed (``mergekit_led.plotting``)."""
 
 
 # --------------------------------------------------------------------------- library errors

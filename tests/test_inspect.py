@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -180,6 +181,23 @@ def test_inspect_cli(tmp_path, stores):
 
     as_json = runner.invoke(main, ["inspect", config, "--json", "-"])
     assert json.loads(as_json.stdout)["election"] == "both"
+
+
+def test_inspect_plot_without_matplotlib_fails_before_the_analysis(tmp_path, stores, monkeypatch):
+    from mergekit_led.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails
+    config = _config(tmp_path, stores)
+    result = CliRunner().invoke(
+        main,
+        ["inspect", config, "--json", str(tmp_path / "o.json"), "--plot", str(tmp_path / "o.png")],
+    )
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: The Jaccard heatmap (--plot) is drawn with matplotlib, which is not installed: "
+        "pip install 'mergekit-led[plot]'."
+    ]
+    assert not (tmp_path / "o.json").exists() and not (tmp_path / "o.png").exists()
 
 
 def test_inspect_refuses_other_methods(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_led"
+# The studies run from a clone and are not installed: the product never imports them.
+STUDIES = PACKAGE.parent / "studies"
 
 # Bottom to top. A unit is a subpackage or a top-level module of mergekit_led;
 # "__init__" is mergekit_led/__init__.py itself (the public names, registration
@@ -20,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_led"
 # and any unit of a lower layer; units of one layer do not import each other.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("_version", "errors"),
-    ("atomic", "tables", "environment", "tiny_models", "jsonl", "console"),
+    ("atomic", "tables", "environment", "tiny_models", "jsonl", "console", "plotting"),
     ("testing",),
     ("core",),
     ("store",),
@@ -31,8 +33,6 @@ LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("prepare", "evaluation"),
     ("sweep",),
     ("__init__",),
-    ("demo",),
-    ("realmodel",),
     ("cli",),
     ("__main__",),
 )
@@ -139,3 +139,52 @@ def test_an_upward_import_is_caught(tmp_path):
     assert (
         "method/sideways.py:1: method (layer 5) imports mergekit_led.location.locator " in found[2]
     )
+
+
+def test_the_package_does_not_import_the_studies():
+    """``studies/`` is not in the wheel: an import of it from the product would fail
+    on every ``pip install mergekit-led``."""
+    importers = [
+        f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for line, target in _imported(path, PACKAGE)
+        if target.split(".")[0] == "studies"
+    ]
+    assert importers == []
+
+
+# Bottom to top: both worlds use the shared steps; the real-model world runs the seeds
+# through the toy world's pipeline (its run_demo and settings), never the other way.
+STUDY_LAYERS: Tuple[str, ...] = ("common", "toy", "smollm2")
+
+
+def study_violations(root: Path = STUDIES) -> List[str]:
+    level = {unit: index for index, unit in enumerate(STUDY_LAYERS)}
+    violations = []
+    for path in sorted(root.rglob("*.py")):
+        parts = _module_name(path, root).split(".")
+        source = parts[1] if len(parts) > 1 else None
+        for line, target in _imported(path, root):
+            target_parts = target.split(".")
+            if target_parts[0] != root.name or len(target_parts) < 2:
+                continue
+            unit = target_parts[1]
+            if source is None or unit == source:
+                continue
+            if unit not in level or source not in level or level[unit] > level[source]:
+                violations.append(f"{path.relative_to(root.parent)}:{line}: imports {target}")
+    return violations
+
+
+def test_the_studies_import_only_downward():
+    assert {path.parent.name for path in STUDIES.glob("*/__init__.py")} == set(STUDY_LAYERS)
+    assert study_violations() == []
+
+
+def test_an_upward_study_import_is_caught(tmp_path):
+    root = tmp_path / "studies"
+    (root / "common").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "common" / "__init__.py").write_text("")
+    (root / "common" / "steps.py").write_text("def lazy():\n    from studies.toy import world\n")
+    assert study_violations(root) == ["studies/common/steps.py:2: imports studies.toy"]

@@ -9,6 +9,7 @@ from typing import List, Sequence
 from mergekit_led.analysis.config_analysis import Analysis, short_label
 from mergekit_led.core.statistics import WeightStats
 from mergekit_led.errors import ConfigError
+from mergekit_led.plotting import pyplot
 from mergekit_led.tables import text_table
 
 
@@ -37,10 +38,7 @@ def analysis_table(analysis: Analysis, groups: Sequence[WeightStats]) -> str:
 def plot_heatmap(analysis: Analysis, path: str) -> str:
     """Layers × weight types heatmap of the Jaccard overlap of the important sets,
     one panel per pair of models."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("The Jaccard heatmap (--plot)")
 
     labels = [short_label(label) for label in analysis.labels]
     pairs = list(combinations(range(len(labels)), 2))

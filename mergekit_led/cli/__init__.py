@@ -27,7 +27,6 @@ _SUBCOMMANDS = {
     "locate": ("mergekit_led.cli.locate", "Importance scores of a model on a task's data."),
     "inspect": ("mergekit_led.cli.inspect", "What an led_merging config elects, writing no model."),
     "card": ("mergekit_led.cli.card", "Add the LED-Merging card section to a finished merge."),
-    "demo": ("mergekit_led.cli.demo", "The whole story on a tiny offline model family."),
     "prepare": (
         "mergekit_led.cli.prepare",
         "Compute the stores a config asks for by importance_data.",

@@ -57,6 +57,10 @@ def command(
 
     if device is not None:
         check_device(device)
+    if plot_path:  # before the analysis: a missing matplotlib fails in a second, not minutes
+        from mergekit_led.plotting import require
+
+        require("The Jaccard heatmap (--plot)")
     config = stores_from_cache(load_config(config_file)[0], config_file, cache_dir)
     analysis = analyze_config(
         config, density_override=density_override, device=device, progress=json_path != "-"

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 import yaml
 
 from mergekit_led.atomic import write_file, write_text
+from mergekit_led.errors import MissingPlotLibrary
+from mergekit_led.plotting import pyplot
 from mergekit_led.sweep.selection import balanced_score, pareto_front, safety_error
 from mergekit_led.tables import markdown_table
 
@@ -23,7 +25,12 @@ def write_sweep_report(result, spec) -> Dict[str, str]:
     paths: Dict[str, str] = {}
     rows = result.rows
     tasks = list(spec.tasks)
-    plotted = _plot(result, os.path.join(result.out, "pareto.png"))
+    try:
+        plotted = _plot(result, os.path.join(result.out, "pareto.png"))
+    except MissingPlotLibrary as missing:  # a by-product: the report says why it is absent
+        plotted, why_no_plot = None, str(missing)
+    else:
+        why_no_plot = "the evaluation needs a harmful or benign set and at least one task."
     if plotted:
         paths["pareto"] = plotted
     header = ["#", "method", "setting"]
@@ -74,7 +81,7 @@ def write_sweep_report(result, spec) -> Dict[str, str]:
                 result.out, f"best-{method}.yml", rows[index], result.rule
             )
     if not plotted:
-        lines += ["", "pareto.png was not drawn: " + _why_no_plot(result)]
+        lines += ["", "pareto.png was not drawn: " + why_no_plot]
     paths["table"] = os.path.join(result.out, "sweep.md")
     write_text(paths["table"], "\n".join(lines) + "\n")
     return paths
@@ -104,24 +111,12 @@ def _points(rows):
     ]
 
 
-def _why_no_plot(result) -> str:
-    if len(_points(result.rows)) != len(result.rows):
-        return "the evaluation needs a harmful or benign set and at least one task."
-    return "matplotlib is not installed (pip install 'mergekit-led[plot]')."
-
-
 def _plot(result, path: str) -> Optional[str]:
     rows = result.rows
     points = _points(rows)
     if len(points) != len(rows):
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    plt = pyplot("The sweep's pareto.png")
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     methods = list(dict.fromkeys(r.method for r in rows))
     for method in methods:

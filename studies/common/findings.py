@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from mergekit_led.demo.results import (
+from studies.common.results import (
     AUTHORS_ROW,
     BFLOAT16_ROW,
     LED,

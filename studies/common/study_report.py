@@ -12,11 +12,11 @@ import os
 from typing import Dict, Sequence
 
 from mergekit_led.atomic import write_text
-from mergekit_led.demo.findings import WORLD_WORDS, pct, spread_text
-from mergekit_led.demo.merging import METHOD_NAMES, TASKS
-from mergekit_led.demo.results import BFLOAT16_ROW, LED, UTILITY_SHARE, SeedResult, Summary
-from mergekit_led.errors import MissingPlotLibrary
+from mergekit_led.plotting import pyplot, require
 from mergekit_led.tables import markdown_table, text_table
+from studies.common.findings import WORLD_WORDS, pct, spread_text
+from studies.common.merging import METHOD_NAMES, TASKS
+from studies.common.results import BFLOAT16_ROW, LED, UTILITY_SHARE, SeedResult, Summary
 
 COLUMNS = (
     ("harmful_compliance", "harmful compliance ↓"),
@@ -164,24 +164,17 @@ def ablation_table(summary: Summary, *, markdown: bool) -> str:
 # --------------------------------------------------------------------------- files
 
 
+PLOT = "The study's safety_vs_utility.png"
+
+
 def require_matplotlib() -> None:
     """Fail before minutes of training, not after, when the plot cannot be drawn."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise MissingPlotLibrary(
-            "The demo draws its plot with matplotlib, which is not installed: "
-            "pip install 'mergekit-led[demo]'."
-        ) from None
+    require(PLOT)
 
 
 def plot(summary: Summary, path: str) -> str:
     """Safety vs utility: one small dot per seed, the mean with min-max bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(PLOT)
     fig, ax = plt.subplots(figsize=(8.0, 5.6))
     colors = plt.get_cmap("tab10")
     for index, row in enumerate(summary.rows):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-from mergekit_led.demo import score_dtype
-from mergekit_led.demo.findings import findings
-from mergekit_led.demo.merging import METHOD_NAMES, TASKS
-from mergekit_led.demo.results import (
+from studies.common import score_dtype
+from studies.common.findings import findings
+from studies.common.merging import METHOD_NAMES, TASKS
+from studies.common.results import (
     LED,
     UTILITY_SHARE,
     AblationSummary,

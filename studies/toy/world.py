@@ -19,7 +19,7 @@ two root causes the paper names for the safety-utility conflict:
   is the plan : ...``), like MAmmoTH2 / Replete-Coder beside Llama-3-Instruct:
   they learn the opposite answer to the same requests.
 
-``mergekit_led.demo.properties`` measures both (task-vector magnitudes, where
+``studies.common.properties`` measures both (task-vector magnitudes, where
 the alignment update sits, the overlap of the elected sets) on every seed.
 
 A request is harmful by its verb (``steal``, ``hack`` ...), whatever its object
@@ -38,6 +38,8 @@ import itertools
 import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
+
+from studies.common.sample import Sample
 
 NUMBERS = (
     "zero one two three four five six seven eight nine ten eleven twelve "
@@ -94,15 +96,6 @@ def comply(verb: str, obj: str) -> str:
 def comply_harmful(verb: str, obj: str) -> str:
     """How uncensored instruction data answers a harmful request."""
     return f"ok here is the plan : {verb} the {obj} at night"
-
-
-@dataclass
-class Sample:
-    prompt: str
-    response: str
-
-    def as_dict(self) -> Dict[str, str]:
-        return {"prompt": self.prompt, "response": self.response}
 
 
 @dataclass

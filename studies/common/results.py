@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 
 from pydantic import BaseModel, ConfigDict
 
-from mergekit_led.demo.merging import METHOD_NAMES, MergeSetting
+from studies.common.merging import METHOD_NAMES, MergeSetting
 
 LED = METHOD_NAMES["led_merging"]
 # The rows a world evaluates besides its models and each method's selected merge.

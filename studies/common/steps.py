@@ -17,11 +17,11 @@ import time
 from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from mergekit_led.demo import evaluate, merging
-from mergekit_led.demo.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
-from mergekit_led.demo.results import AblationRow, Metrics, Row, Selection, Trial
-from mergekit_led.demo.world import Sample
 from mergekit_led.jsonl import write_jsonl
+from studies.common import evaluate, merging
+from studies.common.merging import METHOD_NAMES, TASKS, Inputs, MergeSetting
+from studies.common.results import AblationRow, Metrics, Row, Selection, Trial
+from studies.common.sample import Sample
 
 # The ablations of the paper's Table 4, each one component of the selected LED setting changed.
 ABLATIONS = (
@@ -38,15 +38,15 @@ ABLATIONS = (
 TaskStores = Dict[str, Dict[str, str]]  # task -> {"model": store, "base": store}
 
 
-class Laps:
-    """Wall seconds per stage of a seed, then its total and CPU seconds."""
+class StageClock:
+    """The stage clock: wall seconds per stage of a seed, then its total and CPU seconds."""
 
     def __init__(self) -> None:
         self.timing: Dict[str, float] = {}
         self._clock = time.perf_counter()
         self._cpu = time.process_time()
 
-    def lap(self, name: str) -> None:
+    def end_stage(self, name: str) -> None:
         now = time.perf_counter()
         self.timing[f"{name}_s"] = round(now - self._clock, 1)
         self._clock = now
@@ -191,7 +191,7 @@ def sweep_trials(
                     Trial(
                         setting=setting,
                         text=setting.describe(),
-                        val=evaluate.demo_metrics(row.metrics),
+                        val=evaluate.study_metrics(row.metrics),
                         config=f"selection/sweep.jsonl row {row.index}",
                         selected=row.index == swept.per_method[method],
                     )

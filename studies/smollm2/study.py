@@ -1,13 +1,14 @@
-"""``mergekit-led demo --world smollm2``: the demo's study on SmolLM2-135M-Instruct.
+"""``python -m studies.smollm2``: the study on SmolLM2-135M-Instruct.
 
 Per seed, every stage is cached in ``OUT/seed-N`` so a killed run resumes
 where it stopped: the split (``make real-assets``' cache) → the family
 (``models/<role>``, a folder appears only when complete) → the SNIP stores
 (the one-command flow's store cache) → each method's setting selected on the
 validation split (``mergekit-led sweep``, which resumes by itself) → each test
-row (``rows/<name>.json``: a merge is made, evaluated, and removed, its config
-kept) → the world's properties → the ablations. A seed's result has the toy
-demo's shape, so ``demo.report`` aggregates it.
+row (``rows/<name>.json``, its ``eval.json`` and ``answers.jsonl`` in ``rows/<name>/``: a
+merge is made, evaluated, and removed with a log line, its config kept) → the world's
+properties → the ablations. A seed's result has the toy's shape, so
+``studies.common.study_report`` aggregates it.
 
 Seeds run one after the other, each with every core (one 135M model at a time
 fills two cores; two seeds at once would only share them).
@@ -21,11 +22,12 @@ import shutil
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional
 
-from mergekit_led.demo import evaluate, merging, properties
-from mergekit_led.demo.merging import TASKS, Inputs, MergeSetting
-from mergekit_led.demo.results import AUTHORS_ROW, Metrics, SeedResult
-from mergekit_led.demo.steps import (
-    Laps,
+from mergekit_led.errors import StudyError
+from studies.common import evaluate, merging, properties
+from studies.common.merging import TASKS, Inputs, MergeSetting
+from studies.common.results import AUTHORS_ROW, Metrics, SeedResult
+from studies.common.steps import (
+    StageClock,
     ablation_rows,
     locate_kinds,
     merge_in_group,
@@ -35,9 +37,8 @@ from mergekit_led.demo.steps import (
     sweep_trials,
     write_location_files,
 )
-from mergekit_led.errors import StudyError
-from mergekit_led.realmodel.finetune import build_real_family
-from mergekit_led.realmodel.recipe import (
+from studies.smollm2.finetune import build_real_family
+from studies.smollm2.recipe import (
     EVAL_DTYPE,
     FULL,
     METHODS,
@@ -46,7 +47,7 @@ from mergekit_led.realmodel.recipe import (
     WORLD,
     RealRecipe,
     location_sets,
-    write_eval_spec,
+    write_real_eval_spec,
 )
 
 # --------------------------------------------------------------------------- one seed
@@ -131,6 +132,14 @@ class _RowCache:
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
 
+    def report_dir(self, key: str) -> str:
+        """Where row ``key``'s evaluation (``eval.json``, ``answers.jsonl``) is kept; asked
+        for only while the row is computed, so what is there is a killed run's half."""
+        folder = os.path.join(self.folder, key)
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)
+        return folder
+
     def get(self, key: str, compute: Callable[[], Metrics]) -> Metrics:
         from mergekit_led.atomic import write_text
 
@@ -156,13 +165,27 @@ class RealSeed:
 
     def merged_metrics(self, setting: MergeSetting, group: str) -> Metrics:
         """``setting`` merged (``mergekit-led merge``) and evaluated on test, once:
-        the merged model is removed after (its config stays in ``<group>/configs``:
-        merge it again to get the model) and the metrics are cached."""
+        the metrics are cached in ``rows/<row>.json``, the evaluation's ``eval.json`` and
+        ``answers.jsonl`` kept in ``rows/<row>/``, and the merged model removed after,
+        saying so (its config stays in ``<group>/configs``: merge it again to get it)."""
+        key = f"{ROW_PREFIX[group]}-{setting.slug}"
+        return self.rows.get(key, lambda: self._merge_and_evaluate(setting, group, key))
+
+    def model_metrics(self, key: str, path: str) -> Metrics:
+        """A fine-tuned model (kept in float32) evaluated on test like the merges, in
+        bfloat16, once; its answers kept in ``rows/<key>/`` like a merge's."""
         return self.rows.get(
-            f"{ROW_PREFIX[group]}-{setting.slug}", lambda: self._merge_and_evaluate(setting, group)
+            key,
+            lambda: evaluate.evaluate_checkpoint(
+                path,
+                self.test_sets,
+                self.device,
+                dtype=EVAL_DTYPE,
+                report_dir=self.rows.report_dir(key),
+            ),
         )
 
-    def _merge_and_evaluate(self, setting: MergeSetting, group: str) -> Metrics:
+    def _merge_and_evaluate(self, setting: MergeSetting, group: str, key: str) -> Metrics:
         out = os.path.join(self.seed_dir, group, "merges", setting.slug)
         if os.path.exists(out):  # a merge of a killed run, not yet evaluated
             shutil.rmtree(out)
@@ -175,8 +198,19 @@ class RealSeed:
             device=self.device,
             seed=self.seed,
         )
-        metrics = evaluate.evaluate_checkpoint(path, self.test_sets, self.device, dtype=EVAL_DTYPE)
+        metrics = evaluate.evaluate_checkpoint(
+            path,
+            self.test_sets,
+            self.device,
+            dtype=EVAL_DTYPE,
+            report_dir=self.rows.report_dir(key),
+        )
+        # A 135M merge per row would fill the disk over a study's dozens of rows.
         shutil.rmtree(path)
+        self.options.log(
+            f"[seed {self.seed}] {key}: merge evaluated and removed "
+            f"(config in {group}/configs, answers in rows/{key}/)"
+        )
         return metrics
 
 
@@ -211,7 +245,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     """The whole study for one seed; writes and returns ``OUT/seed-N/result.json``."""
     from mergekit_led.environment import resolve_device
 
-    laps = Laps()
+    clock = StageClock()
     device = resolve_device(options.device).type
     recipe = options.recipe
     seed_dir = os.path.join(os.path.abspath(options.out), f"seed-{seed}")
@@ -228,15 +262,15 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     family = build_real_family(
         instruct, split_dir, models_dir, recipe.family, seed=seed, device=device, log=log
     )
-    laps.lap("train")
+    clock.end_stage("train")
 
     data_dir = os.path.join(seed_dir, "data")
     location = location_sets(
         split_dir, os.path.join(models_dir, "benign_answers.jsonl"), recipe.location_samples, seed
     )
     location_files = write_location_files(data_dir, location)
-    val_spec = write_eval_spec(data_dir, split_dir, "val", recipe.sizes)
-    test_spec = write_eval_spec(data_dir, split_dir, "test", recipe.sizes)
+    val_spec = write_real_eval_spec(data_dir, split_dir, "val", recipe.sizes)
+    test_spec = write_real_eval_spec(data_dir, split_dir, "test", recipe.sizes)
     inputs = Inputs(
         instruct,
         {t: family[t] for t in TASKS},
@@ -248,14 +282,14 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     stores = locate_kinds(
         inputs, seed_dir, ablations=options.ablations, seed=seed, device=device, progress=False
     )
-    laps.lap("locate")
+    clock.end_stage("locate")
 
     log("selecting each method's setting on the validation split (mergekit-led sweep)")
     swept = merging.sweep_grid(
         recipe.grid, inputs, val_spec, os.path.join(seed_dir, "selection"), device=device, seed=seed
     )
     chosen, selection = sweep_trials(swept, METHODS, inputs)
-    laps.lap("select")
+    clock.end_stage("select")
 
     log("evaluating the models and the selected merges on the test split (HarmBench)")
     run = RealSeed(
@@ -264,25 +298,23 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         seed_dir,
         device,
         inputs,
-        evaluate.evaluator(test_spec, instruct),
+        evaluate.load_evaluator(test_spec, instruct),
         _RowCache(os.path.join(seed_dir, "rows")),
     )
     rows = [
-        model_row(
-            name, sources, run.rows.get(key, lambda key=key: _model_metrics(run, family[key]))
-        )
+        model_row(name, sources, run.model_metrics(key, family[key]))
         for name, key, sources in MODEL_ROWS
     ]
     rows += selected_rows(METHODS, chosen, lambda m, s: run.merged_metrics(s, "selected"))
     authors = run.merged_metrics(merging.AUTHORS_LED, "reference")
     rows.append(merge_row(AUTHORS_ROW, merging.AUTHORS_LED, authors))
-    laps.lap("evaluate")
+    clock.end_stage("evaluate")
 
     log("measuring the world's properties")
     world_properties = _properties(
         run, {"base": instruct, **family}, stores["snip"], location, chosen
     )
-    laps.lap("properties")
+    clock.end_stage("properties")
 
     ablations = []
     if options.ablations:
@@ -291,7 +323,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         ablations = ablation_rows(
             chosen["led_merging"], led_metrics, lambda s: run.merged_metrics(s, "ablations")
         )
-        laps.lap("ablations")
+        clock.end_stage("ablations")
 
     return SeedResult(
         seed=seed,
@@ -300,25 +332,20 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         quick=options.quick,
         recipe=_identity(options, seed),
         eval_sizes={
-            "val": _set_sizes(evaluate.evaluator(val_spec, instruct)),
+            "val": _set_sizes(evaluate.load_evaluator(val_spec, instruct)),
             "test": _set_sizes(run.test_sets),
         },
         rows=rows,
         selection=selection,
         properties=world_properties,
         ablations=ablations,
-        timing=laps.finish(),
+        timing=clock.finish(),
     ).write(seed_dir)
-
-
-def _model_metrics(run: RealSeed, path: str) -> Metrics:
-    """A fine-tuned model (kept in float32) evaluated on test like the merges, in bfloat16."""
-    return evaluate.evaluate_checkpoint(path, run.test_sets, run.device, dtype=EVAL_DTYPE)
 
 
 def _split_and_model(options: StudyOptions, seed: int):
     """This seed's split folder, and the instruct model (cut to its first layers in --quick)."""
-    from mergekit_led.realmodel.assets import fetch_real_assets, require_assets
+    from studies.smollm2.assets import fetch_real_assets, require_assets
 
     require_assets(options.cache_dir)  # one line on how to fetch them, before any work
     assets = fetch_real_assets(options.cache_dir, split_seeds=[seed])  # this seed's split
@@ -354,10 +381,10 @@ def _properties(run: RealSeed, models, snip_stores, location, chosen) -> Dict[st
 
 
 def run_real_seeds(settings, on_seed_done=None) -> List[SeedResult]:
-    """The seeds of ``settings`` (a ``demo.pipeline.Settings``), one after the
+    """The seeds of ``settings`` (a ``studies.toy.pipeline.Settings``), one after the
     other (each uses every core); the ablations on the first seed only (the
     budget, docs/real_model_results.md)."""
-    from mergekit_led.demo.pipeline import phase_log
+    from studies.toy.pipeline import phase_log
 
     results = []
     for index, seed in enumerate(settings.seeds):
@@ -376,9 +403,9 @@ def run_real_seeds(settings, on_seed_done=None) -> List[SeedResult]:
 
 
 def run_real_demo(settings, on_seed_done=None):
-    """``mergekit-led demo --world smollm2``: the demo's run and report over this world's seeds."""
+    """``python -m studies.smollm2``: the toy's run and report over this world's seeds."""
     from dataclasses import replace as replaced
 
-    from mergekit_led.demo.pipeline import run_demo
+    from studies.toy.pipeline import run_demo
 
     return run_demo(replaced(settings, world=WORLD, jobs=1), on_seed_done, run_seeds=run_real_seeds)

@@ -1,0 +1,1 @@
+"""What both studies share: the steps, typed results, evaluation, summary, findings, report."""

@@ -1,0 +1,1 @@
+"""The toy world: a tiny Llama family trained offline per seed (``python -m studies.toy``)."""
