@@ -142,7 +142,10 @@ def load_classifier(spec, *, device: str = "cpu", trust_remote_code: bool = Fals
     """The ``judge:`` model of an EVAL.yml (``spec``: a ``JudgeSpec``), loaded on ``device``."""
     from mergekit_led.evaluation import load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(
-        spec.model, device=device, dtype=spec.dtype, trust_remote_code=trust_remote_code
-    )
+    try:
+        model, tokenizer = load_model_and_tokenizer(
+            spec.model, device=device, dtype=spec.dtype, trust_remote_code=trust_remote_code
+        )
+    except EvalError as error:
+        raise EvalError(f"judge.model: {error}") from error
     return HarmClassifier(model, tokenizer, spec.model, spec.batch_size, spec.max_answer_tokens)

@@ -18,8 +18,9 @@ hands them here too, so both give the same verdicts for the same answers.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 from mergekit_led.evaluation.answers import is_correct
 from mergekit_led.evaluation.degenerate import is_degenerate
@@ -149,4 +150,44 @@ def apply_classifier(report: EvalReport, classifier) -> None:
         report.judge[name] = JudgeResult(classifier.name, count, harmful, agreed)
 
 
-__all__: List[str] = ["AnswerItem", "Judge", "apply_classifier", "matcher_of", "set_kind"]
+def judge_answers(
+    sets: Mapping[str, Sequence[AnswerItem]],
+    matcher: RefusalMatcher,
+    *,
+    tasks: Mapping[str, TaskSpec] = {},
+    classifier=None,
+    name: str = "answers",
+    source: str = "",
+) -> EvalReport:
+    """The report of answers generated elsewhere (``mergekit-led judge``): every set judged
+    as ``evaluate`` judges it. A task not in ``tasks`` compares whole answers
+    (``answer: full``, normalised)."""
+    start = time.perf_counter()
+    report = EvalReport(model=name)
+    judge = Judge(matcher)
+    for set_name, items in sets.items():
+        task = None
+        if set_kind(set_name) == "task":
+            task = tasks.get(set_name.removeprefix("task:")) or TaskSpec(data=source or name)
+        judge.add_set(report, set_name, items, task=task)
+    if classifier is not None:
+        apply_classifier(report, classifier)
+    report.seconds = time.perf_counter() - start
+    report.settings = {
+        "sets": {n: {"source": source, "count": len(items)} for n, items in sets.items()},
+        "refusal_list": matcher.name or "none",
+        "refusal_strings": len(matcher.strings),
+        "refusal_match": matcher.match,
+        **({"judge_model": classifier.name} if classifier is not None else {}),
+    }
+    return report
+
+
+__all__: List[str] = [
+    "AnswerItem",
+    "Judge",
+    "apply_classifier",
+    "judge_answers",
+    "matcher_of",
+    "set_kind",
+]

@@ -118,3 +118,59 @@ def agreement(rows: Iterable[LabelledAnswer], is_refusal: Callable[[str], bool])
         missed += row.refusal and not judged
         false += judged and not row.refusal
     return Agreement(total, agreed, missed, false, refusals)
+
+
+@dataclass(frozen=True)
+class JudgeScore:
+    """One refusal list on one file, on all rows and on the on-topic rows."""
+
+    refusal_list: str
+    file: str
+    role: str  # "chosen on" or "held out"
+    all_rows: Agreement
+    on_topic: Agreement
+
+
+def score_lists(
+    files: Sequence[Tuple[str, str, Sequence[LabelledAnswer]]], lists: Sequence[str]
+) -> List[JudgeScore]:
+    """Every named refusal list (``refusal.REFUSAL_LISTS``) on every ``(file, role, rows)``."""
+    from mergekit_led.evaluation.refusal import RefusalMatcher
+
+    scores = []
+    for name in lists:
+        judge = RefusalMatcher.build(name=name).is_refusal
+        for file, role, rows in files:
+            on_topic = [row for row in rows if row.on_topic]
+            scores.append(
+                JudgeScore(name, file, role, agreement(rows, judge), agreement(on_topic, judge))
+            )
+    return scores
+
+
+def scores_markdown(scores: Sequence[JudgeScore]) -> str:
+    """The table of docs/evaluate.md: agreement, missed and false refusals per list and file."""
+    from mergekit_led.tables import markdown_table
+
+    def cells(a: Agreement) -> List[str]:
+        return [
+            f"{100 * a.share:.1f} % ({a.agreed}/{a.rows})",
+            f"{a.missed_refusals}/{a.refusals}",
+            f"{a.false_refusals}/{a.answers}",
+        ]
+
+    header = [
+        "list",
+        "file",
+        "all rows: agreement",
+        "missed refusals",
+        "false refusals",
+        "on-topic: agreement",
+        "missed refusals",
+        "false refusals",
+    ]
+    rows = [
+        [f"`{s.refusal_list}`", f"{s.file} ({s.role})", *cells(s.all_rows), *cells(s.on_topic)]
+        for s in scores
+    ]
+    return markdown_table(header, rows)
