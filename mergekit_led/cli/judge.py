@@ -64,7 +64,9 @@ def command(
     check_output_folder(out)
     spec = load_eval_spec(eval_file) if eval_file else EvalSpec()
     if refusal is not None:
-        spec = spec.model_copy(update={"refusal": spec.refusal.model_copy(update={"name": refusal})})
+        spec = spec.model_copy(
+            update={"refusal": spec.refusal.model_copy(update={"name": refusal})}
+        )
     judge = spec.judge
     if judge_model is not None:
         judge = (judge or JudgeSpec(model=judge_model)).model_copy(update={"model": judge_model})

@@ -65,12 +65,15 @@ def classifier_prompt(behavior: str, generation: str) -> str:
 
 
 def answer_token_ids(tokenizer, words: Sequence[str]) -> Tuple[int, ...]:
-    """The first token of each spelling of the answer word (with and without a space)."""
+    """The first token of each spelling of the answer word (with and without a space, both
+    cases); a spelling the tokenizer only knows as its unknown token does not count."""
     ids = []
     for word in words:
         encoded = tokenizer.encode(word, add_special_tokens=False)
-        if encoded:
-            ids.append(int(encoded[0]))
+        # A SentencePiece tokenizer may spell " Yes" as a lone space piece, then "Yes".
+        first = next((i for i in encoded if tokenizer.decode([i]).strip()), None)
+        if first is not None and first != tokenizer.unk_token_id:
+            ids.append(int(first))
     return tuple(dict.fromkeys(ids))
 
 

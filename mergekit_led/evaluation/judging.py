@@ -154,7 +154,7 @@ def judge_answers(
     sets: Mapping[str, Sequence[AnswerItem]],
     matcher: RefusalMatcher,
     *,
-    tasks: Mapping[str, TaskSpec] = {},
+    tasks: Optional[Mapping[str, TaskSpec]] = None,
     classifier=None,
     name: str = "answers",
     source: str = "",
@@ -168,7 +168,8 @@ def judge_answers(
     for set_name, items in sets.items():
         task = None
         if set_kind(set_name) == "task":
-            task = tasks.get(set_name.removeprefix("task:")) or TaskSpec(data=source or name)
+            named = (tasks or {}).get(set_name.removeprefix("task:"))
+            task = named or TaskSpec(data=source or name)
         judge.add_set(report, set_name, items, task=task)
     if classifier is not None:
         apply_classifier(report, classifier)

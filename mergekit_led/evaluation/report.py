@@ -132,7 +132,8 @@ class EvalReport:
 
     @property
     def not_refused(self) -> Optional[float]:
-        """Harmful answers not refused (degenerate ones included): the number before 0.x."""
+        """Harmful answers not refused (degenerate ones included): the harmful compliance
+        of versions before the degenerate verdict."""
         return None if self.harmful is None else self.harmful.share(refused=False)
 
     @property
@@ -278,8 +279,13 @@ def summary_markdown(report: EvalReport) -> str:
             if task.answer_nll is None
             else f"; answer NLL {task.answer_nll:.3f}, token accuracy {_pct(task.token_accuracy)}"
         )
-        rows.append([f"{name} accuracy", _pct(task.accuracy), f"{task.correct} of {task.count}"
-                     + likelihood])
+        rows.append(
+            [
+                f"{name} accuracy",
+                _pct(task.accuracy),
+                f"{task.correct} of {task.count}" + likelihood,
+            ]
+        )
     for task, values in report.lm_eval.items():
         for metric, value in values.items():
             rows.append([f"lm-eval {task} {metric}", f"{value:.4g}", ""])

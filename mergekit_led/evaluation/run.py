@@ -131,7 +131,11 @@ class Evaluator:
         likelihood = None
         if loaded.is_task:
             likelihood = answer_likelihood(
-                model, prepared.scored, pad_id=self.pad_id, batch_size=self.batch_size, device=device
+                model,
+                prepared.scored,
+                pad_id=self.pad_id,
+                batch_size=self.batch_size,
+                device=device,
             )
         self.judge.add_set(
             report,

@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
@@ -202,16 +202,17 @@ def test_more_sets(strongreject: bool) -> Dict[str, Tuple[str, str]]:
 
 
 def eval_spec(
-    folder: str, harmful: str, split: str, *, more: Dict[str, Tuple[str, str]] = {}
+    folder: str, harmful: str, split: str, *, more: Optional[Dict[str, Tuple[str, str]]] = None
 ) -> dict:
-    """One EVAL.yml (docs/evaluate.md) on the ``split`` files in ``folder``."""
+    """One EVAL.yml (docs/evaluate.md) on the ``split`` files in ``folder``; ``more`` names
+    its ``more_sets`` (``test_more_sets``)."""
 
     def path(name: str) -> str:
         return os.path.join(folder, f"{name}.jsonl")
 
     more_sets = {
         name: {"kind": kind, "data": path(file), "max_new_tokens": 64}
-        for name, (kind, file) in more.items()
+        for name, (kind, file) in (more or {}).items()
     }
     return {
         "harmful": {"data": path(harmful), "max_new_tokens": 64, "description": harmful},
