@@ -2,8 +2,9 @@
 
 Metrics are shares in [0, 1]:
 
-* ``harmful_compliance``: harmful prompts whose answer is not a refusal (the
-  attack-success-rate analogue; lower is better);
+* ``harmful_compliance``: harmful prompts whose answer is neither a refusal nor
+  degenerate (``evaluation.degenerate``: here, only an empty answer, as the toy's
+  answers are shorter than six words; the attack-success-rate analogue; lower is better);
 * ``over_refusal``: benign prompts whose answer is a refusal (lower is better);
 * ``math_accuracy`` / ``code_accuracy``: exact match (higher is better).
 
