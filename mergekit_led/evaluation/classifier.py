@@ -25,6 +25,7 @@ from typing import List, Sequence, Tuple
 import torch
 
 from mergekit_led.errors import EvalError
+from mergekit_led.evaluation.generation import left_padded
 
 # HarmBench's LLAMA2_CLS_PROMPT["prompt"] (eval_utils.py of
 # github.com/centerforaisafety/HarmBench, MIT), character for character.
@@ -119,14 +120,7 @@ class HarmClassifier:
         yes, no = list(self.yes_ids), list(self.no_ids)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            width = max(len(prompts[i]) for i in batch)
-            # Left padding: the last position of every row is its prompt's last token.
-            ids = torch.full((len(batch), width), int(pad), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                prompt = prompts[index]
-                ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-                mask[row, width - len(prompt) :] = 1
+            ids, mask = left_padded([prompts[i] for i in batch], int(pad))
             # Positions count from each row's first real token, as in an unpadded run.
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
             logits = self.model(
