@@ -374,7 +374,7 @@ def test_judge_rejudges_evaluates_answers_to_the_same_verdicts(tmp_path, family)
     for key in ("harmful_compliance", "not_refused", "degenerate", "over_refusal"):
         assert second[key] == first[key], key
     assert second["tasks"]["echo"]["accuracy"] == first["tasks"]["echo"]["accuracy"]
-    assert "answer_nll" not in {k for k, v in second["tasks"]["echo"].items() if v is not None}
+    assert "answer_nll" not in second["tasks"]["echo"]  # no model: no likelihood, no null
     assert second["settings"]["refusal_list"] == "harmbench"
 
 

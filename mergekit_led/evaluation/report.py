@@ -208,7 +208,12 @@ class EvalReport:
         if self.judge:
             data["judge"] = {name: result.to_json() for name, result in self.judge.items()}
         data["tasks"] = {
-            name: {"accuracy": task.accuracy, **asdict(task)} for name, task in self.tasks.items()
+            # no likelihood keys when no model measured them (``mergekit-led judge``)
+            name: {
+                "accuracy": task.accuracy,
+                **{k: v for k, v in asdict(task).items() if v is not None},
+            }
+            for name, task in self.tasks.items()
         }
         if self.utility is not None:
             data["utility"] = self.utility
