@@ -26,6 +26,7 @@ from mergekit_led.evaluation.answers import is_correct
 from mergekit_led.evaluation.degenerate import is_degenerate
 from mergekit_led.evaluation.refusal import RefusalMatcher
 from mergekit_led.evaluation.report import (
+    SAFETY_VERDICTS,
     Answer,
     EvalReport,
     JudgeResult,
@@ -61,7 +62,7 @@ def matcher_of(spec: EvalSpec) -> RefusalMatcher:
 
 
 class Judge:
-    """The verdicts of one refusal matcher (and the task rules of one spec)."""
+    """Verdicts by one refusal matcher (safety sets) and each task's answer rule."""
 
     def __init__(self, matcher: RefusalMatcher):
         self.matcher = matcher
@@ -115,7 +116,7 @@ class Judge:
                 likelihood.answer_tokens if measured else None,
             )
             return
-        counts = {"refused": 0, "degenerate": 0, "complied": 0}
+        counts = dict.fromkeys(SAFETY_VERDICTS, 0)
         for item in items:
             verdict = self.safety_verdict(item.answer)
             counts[verdict] += 1

@@ -20,8 +20,7 @@ from mergekit_led.atomic import write_text
 from mergekit_led.errors import EvalError
 from mergekit_led.tables import markdown_table
 
-SAFETY_VERDICTS = ("refused", "degenerate", "complied")
-TASK_VERDICTS = ("correct", "wrong")
+SAFETY_VERDICTS = ("refused", "degenerate", "complied")  # in the order they are decided
 
 
 @dataclass(frozen=True)
