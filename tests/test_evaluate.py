@@ -321,7 +321,7 @@ def test_evaluate_cli_writes_plain_metrics_answers_and_summary(noisy_family, eva
     assert data["harmful_count"] == 11 and data["benign_count"] == 9
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert len(rows) == 11 + 9 + 7
-    assert {r["verdict"] for r in rows} <= {"refused", "complied", "correct", "wrong"}
+    assert {r["verdict"] for r in rows} <= {"refused", "degenerate", "complied", "correct", "wrong"}
     complied = sum(r["verdict"] == "complied" for r in rows if r["set"] == "harmful")
     assert data["harmful_complied"] == complied
     assert "harmful compliance" in (out / "summary.md").read_text()

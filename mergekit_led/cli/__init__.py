@@ -37,6 +37,10 @@ _SUBCOMMANDS = {
         "mergekit_led.cli.evaluate",
         "Harmful compliance, over-refusal and accuracy of a model.",
     ),
+    "judge": (
+        "mergekit_led.cli.judge",
+        "Verdicts and metrics of answers generated elsewhere (a JSONL file).",
+    ),
     "sweep": (
         "mergekit_led.cli.sweep",
         "Merge and evaluate a grid of LED and baseline settings.",

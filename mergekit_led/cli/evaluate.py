@@ -61,6 +61,8 @@ def command(
         model, device=str(torch_device), dtype=dtype, trust_remote_code=trust_remote_code
     )
     evaluator = Evaluator(spec, tokenizer, batch_size=batch_size)
+    if spec.judge is not None:
+        evaluator.classifier(torch_device)  # a bad judge model fails before any generation
     report = evaluator.evaluate(loaded, name=model, device=torch_device, progress=not quiet)
     paths = write_report(report, out)
     click.echo(summary_markdown(report))

@@ -1,10 +1,12 @@
 """What an evaluation measured: typed results and the files ``evaluate`` writes.
 
-``eval.json``: ``harmful_compliance`` and ``over_refusal`` at the top level and
-``tasks.<name>.accuracy``, each a plain number in [0, 1] with its counts beside
-it (a set that was not evaluated is absent, never a placeholder);
-``answers.jsonl``: one row per prompt with its answer and verdict;
-``summary.md``: the same numbers as a table.
+``eval.json``: ``harmful_compliance`` (harmful answers neither refused nor
+degenerate), ``not_refused``, ``degenerate`` and ``over_refusal`` at the top
+level and ``tasks.<name>.accuracy``, each a plain number in [0, 1] with its
+counts beside it (a set that was not evaluated is absent, never a
+placeholder); ``more_sets.<name>`` for the extra safety sets and ``judge`` for
+the model judge; ``answers.jsonl``: one row per prompt with its answer and
+verdict; ``summary.md``: the same numbers as a table.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from mergekit_led.atomic import write_text
 from mergekit_led.errors import EvalError
 from mergekit_led.tables import markdown_table
 
+SAFETY_VERDICTS = ("refused", "degenerate", "complied")  # in the order they are decided
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -25,27 +29,82 @@ class Answer:
     index: int
     prompt: str
     answer: str
-    verdict: str  # refused | complied | correct | wrong
+    verdict: str  # refused | degenerate | complied (safety sets), correct | wrong (tasks)
     extracted: Optional[str] = None
     reference: Optional[str] = None
+    judge: Optional[str] = None  # the model judge on a harmful answer: "yes" (harmful) or "no"
+
+    def row(self) -> Dict[str, Any]:
+        """The ``answers.jsonl`` row; ``judge`` only where the model judge ran."""
+        data = asdict(self)
+        if data["judge"] is None:
+            del data["judge"]
+        return data
 
 
 @dataclass(frozen=True)
 class SafetyResult:
+    """The verdicts of one harmful or benign set: every answer is exactly one of
+    refused, degenerate (``degenerate.is_degenerate``, not refused) or complied."""
+
     count: int
     refused: int
+    degenerate: int = 0
+
+    @property
+    def complied(self) -> int:
+        return self.count - self.refused - self.degenerate
 
     def share(self, refused: bool) -> float:
         return round((self.refused if refused else self.count - self.refused) / self.count, 6)
+
+    @property
+    def compliance(self) -> float:
+        """Answers neither refused nor degenerate, as a share of all prompts."""
+        return round(self.complied / self.count, 6)
+
+    @property
+    def degenerate_share(self) -> float:
+        return round(self.degenerate / self.count, 6)
+
+
+@dataclass(frozen=True)
+class JudgeResult:
+    """The model judge over one harmful set's answers, beside the string verdicts."""
+
+    model: str
+    count: int
+    harmful: int  # answers the classifier calls an instance of the behavior
+    agreed: int  # answers where "complied" (string verdict) == "yes" (classifier)
+
+    @property
+    def compliance(self) -> float:
+        return round(self.harmful / self.count, 6)
+
+    @property
+    def agreement(self) -> float:
+        return round(self.agreed / self.count, 6)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "model": self.model,
+            "count": self.count,
+            "harmful": self.harmful,
+            "harmful_compliance": self.compliance,
+            "agreed": self.agreed,
+            "agreement": self.agreement,
+        }
 
 
 @dataclass(frozen=True)
 class TaskResult:
     count: int
     correct: int
-    answer_nll: float
-    token_accuracy: float
-    answer_tokens: int
+    # Teacher-forced likelihood of the references; None when only answers were judged
+    # (``mergekit-led judge``: no model).
+    answer_nll: Optional[float] = None
+    token_accuracy: Optional[float] = None
+    answer_tokens: Optional[int] = None
 
     @property
     def accuracy(self) -> float:
@@ -58,6 +117,8 @@ class EvalReport:
     harmful: Optional[SafetyResult] = None
     benign: Optional[SafetyResult] = None
     tasks: Dict[str, TaskResult] = field(default_factory=dict)
+    more_sets: Dict[str, SafetyResult] = field(default_factory=dict)  # "harmful:<name>", ...
+    judge: Dict[str, JudgeResult] = field(default_factory=dict)  # by harmful set name
     lm_eval: Dict[str, Dict[str, float]] = field(default_factory=dict)
     answers: List[Answer] = field(default_factory=list)
     seconds: float = 0.0
@@ -65,7 +126,19 @@ class EvalReport:
 
     @property
     def harmful_compliance(self) -> Optional[float]:
+        """Harmful answers neither refused nor degenerate, over all harmful prompts."""
+        return None if self.harmful is None else self.harmful.compliance
+
+    @property
+    def not_refused(self) -> Optional[float]:
+        """Harmful answers not refused (degenerate ones included): the harmful compliance
+        of versions before the degenerate verdict."""
         return None if self.harmful is None else self.harmful.share(refused=False)
+
+    @property
+    def degenerate(self) -> Optional[float]:
+        """Harmful answers that are degenerate (not refused), over all harmful prompts."""
+        return None if self.harmful is None else self.harmful.degenerate_share
 
     @property
     def over_refusal(self) -> Optional[float]:
@@ -80,18 +153,30 @@ class EvalReport:
 
     def metrics(self) -> Dict[str, float]:
         """Every metric as one flat mapping (a sweep row's columns):
-        ``harmful_compliance``, ``over_refusal``, ``<task>_accuracy``,
-        ``<task>_answer_nll``, ``<task>_token_accuracy``, ``utility``, and
-        ``lm_eval:<task>:<metric>``."""
+        ``harmful_compliance``, ``not_refused``, ``degenerate``, ``over_refusal``,
+        ``<set>_harmful_compliance`` / ``<set>_over_refusal`` (``more_sets``),
+        ``judge_agreement``, ``<task>_accuracy``, ``<task>_answer_nll``,
+        ``<task>_token_accuracy``, ``utility``, and ``lm_eval:<task>:<metric>``."""
         flat: Dict[str, float] = {}
-        if self.harmful_compliance is not None:
+        if self.harmful is not None:
             flat["harmful_compliance"] = self.harmful_compliance
+            flat["not_refused"] = self.not_refused
+            flat["degenerate"] = self.degenerate
         if self.over_refusal is not None:
             flat["over_refusal"] = self.over_refusal
+        for name, result in self.more_sets.items():
+            kind, short = name.split(":", 1)
+            if kind == "harmful":
+                flat[f"{short}_harmful_compliance"] = result.compliance
+            else:
+                flat[f"{short}_over_refusal"] = result.share(refused=True)
+        if "harmful" in self.judge:
+            flat["judge_agreement"] = self.judge["harmful"].agreement
         for name, task in self.tasks.items():
             flat[f"{name}_accuracy"] = task.accuracy
-            flat[f"{name}_answer_nll"] = task.answer_nll
-            flat[f"{name}_token_accuracy"] = task.token_accuracy
+            if task.answer_nll is not None:
+                flat[f"{name}_answer_nll"] = task.answer_nll
+                flat[f"{name}_token_accuracy"] = task.token_accuracy
         if self.utility is not None:
             flat["utility"] = self.utility
         for task, values in self.lm_eval.items():
@@ -103,14 +188,31 @@ class EvalReport:
         data: Dict[str, Any] = {"model": self.model}
         if self.harmful is not None:
             data["harmful_compliance"] = self.harmful_compliance
+            data["not_refused"] = self.not_refused
+            data["degenerate"] = self.degenerate
             data["harmful_count"] = self.harmful.count
-            data["harmful_complied"] = self.harmful.count - self.harmful.refused
+            data["harmful_complied"] = self.harmful.complied
+            data["harmful_refused"] = self.harmful.refused
+            data["harmful_degenerate"] = self.harmful.degenerate
         if self.benign is not None:
             data["over_refusal"] = self.over_refusal
             data["benign_count"] = self.benign.count
             data["benign_refused"] = self.benign.refused
+            data["benign_degenerate"] = self.benign.degenerate
+        if self.more_sets:
+            data["more_sets"] = {
+                name.split(":", 1)[1]: _more_set_json(name, result)
+                for name, result in self.more_sets.items()
+            }
+        if self.judge:
+            data["judge"] = {name: result.to_json() for name, result in self.judge.items()}
         data["tasks"] = {
-            name: {"accuracy": task.accuracy, **asdict(task)} for name, task in self.tasks.items()
+            # no likelihood keys when no model measured them (``mergekit-led judge``)
+            name: {
+                "accuracy": task.accuracy,
+                **{k: v for k, v in asdict(task).items() if v is not None},
+            }
+            for name, task in self.tasks.items()
         }
         if self.utility is not None:
             data["utility"] = self.utility
@@ -121,31 +223,71 @@ class EvalReport:
         return data
 
 
+def _more_set_json(name: str, result: SafetyResult) -> Dict[str, Any]:
+    kind = name.split(":", 1)[0]
+    data: Dict[str, Any] = {"kind": kind, **asdict(result), "complied": result.complied}
+    if kind == "harmful":
+        data["harmful_compliance"] = result.compliance
+        data["not_refused"] = result.share(refused=False)
+        data["degenerate_share"] = result.degenerate_share
+    else:
+        data["over_refusal"] = result.share(refused=True)
+    return data
+
+
+def _safety_rows(label: str, result: SafetyResult, harmful: bool) -> List[List[str]]:
+    if harmful:
+        return [
+            [
+                f"{label}harmful compliance (lower is better)",
+                _pct(result.compliance),
+                f"{result.complied} of {result.count} complied; {result.refused} refused, "
+                f"{result.degenerate} degenerate",
+            ],
+            [
+                f"{label}not refused (complied or degenerate)",
+                _pct(result.share(refused=False)),
+                f"{result.count - result.refused} of {result.count}",
+            ],
+        ]
+    return [
+        [
+            f"{label}over-refusal (lower is better)",
+            _pct(result.share(refused=True)),
+            f"{result.refused} of {result.count} refused; {result.degenerate} degenerate",
+        ]
+    ]
+
+
 def summary_markdown(report: EvalReport) -> str:
     rows = []
     if report.harmful is not None:
-        rows.append(
-            [
-                "harmful compliance (lower is better)",
-                _pct(report.harmful_compliance),
-                f"{report.harmful.count - report.harmful.refused} of {report.harmful.count} answered",
-            ]
-        )
+        rows += _safety_rows("", report.harmful, harmful=True)
     if report.benign is not None:
+        rows += _safety_rows("", report.benign, harmful=False)
+    for name, result in report.more_sets.items():
+        kind, short = name.split(":", 1)
+        rows += _safety_rows(f"{short}: ", result, harmful=kind == "harmful")
+    for name, judged in report.judge.items():
         rows.append(
             [
-                "over-refusal (lower is better)",
-                _pct(report.over_refusal),
-                f"{report.benign.refused} of {report.benign.count} refused",
+                f"{name}: judge model's harmful compliance",
+                _pct(judged.compliance),
+                f"{judged.harmful} of {judged.count}; agrees with the verdicts on "
+                f"{judged.agreed} ({_pct(judged.agreement)})",
             ]
         )
     for name, task in report.tasks.items():
+        likelihood = (
+            ""
+            if task.answer_nll is None
+            else f"; answer NLL {task.answer_nll:.3f}, token accuracy {_pct(task.token_accuracy)}"
+        )
         rows.append(
             [
                 f"{name} accuracy",
                 _pct(task.accuracy),
-                f"{task.correct} of {task.count}; answer NLL {task.answer_nll:.3f}, "
-                f"token accuracy {_pct(task.token_accuracy)}",
+                f"{task.correct} of {task.count}" + likelihood,
             ]
         )
     for task, values in report.lm_eval.items():
@@ -188,7 +330,7 @@ def write_report(report: EvalReport, out_dir: str) -> Dict[str, str]:
     }
     write_text(
         paths["answers"],
-        "".join(json.dumps(asdict(a), ensure_ascii=False) + "\n" for a in report.answers),
+        "".join(json.dumps(a.row(), ensure_ascii=False) + "\n" for a in report.answers),
     )
     write_text(paths["summary"], summary_markdown(report))
     # eval.json last: its presence means the other two are complete.

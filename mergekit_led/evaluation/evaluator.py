@@ -16,13 +16,12 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from mergekit_led.errors import EvalError
-from mergekit_led.evaluation.answers import is_correct
-from mergekit_led.evaluation.eval_report import Answer, EvalReport, SafetyResult, TaskResult
+from mergekit_led.evaluation.eval_report import EvalReport
 from mergekit_led.evaluation.generation import greedy_answers
+from mergekit_led.evaluation.judging import AnswerItem, Judge, apply_classifier, matcher_of
 from mergekit_led.evaluation.likelihood import answer_likelihood
-from mergekit_led.evaluation.refusal import RefusalMatcher
 from mergekit_led.evaluation.sets import EvalSet, load_set
-from mergekit_led.evaluation.spec import EvalSpec, TaskSpec
+from mergekit_led.evaluation.spec import EvalSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -45,9 +44,9 @@ class Evaluator:
         self.spec = spec
         self.tokenizer = tokenizer
         self.batch_size = batch_size or spec.generation.batch_size
-        self.matcher = RefusalMatcher.build(
-            spec.refusal.strings, defaults=spec.refusal.defaults, match=spec.refusal.match
-        )
+        self.matcher = matcher_of(spec)
+        self.judge = Judge(self.matcher)
+        self._classifier = None  # the judge: model, loaded on first use and kept for the next
         wants_template = spec.generation.chat_template == "auto"
         if wants_template and spec.sets() and not getattr(tokenizer, "chat_template", None):
             warnings.warn(
@@ -103,6 +102,8 @@ class Evaluator:
                     f"Out of memory while evaluating set {prepared.set.name} at batch size "
                     f"{self.batch_size}; try --batch-size {max(1, self.batch_size // 2)}."
                 ) from error
+        if self.spec.judge is not None:
+            apply_classifier(report, self.classifier(device))
         if self.spec.lm_eval is not None:
             from mergekit_led.evaluation.harness import run_lm_eval
 
@@ -123,38 +124,34 @@ class Evaluator:
             progress=loaded.name if progress else None,
         )
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answer_ids]
-        positives = 0  # refusals, or correct task answers
-        for item, text in zip(loaded.items, texts):
-            answer = self._judge(loaded, item, text)
-            positives += answer.verdict in ("refused", "correct")
-            report.answers.append(answer)
-        if not loaded.is_task:
-            setattr(report, loaded.name, SafetyResult(len(texts), positives))
-            return
-        likelihood = answer_likelihood(
-            model, prepared.scored, pad_id=self.pad_id, batch_size=self.batch_size, device=device
-        )
-        report.tasks[loaded.name.removeprefix("task:")] = TaskResult(
-            len(texts),
-            positives,
-            likelihood.answer_nll,
-            likelihood.token_accuracy,
-            likelihood.answer_tokens,
+        items = [
+            AnswerItem(item.index, item.prompt_text, text, item.reference)
+            for item, text in zip(loaded.items, texts)
+        ]
+        likelihood = None
+        if loaded.is_task:
+            likelihood = answer_likelihood(
+                model,
+                prepared.scored,
+                pad_id=self.pad_id,
+                batch_size=self.batch_size,
+                device=device,
+            )
+        self.judge.add_set(
+            report,
+            loaded.name,
+            items,
+            task=spec if loaded.is_task else None,
+            likelihood=likelihood,
         )
 
-    def _judge(self, loaded: EvalSet, item, text: str) -> Answer:
-        """One answer's verdict: refused/complied (safety sets) or correct/wrong (tasks)."""
-        spec = loaded.spec
-        if not isinstance(spec, TaskSpec):
-            verdict = "refused" if self.matcher.is_refusal(text) else "complied"
-            return Answer(loaded.name, item.index, item.prompt_text, text, verdict)
-        ok, extracted, _ = is_correct(
-            text, item.reference, spec.answer, spec.pattern, normalize=spec.normalize
-        )
-        verdict = "correct" if ok else "wrong"
-        return Answer(
-            loaded.name, item.index, item.prompt_text, text, verdict, extracted, item.reference
-        )
+    def classifier(self, device):
+        """The ``judge:`` model of the spec, loaded once on ``device``."""
+        if self._classifier is None:
+            from mergekit_led.evaluation.classifier import load_classifier
+
+            self._classifier = load_classifier(self.spec.judge, device=str(device))
+        return self._classifier
 
     def _settings(self) -> Dict[str, Any]:
         return {
@@ -168,8 +165,10 @@ class Evaluator:
             },
             "chat_template": self.tokenization.use_chat_template,
             "batch_size": self.batch_size,
+            "refusal_list": self.matcher.name or "none",
             "refusal_strings": len(self.matcher.strings),
             "refusal_match": self.matcher.match,
+            **({"judge_model": self.spec.judge.model} if self.spec.judge is not None else {}),
         }
 
 

@@ -42,13 +42,8 @@ def greedy_answers(
     stops = set(stop_ids)
     bar = _bar(len(prompts), progress)
     for batch in batches:
-        width = max(len(prompts[i]) for i in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, index in enumerate(batch):
-            prompt = list(prompts[index])
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
+        ids, mask = left_padded([prompts[i] for i in batch], pad_id)
+        width = ids.shape[1]
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -63,6 +58,18 @@ def greedy_answers(
     if bar is not None:
         bar.close()
     return answers
+
+
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int):
+    """``(ids, attention_mask)`` of ``rows`` padded on the left to the longest: the last
+    column of every row is its last token (where the next token is predicted)."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+        mask[index, width - len(row) :] = 1
+    return ids, mask
 
 
 def _bar(total: int, description: Optional[str]):

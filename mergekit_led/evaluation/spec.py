@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mergekit_led.errors import EvalError
 from mergekit_led.evaluation.answers import EXTRACTORS
@@ -58,11 +65,35 @@ class TaskSpec(SetSpec):
 
 
 class RefusalSpec(_Closed):
-    """The refusal matcher (``refusal.RefusalMatcher``)."""
+    """The refusal matcher (``refusal.RefusalMatcher``); ``refusal: NAME`` is short for
+    ``refusal: {name: NAME}``."""
 
-    strings: List[str] = Field(default_factory=list)  # added to the defaults
+    name: Literal["chat", "harmbench"] = "chat"  # the named list (refusal.REFUSAL_LISTS)
+    strings: List[str] = Field(default_factory=list)  # added to the list
     defaults: bool = True  # False: only ``strings``
     match: Literal["anywhere", "start"] = "anywhere"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named(cls, value):
+        return {"name": value} if isinstance(value, str) else value
+
+
+class JudgeSpec(_Closed):
+    """A Hugging Face classifier in HarmBench's classifier format, run over the harmful
+    answers beside the string verdict (``classifier.HarmClassifier``)."""
+
+    model: str  # a local folder or Hub id, e.g. cais/HarmBench-Llama-2-13b-cls
+    batch_size: int = Field(default=8, ge=1)
+    max_answer_tokens: int = Field(default=512, ge=1)  # the answer is cut to this (HarmBench)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class ExtraSetSpec(SetSpec):
+    """One more safety set (StrongREJECT, XSTest, ...), judged like ``harmful`` or ``benign``
+    and reported under its own name."""
+
+    kind: Literal["harmful", "benign"]
 
 
 class GenerationSpec(_Closed):
@@ -84,18 +115,22 @@ class EvalSpec(_Closed):
     harmful: Optional[SetSpec] = None
     benign: Optional[SetSpec] = None
     tasks: Dict[str, TaskSpec] = Field(default_factory=dict)
+    more_sets: Dict[str, ExtraSetSpec] = Field(default_factory=dict)
     refusal: RefusalSpec = RefusalSpec()
+    judge: Optional[JudgeSpec] = None
     generation: GenerationSpec = GenerationSpec()
     lm_eval: Optional[LmEvalSpec] = None
 
     def sets(self) -> Dict[str, SetSpec]:
         """Every generation set by its name in ``answers.jsonl``: ``harmful``,
-        ``benign`` and ``task:<name>``."""
+        ``benign``, ``harmful:<name>`` / ``benign:<name>`` (``more_sets``) and
+        ``task:<name>``."""
         named: Dict[str, SetSpec] = {}
         if self.harmful is not None:
             named["harmful"] = self.harmful
         if self.benign is not None:
             named["benign"] = self.benign
+        named.update({f"{extra.kind}:{name}": extra for name, extra in self.more_sets.items()})
         named.update({f"task:{name}": task for name, task in self.tasks.items()})
         return named
 
@@ -112,6 +147,9 @@ def parse_eval_spec(data: object, *, where: str = "the evaluation spec") -> Eval
         raise EvalError(f"{where}: {location}: {first['msg']}.") from error
     if not spec.sets() and spec.lm_eval is None:
         raise EvalError(f"{where} names no evaluation set: give harmful, benign, tasks or lm_eval.")
+    for name in spec.more_sets:
+        if not name or ":" in name:
+            raise EvalError(f"{where}: more_sets: {name!r} is not a set name (no ':', not empty).")
     for name, task in spec.tasks.items():
         if task.answer == "regex" and not task.pattern:
             raise EvalError(f"{where}: tasks.{name}: answer: regex needs a pattern.")

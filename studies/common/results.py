@@ -35,7 +35,7 @@ class Record(BaseModel):
 class Metrics(Record):
     """A model's evaluation on one split, as shares in [0, 1]."""
 
-    harmful_compliance: float  # harmful prompts answered, not refused (the ASR analogue)
+    harmful_compliance: float  # harmful prompts answered: not refused, not degenerate (ASR)
     over_refusal: float  # benign prompts refused
     math_accuracy: float  # exact match
     code_accuracy: float

