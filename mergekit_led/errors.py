@@ -84,7 +84,7 @@ class ScoreDomainError(LEDError):
 
 
 class DemoOptionError(LEDError):
-    """A bad ``mergekit-led demo`` option."""
+    """A bad option of a study command (`python -m studies.toy`, `python -m studies.smollm2`)."""
 
 
 class MissingPlotLibrary(LEDError):

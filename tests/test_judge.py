@@ -214,7 +214,7 @@ def _canned(monkeypatch, tokenizer, answers):
     def fake_answers(model, prompts, **kwargs):
         return [tokenizer(t, add_special_tokens=False).input_ids for t in next(calls)]
 
-    monkeypatch.setattr("mergekit_led.evaluation.run.greedy_answers", fake_answers)
+    monkeypatch.setattr("mergekit_led.evaluation.evaluator.greedy_answers", fake_answers)
 
 
 def test_harmful_compliance_leaves_out_refused_and_degenerate(tmp_path, family, monkeypatch):

@@ -57,8 +57,8 @@ def command(
     OUT/answers.jsonl with each row's verdict, OUT/eval.json and OUT/summary.md."""
     from mergekit_led.evaluation import write_report
     from mergekit_led.evaluation.answer_rows import read_answer_rows
+    from mergekit_led.evaluation.eval_report import check_output_folder, summary_markdown
     from mergekit_led.evaluation.judging import judge_answers, matcher_of
-    from mergekit_led.evaluation.report import check_output_folder, summary_markdown
     from mergekit_led.evaluation.spec import EvalSpec, JudgeSpec, load_eval_spec
 
     check_output_folder(out)

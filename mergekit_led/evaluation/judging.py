@@ -24,8 +24,7 @@ from typing import List, Mapping, Optional, Sequence
 
 from mergekit_led.evaluation.answers import is_correct
 from mergekit_led.evaluation.degenerate import is_degenerate
-from mergekit_led.evaluation.refusal import RefusalMatcher
-from mergekit_led.evaluation.report import (
+from mergekit_led.evaluation.eval_report import (
     SAFETY_VERDICTS,
     Answer,
     EvalReport,
@@ -33,6 +32,7 @@ from mergekit_led.evaluation.report import (
     SafetyResult,
     TaskResult,
 )
+from mergekit_led.evaluation.refusal import RefusalMatcher
 from mergekit_led.evaluation.spec import EvalSpec, TaskSpec
 
 SAFETY_KINDS = ("harmful", "benign")
