@@ -111,7 +111,7 @@ class Evaluator:
         return report
 
     def _evaluate_set(self, model, prepared: _Prepared, report: EvalReport, device, progress):
-        loaded, spec = prepared.set, prepared.set.spec
+        loaded = prepared.set
         answer_ids = greedy_answers(
             model,
             prepared.prompt_ids,

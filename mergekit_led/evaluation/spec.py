@@ -73,7 +73,9 @@ class RefusalSpec(_Closed):
 class GenerationSpec(_Closed):
     batch_size: StrictInt = Field(default=32, ge=1)
     chat_template: Literal["auto", "none"] = "auto"
-    max_length: Optional[StrictInt] = Field(default=None, ge=2)  # prompt tokens kept (from the left)
+    max_length: Optional[StrictInt] = Field(
+        default=None, ge=2
+    )  # prompt tokens kept (from the left)
 
 
 class LmEvalSpec(_Closed):

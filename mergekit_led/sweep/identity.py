@@ -67,7 +67,12 @@ def what_changed(old: Mapping[str, Any], new: SweepIdentity) -> Optional[str]:
         before, after = old.get(section), now[section]
         if before == after:
             continue
-        if isinstance(before, dict) and section in ("options", "eval_data", "location_data", "models"):
+        if isinstance(before, dict) and section in (
+            "options",
+            "eval_data",
+            "location_data",
+            "models",
+        ):
             for name in sorted(set(before) | set(after)):
                 if before.get(name) != after.get(name):
                     return _named(section, name, before.get(name), after.get(name))

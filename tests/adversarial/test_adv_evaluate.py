@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from mergekit_led.jsonl import write_jsonl
 
@@ -46,7 +45,9 @@ def _spec(tmp_path, text: str) -> str:
     write_jsonl(tmp_path / "h.jsonl", _rows(4))
     write_jsonl(tmp_path / "t.jsonl", _rows(3, responses=True))
     path = tmp_path / "EVAL.yml"
-    path.write_text(text.replace("H", str(tmp_path / "h.jsonl")).replace("T", str(tmp_path / "t.jsonl")))
+    path.write_text(
+        text.replace("H", str(tmp_path / "h.jsonl")).replace("T", str(tmp_path / "t.jsonl"))
+    )
     return str(path)
 
 
@@ -73,9 +74,15 @@ def _evaluate(model, spec, out, *extra):
             "harmful: {data: H, max_new_token: 5}\n",
             ["harmful.max_new_token", "did you mean 'max_new_tokens'?"],
         ),
-        ("tasks: {t: {data: T, anwser: last_number}}\n", ["tasks.t.anwser", "did you mean 'answer'?"]),
+        (
+            "tasks: {t: {data: T, anwser: last_number}}\n",
+            ["tasks.t.anwser", "did you mean 'answer'?"],
+        ),
         ("harmfull: {data: H}\n", ["harmfull", "did you mean 'harmful'?"]),
-        ("harmful: {data: H}\ngeneration: {chat_templat: none}\n", ["did you mean 'chat_template'?"]),
+        (
+            "harmful: {data: H}\ngeneration: {chat_templat: none}\n",
+            ["did you mean 'chat_template'?"],
+        ),
     ],
 )
 def test_bad_spec_values_are_one_line_errors_before_the_model_loads(
@@ -89,7 +96,9 @@ def test_bad_spec_values_are_one_line_errors_before_the_model_loads(
 
 def test_generation_is_bounded_by_the_models_context(tmp_path, short_context_model):
     """main: max_new_tokens was used as given, far past the model's 24 positions."""
-    spec = _spec(tmp_path, "harmful: {data: H, max_new_tokens: 3000}\ngeneration: {chat_template: none}\n")
+    spec = _spec(
+        tmp_path, "harmful: {data: H, max_new_tokens: 3000}\ngeneration: {chat_template: none}\n"
+    )
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match=r"answers cut at \d+ new tokens, not max_new_tokens 3000"):
         result = _evaluate(short_context_model, spec, out)
@@ -106,7 +115,9 @@ def test_generation_is_bounded_by_the_models_context(tmp_path, short_context_mod
 def test_a_prompt_longer_than_the_context_is_a_one_line_error(tmp_path, short_context_model):
     write_jsonl(tmp_path / "long.jsonl", _rows(2, words=30))
     spec = tmp_path / "EVAL.yml"
-    spec.write_text(f"harmful: {{data: {tmp_path / 'long.jsonl'}}}\ngeneration: {{chat_template: none}}\n")
+    spec.write_text(
+        f"harmful: {{data: {tmp_path / 'long.jsonl'}}}\ngeneration: {{chat_template: none}}\n"
+    )
     result = _evaluate(short_context_model, spec, tmp_path / "out")
     result.assert_one_line_error("the model's context is 24", "generation.max_length")
     assert not (tmp_path / "out").exists()
@@ -115,14 +126,18 @@ def test_a_prompt_longer_than_the_context_is_a_one_line_error(tmp_path, short_co
 def test_a_folder_of_the_users_own_eval_files_is_never_replaced(tmp_path, llama_family):
     """main: a folder holding any eval.json was taken for an earlier evaluation's,
     and the user's eval.json, summary.md and answers.jsonl were replaced (exit 0)."""
-    spec = _spec(tmp_path, "harmful: {data: H, max_new_tokens: 2}\ngeneration: {chat_template: none}\n")
+    spec = _spec(
+        tmp_path, "harmful: {data: H, max_new_tokens: 2}\ngeneration: {chat_template: none}\n"
+    )
     out = tmp_path / "mine"
     out.mkdir()
     for name in ("eval.json", "summary.md", "answers.jsonl"):
         (out / name).write_text(f"the user's own {name}\n")
     before = folder_digest(out)
     result = _evaluate(llama_family.base, spec, out)
-    result.assert_one_line_error(str(out), "no .mergekit-led-evaluation", "not an earlier evaluation's folder")
+    result.assert_one_line_error(
+        str(out), "no .mergekit-led-evaluation", "not an earlier evaluation's folder"
+    )
     assert folder_digest(out) == before
 
 
@@ -146,7 +161,9 @@ def test_a_killed_evaluations_folder_is_written_again(stage, tmp_path, llama_fam
     folder was refused as "not an earlier evaluation's folder"."""
     from mergekit_led.evaluation.report import OUTPUT_MARKER, OUTPUT_MARKER_TEXT
 
-    spec = _spec(tmp_path, "harmful: {data: H, max_new_tokens: 2}\ngeneration: {chat_template: none}\n")
+    spec = _spec(
+        tmp_path, "harmful: {data: H, max_new_tokens: 2}\ngeneration: {chat_template: none}\n"
+    )
     out = tmp_path / "out"
     out.mkdir()
     if stage == "marker":  # killed while writing the marker, the first file

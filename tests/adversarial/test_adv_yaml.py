@@ -5,7 +5,6 @@ the key and its lines (PyYAML keeps the last silently)."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from mergekit_led.errors import ConfigError, EvalError, SweepError
 
@@ -38,7 +37,9 @@ def test_a_second_harmful_set_in_eval_yml_is_refused(tmp_path):
         "harmful:\n  data: harmful.jsonl\nbenign:\n  data: benign.jsonl\nharmful:\n"
         "  data: benign.jsonl\n"
     )
-    with pytest.raises(EvalError, match=r"line 5: key 'harmful' is given twice \(first on line 1\)"):
+    with pytest.raises(
+        EvalError, match=r"line 5: key 'harmful' is given twice \(first on line 1\)"
+    ):
         load_eval_spec(str(spec))
 
 
@@ -51,7 +52,9 @@ def test_a_key_twice_in_a_merge_config_is_a_one_line_error(tmp_path, llama_famil
         "dtype: float32\n"
     )
     result = run_cli("merge", config, tmp_path / "out")
-    result.assert_one_line_error("line 5: key 'weight' is given twice (first on line 5)", str(config))
+    result.assert_one_line_error(
+        "line 5: key 'weight' is given twice (first on line 5)", str(config)
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -62,7 +65,9 @@ def test_merge_keys_still_override_and_nested_duplicates_are_found():
     text = "base: &b {density: 0.1, weight: 1}\nmodel:\n  <<: *b\n  density: 0.5\n"
     assert load_yaml_bounded(text, what="c")["model"] == {"density": 0.5, "weight": 1}
     assert load_yaml_bounded("a: [1, 1]\nb: {x: 1}\n", what="c") == {"a": [1, 1], "b": {"x": 1}}
-    with pytest.raises(ConfigError, match=r"^Doc line 4: key 'x' is given twice \(first on line 3\)"):
+    with pytest.raises(
+        ConfigError, match=r"^Doc line 4: key 'x' is given twice \(first on line 3\)"
+    ):
         load_yaml_bounded("a:\n  b:\n    x: 1\n    x: 2\n", what="Doc")
     # keys equal as YAML values (1 and 0x1 are both the int 1) are the same key
     with pytest.raises(ConfigError, match="key 1 is given twice"):
@@ -81,7 +86,13 @@ def test_every_yaml_read_of_the_package_goes_through_the_one_loader():
         if path.name == "yaml_file.py":
             continue
         text = path.read_text(encoding="utf-8")
-        for needle in ("yaml.safe_load", "yaml.load", "yaml.full_load", "SafeLoader", "yaml.Loader"):
+        for needle in (
+            "yaml.safe_load",
+            "yaml.load",
+            "yaml.full_load",
+            "SafeLoader",
+            "yaml.Loader",
+        ):
             if needle in text:
                 offenders.append(f"{path.relative_to(root)}: {needle}")
     assert offenders == []
