@@ -317,7 +317,7 @@ def _read_rows(out: str, expected: Dict[str, Dict[str, Any]]) -> Dict[str, Sweep
             if isinstance(error, ValidationError):
                 first = error.errors()[0]
                 where = ".".join(str(part) for part in first["loc"])
-                reason = f" ({where}: {first['msg']})"
+                reason = f" ({where}: {first['msg'].removeprefix('Value error, ')})"
             raise SweepError(
                 f"{path} line {number} is not a sweep row{reason}; was the file edited?"
             ) from error
