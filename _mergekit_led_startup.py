@@ -1,4 +1,6 @@
-"""Registers mergekit-led's ``led_merging`` method when mergekit's registry is imported.
+"""Registers mergekit-led's ``led_merging`` method when mergekit's registry is imported,
+and makes mergekit's model card treat an existing local path as local when
+``mergekit.card`` is imported (``mergekit_led.local_paths``).
 
 mergekit has no plugin entry points, so ``pip install mergekit-led`` ships a
 ``.pth`` file that imports this module at interpreter start. It only installs an
@@ -9,6 +11,7 @@ mergekit is missing, broken or never imported is left exactly as it was.
 import sys
 
 _REGISTRY_MODULE = "mergekit.merge_methods.registry"
+_CARD_MODULE = "mergekit.card"
 
 
 def _register() -> None:
@@ -28,28 +31,48 @@ def _register() -> None:
         )
 
 
-class _RegisteringLoader:
-    """Delegates to mergekit's own loader, then registers led_merging."""
+def _local_paths() -> None:
+    try:
+        from mergekit_led.local_paths import treat_existing_paths_as_local
 
-    def __init__(self, loader):
+        treat_existing_paths_as_local()
+    except Exception as error:  # never break mergekit because of the plugin
+        import warnings
+
+        warnings.warn(
+            f"mergekit-led: could not make mergekit's card treat local paths as local: {error!r}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+# What runs once each hooked mergekit module has been executed.
+_AFTER_IMPORT = {_REGISTRY_MODULE: _register, _CARD_MODULE: _local_paths}
+
+
+class _RegisteringLoader:
+    """Delegates to mergekit's own loader, then runs the module's hook."""
+
+    def __init__(self, loader, after=_register):
         self._loader = loader
+        self._after = after
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        _register()
+        self._after()
 
     def __getattr__(self, name):
         return getattr(self._loader, name)
 
 
 class _RegistryImportHook:
-    """A meta-path finder that only ever answers for mergekit's registry module."""
+    """A meta-path finder that only ever answers for the hooked mergekit modules."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != _REGISTRY_MODULE:
+        if fullname not in _AFTER_IMPORT:
             return None
         try:
             for finder in sys.meta_path:
@@ -62,7 +85,7 @@ class _RegistryImportHook:
                 return None
             if spec.loader is None or not hasattr(spec.loader, "exec_module"):
                 return None
-            spec.loader = _RegisteringLoader(spec.loader)
+            spec.loader = _RegisteringLoader(spec.loader, _AFTER_IMPORT[fullname])
             return spec
         except Exception:
             return None
@@ -71,9 +94,12 @@ class _RegistryImportHook:
 def install() -> None:
     if any(isinstance(finder, _RegistryImportHook) for finder in sys.meta_path):
         return
-    if _REGISTRY_MODULE in sys.modules:  # installed late: register right away
+    if _CARD_MODULE in sys.modules:  # installed late: right away
+        _local_paths()
+    if _REGISTRY_MODULE in sys.modules:
         _register()
-        return
+        if _CARD_MODULE in sys.modules:
+            return
     sys.meta_path.insert(0, _RegistryImportHook())
 
 

@@ -44,6 +44,7 @@ from mergekit_led.config.walker import config_inputs
 from mergekit_led.core.parameters import METHOD_NAME, STORE_PARAMETERS
 from mergekit_led.environment import check_device
 from mergekit_led.errors import ConfigError
+from mergekit_led.local_paths import treat_existing_paths_as_local
 from mergekit_led.method.recording import recording_statistics
 
 LOG = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def merge_config(
     replaces ``out_path`` whole only once the merge is complete."""
     options = options or MergeOptions()
     out_path = os.path.abspath(out_path)
+    treat_existing_paths_as_local()  # the card must not ask the Hub about models/safety
     check_merge_device(options)
     check_output_path(config, out_path, overwrite=overwrite)
     check_input_models(config)
