@@ -84,6 +84,18 @@ def _evaluate(model, spec, out, *extra):
             ["did you mean 'chat_template'?"],
         ),
     ],
+    ids=[
+        "billion-new-tokens",
+        "over-the-cap",
+        "limit-true",
+        "max-new-tokens-true",
+        "batch-size-true",
+        "limit-fraction",
+        "typo-max-new-token",
+        "typo-anwser",
+        "typo-harmfull",
+        "typo-chat-templat",
+    ],
 )
 def test_bad_spec_values_are_one_line_errors_before_the_model_loads(
     text, fragments, tmp_path, llama_family

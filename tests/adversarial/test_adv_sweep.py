@@ -152,7 +152,7 @@ def _resave_with_new_weights(folder):
     save_file(changed, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-@pytest.mark.parametrize("change", ["eval data", "model weights", "seed"])
+@pytest.mark.parametrize("change", ["eval data", "location data", "model weights", "seed"])
 def test_a_resume_that_is_not_the_same_sweep_is_refused(change, inputs, tmp_path):
     """main: each resume succeeded, one table mixing rows of two worlds."""
     out = tmp_path / "out"
@@ -161,6 +161,9 @@ def test_a_resume_that_is_not_the_same_sweep_is_refused(change, inputs, tmp_path
     if change == "eval data":
         write_jsonl(inputs["data"]["h"], _rows(5, 99))
         expected = "the rows of evaluation set harmful changed"
+    elif change == "location data":
+        write_jsonl(inputs["data"]["l"], _rows(5, 98))
+        expected = "the importance_data of model"
     elif change == "model weights":
         _resave_with_new_weights(inputs["finetune"])
         expected = f"model {inputs['finetune']} changed (its weights or files)"
@@ -207,9 +210,45 @@ def _weights(folder):
     return load_file(os.path.join(folder, "model.safetensors"))
 
 
-def test_a_dare_best_yml_carries_the_seed_and_reproduces_its_row(inputs, tmp_path):
+RANDOM_METHODS = {
+    "dare_ties": {"density": 0.3, "weight": 1.0},
+    "dare_linear": {"density": 0.3, "weight": 1.0},
+    "della": {"density": 0.3, "weight": 1.0, "epsilon": 0.1},
+    "della_linear": {"density": 0.3, "weight": 1.0, "epsilon": 0.1},
+}
+
+
+def test_every_method_the_sweep_accepts_gets_the_seed_in_its_config():
+    """Whatever the method (mergekit's registry), a row's config carries the seed."""
+    from mergekit.merge_methods import registry
+
+    from mergekit_led.errors import SweepError
+    from mergekit_led.sweep.grid import parse_grid
+    from mergekit_led.sweep.run import SweepOptions, row_config
+
+    config = {
+        "merge_method": "task_arithmetic",
+        "base_model": "org/base",
+        "models": [{"model": "org/a", "parameters": {"weight": 1.0}}],
+    }
+    accepted = 0
+    for method in registry.registered_methods():
+        try:
+            (setting,) = parse_grid({method.spec.name: {}}, ["org/a"])
+            written = row_config(config, setting, SweepOptions(seed=11))
+        except SweepError:  # a method the sweep cannot run without more parameters
+            continue
+        accepted += 1
+        assert written["random_seed"] == 11 and written["merge_method"] == method.spec.name
+    assert accepted >= 5
+
+
+@pytest.mark.parametrize("method", sorted(RANDOM_METHODS))
+def test_a_random_methods_best_yml_carries_the_seed_and_reproduces_its_row(
+    method, inputs, tmp_path
+):
     """main: best.yml had no seed: two merges of it differed from each other and the row."""
-    inputs["grid"].write_text(yaml.safe_dump({"dare_ties": {"density": 0.3, "weight": 1.0}}))
+    inputs["grid"].write_text(yaml.safe_dump({method: RANDOM_METHODS[method]}))
     out = tmp_path / "out"
     result = sweep(inputs, out, "--seed", "7")
     assert result.exit_code == 0, result.text
