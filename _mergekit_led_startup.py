@@ -14,36 +14,35 @@ _REGISTRY_MODULE = "mergekit.merge_methods.registry"
 _CARD_MODULE = "mergekit.card"
 
 
+def _never_breaking_mergekit(action, what: str) -> None:
+    """Run ``action``; a failure is a warning: the plugin never breaks mergekit."""
+    try:
+        action()
+    except Exception as error:
+        import warnings
+
+        warnings.warn(f"mergekit-led: could not {what}: {error!r}", RuntimeWarning, stacklevel=3)
+
+
 def _register() -> None:
     if "mergekit_led" in sys.modules and not hasattr(sys.modules["mergekit_led"], "register"):
         return  # mid-import (it imported mergekit): it registers when it finishes
-    try:
+
+    def register() -> None:
         from mergekit_led.method import register
 
         register()
-    except Exception as error:  # never break mergekit because of the plugin
-        import warnings
 
-        warnings.warn(
-            f"mergekit-led: could not register the led_merging merge method: {error!r}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _never_breaking_mergekit(register, "register the led_merging merge method")
 
 
 def _local_paths() -> None:
-    try:
+    def local_first() -> None:
         from mergekit_led.local_paths import treat_existing_paths_as_local
 
         treat_existing_paths_as_local()
-    except Exception as error:  # never break mergekit because of the plugin
-        import warnings
 
-        warnings.warn(
-            f"mergekit-led: could not make mergekit's card treat local paths as local: {error!r}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    _never_breaking_mergekit(local_first, "make mergekit's card treat local paths as local")
 
 
 # What runs once each hooked mergekit module has been executed.

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import alias_bomb
+from helpers import alias_bomb, sweep_args
 
 from mergekit_led.errors import SweepError
 from mergekit_led.jsonl import write_jsonl
@@ -218,21 +218,7 @@ def sweep_inputs(tmp_path, llama_family):
 def sweep_cli(paths, out, *extra):
     from mergekit_led.cli import main
 
-    args = [
-        "sweep",
-        paths["config"],
-        paths["grid"],
-        str(out),
-        "--eval",
-        paths["eval"],
-        "--cache-dir",
-        paths["cache"],
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    ]
-    return CliRunner().invoke(main, args)
+    return CliRunner().invoke(main, sweep_args(paths, out, *extra))
 
 
 def test_sweep_end_to_end_and_best_yml_reproduces_its_row(sweep_inputs, tmp_path):

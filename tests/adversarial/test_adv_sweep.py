@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 import yaml
+from helpers import sweep_args
 from safetensors.torch import load_file, save_file
 
 from mergekit_led.jsonl import write_jsonl
@@ -72,20 +73,7 @@ def inputs(tmp_path, llama_family):
 
 
 def sweep(paths, out, *extra):
-    return run_cli(
-        "sweep",
-        paths["config"],
-        paths["grid"],
-        out,
-        "--eval",
-        paths["eval"],
-        "--cache-dir",
-        paths["cache"],
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    )
+    return run_cli(*sweep_args(paths, out, *extra))
 
 
 def test_a_huge_grid_is_refused_from_its_list_lengths(inputs, tmp_path):
