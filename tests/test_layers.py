@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mergekit_led"
 # and any unit of a lower layer; units of one layer do not import each other.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("_version", "errors"),
-    ("atomic", "tables", "environment", "tiny_models", "jsonl"),
+    ("atomic", "tables", "environment", "tiny_models", "jsonl", "local_paths"),
     ("testing",),
     ("core",),
     ("store",),
