@@ -111,3 +111,12 @@ def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` is Python's ``MemoryError`` or torch's ``OutOfMemoryError``."""
     kind = _loaded_class("torch", "OutOfMemoryError")
     return isinstance(error, MemoryError) or (kind is not None and isinstance(error, kind))
+
+
+def did_you_mean(name: str, choices) -> str:
+    """``"; did you mean 'x'?"`` for the choice closest to a misspelt ``name``, else ``""``
+    (the tail of a one-line error about an unknown key, method or model)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -45,6 +45,7 @@ from mergekit_led.console import without_torch_dtype_warning
 from mergekit_led.core.parameters import METHOD_NAME, STORE_PARAMETERS
 from mergekit_led.environment import check_device
 from mergekit_led.errors import ConfigError
+from mergekit_led.local_paths import treat_existing_paths_as_local
 from mergekit_led.method.recording import recording_statistics
 
 LOG = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def merge_config(
     replaces ``out_path`` whole only once the merge is complete."""
     options = options or MergeOptions()
     out_path = os.path.abspath(out_path)
+    treat_existing_paths_as_local()  # the card must not ask the Hub about models/safety
     check_merge_device(options)
     view = read_config(config)  # walked once; every check below reads this
     check_output_path(view, out_path, overwrite=overwrite)

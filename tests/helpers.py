@@ -138,3 +138,11 @@ def alias_bomb(levels: int = 9, width: int = 9) -> str:
         refs = ", ".join([f"*a{level - 1}"] * width)
         lines.append(f"a{level}: &a{level} [{refs}]")
     return "\n".join(lines)
+
+
+def sweep_args(paths, out, *extra) -> list:
+    """``mergekit-led sweep`` arguments for ``paths`` (config, grid, eval, cache) into ``out``,
+    on the CPU, quiet."""
+    args = ["sweep", paths["config"], paths["grid"], out, "--eval", paths["eval"]]
+    args += ["--cache-dir", paths["cache"], "--device", "cpu", "--quiet", *extra]
+    return [str(arg) for arg in args]

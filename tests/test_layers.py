@@ -22,7 +22,16 @@ STUDIES = PACKAGE.parent / "studies"
 # and any unit of a lower layer; units of one layer do not import each other.
 LAYERS: Tuple[Tuple[str, ...], ...] = (
     ("_version", "errors"),
-    ("atomic", "tables", "environment", "tiny_models", "jsonl", "console", "plotting"),
+    (
+        "atomic",
+        "tables",
+        "environment",
+        "tiny_models",
+        "jsonl",
+        "console",
+        "plotting",
+        "local_paths",
+    ),
     ("testing",),
     ("core",),
     ("store",),

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import alias_bomb
+from helpers import alias_bomb, sweep_args
 
 from mergekit_led.errors import SweepError
 from mergekit_led.jsonl import write_jsonl
@@ -218,21 +218,7 @@ def sweep_inputs(tmp_path, llama_family):
 def sweep_cli(paths, out, *extra):
     from mergekit_led.cli import main
 
-    args = [
-        "sweep",
-        paths["config"],
-        paths["grid"],
-        str(out),
-        "--eval",
-        paths["eval"],
-        "--cache-dir",
-        paths["cache"],
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    ]
-    return CliRunner().invoke(main, args)
+    return CliRunner().invoke(main, sweep_args(paths, out, *extra))
 
 
 def test_sweep_end_to_end_and_best_yml_reproduces_its_row(sweep_inputs, tmp_path):
@@ -267,7 +253,7 @@ def test_sweep_end_to_end_and_best_yml_reproduces_its_row(sweep_inputs, tmp_path
         ),
     )
     best = yaml.safe_load((out / "best.yml").read_text())
-    assert best == best_row["config"]
+    assert best == best_row["config"] and best["random_seed"] == 0
     merged = tmp_path / "merged"
     merge = CliRunner().invoke(
         main, ["merge", str(out / "best.yml"), str(merged), "--cache-dir", sweep_inputs["cache"]]
@@ -337,7 +323,8 @@ def test_two_sweeps_on_one_folder_and_a_changed_grid_are_refused(sweep_inputs, t
     with open(sweep_inputs["grid"], "w") as f:
         yaml.safe_dump({"task_arithmetic": {"weight": [0.7]}}, f)
     changed = sweep_cli(sweep_inputs, out)
-    assert changed.exit_code == 1 and "holds a sweep of another config" in changed.output
+    assert changed.exit_code == 1 and "holds another sweep" in changed.output
+    assert "the grid's settings changed" in changed.output
 
 
 def test_a_sweep_never_writes_into_a_folder_no_sweep_wrote(sweep_inputs, tmp_path):
@@ -354,7 +341,7 @@ def test_too_many_settings_and_bad_grid_keys_fail_before_any_work(sweep_inputs, 
     out = tmp_path / "sweep"
     many = sweep_cli(sweep_inputs, out, "--max-settings", "4")
     assert many.exit_code == 1
-    assert "The grid has 10 settings, more than --max-settings 4" in many.output
+    assert "settings or more (the product of its lists), more than --max-settings 4" in many.output
     with open(sweep_inputs["grid"], "w") as f:
         f.write("ties:\n  denisty: [0.5]\n")
     bad = sweep_cli(sweep_inputs, out)

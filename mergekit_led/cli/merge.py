@@ -54,8 +54,11 @@ def command(
     from mergekit_led.console import on_terminal
     from mergekit_led.merge import merge_config
 
-    merge_options.apply_global_options()
     config, source = load_config(config_file)
+    seed = config_seed(config_file, source, merge_options.random_seed)
+    if seed != merge_options.random_seed:  # MergeOptions is frozen
+        merge_options = merge_options.model_copy(update={"random_seed": seed})
+    merge_options.apply_global_options()  # seeds torch with it
     command = f"mergekit-led merge {shlex.join([config_file, out_path])}"
     run = {
         "trust_remote_code": merge_options.trust_remote_code,
@@ -69,6 +72,29 @@ def command(
         merge_options = merge_options.model_copy(update={"quiet": True})
         click.echo(f"merging {config_file} into {out_path}", err=True)
     merge_config(config, out_path, options=merge_options, config_source=source, overwrite=overwrite)
+
+
+def config_seed(config_file: str, source: str, option):
+    """The seed of the merge: ``random_seed`` of the config (a sweep's best.yml
+    carries the seed its row was merged with; mergekit ignores the key), else
+    ``--random-seed``; both, when they differ, are refused."""
+    from mergekit_led.config.yaml_file import load_yaml_bounded
+    from mergekit_led.errors import ConfigError
+
+    data = load_yaml_bounded(source, what=f"Merge config {config_file}")
+    seed = data.get("random_seed") if isinstance(data, dict) else None
+    if seed is None:
+        return option
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(
+            f"Merge config {config_file}: random_seed must be a whole number >= 0, got {seed!r}."
+        )
+    if option is not None and option != seed:
+        raise ConfigError(
+            f"--random-seed {option} differs from random_seed {seed} of merge config "
+            f"{config_file}; give one of them."
+        )
+    return seed
 
 
 def _prepared(config, cache_dir, run, progress: bool, command):

@@ -89,7 +89,8 @@ def command(
     OUT/pareto.png and OUT/best.yml (docs/sweep.md)."""
     import logging
 
-    from mergekit_led.config.walker import load_config, load_yaml_bounded
+    from mergekit_led.config.walker import load_config
+    from mergekit_led.config.yaml_file import load_yaml_bounded
     from mergekit_led.evaluation import load_eval_spec
     from mergekit_led.sweep import SelectionRule, SweepOptions, load_grid, run_sweep
     from mergekit_led.sweep.sweeper import model_names
@@ -98,7 +99,7 @@ def command(
     rule = SelectionRule(select, max_harmful)
     _, source = load_config(config_file)  # mergekit's and LED's checks of the config
     config = load_yaml_bounded(source, what=f"Merge config {config_file}")
-    settings = load_grid(grid_file, model_names(config))
+    settings = load_grid(grid_file, model_names(config), max_settings=max_settings)
     spec = load_eval_spec(eval_file)
     options = SweepOptions(
         device=device,

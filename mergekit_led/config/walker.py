@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-import yaml
 from mergekit.common import ModelReference
 from mergekit.config import (
     InputModelDefinition,
@@ -23,6 +22,7 @@ from mergekit.config import (
     OutputSliceDefinition,
 )
 
+from mergekit_led.config.yaml_file import load_yaml_bounded
 from mergekit_led.errors import ConfigError
 
 # Where an input is written: an entry of a model list, or a source of an output slice.
@@ -93,75 +93,6 @@ def load_config(config_file: str) -> tuple[MergeConfiguration, str]:
             f"Merge config {config_file}: {error}"
         ) from None  # cause: the same error, prefixed
     return config, source
-
-
-# How many YAML nodes a config may expand to once its aliases (``*name``) are
-# replaced by what they refer to. The composed document is small however many
-# aliases it holds, but every consumer walks the expanded tree (mergekit's
-# schema validation, our checks), so a "billion laughs" of a few lines takes
-# minutes: refused before anyone walks it. Real configs with hundreds of slices
-# stay far below.
-MAX_EXPANDED_NODES = 100_000
-
-
-def load_yaml_bounded(source: str, *, what: str, limit: int = MAX_EXPANDED_NODES) -> Any:
-    """``yaml.safe_load(source)``, refusing a document whose aliases expand it
-    beyond ``limit`` nodes, or that refers to itself."""
-    loader = yaml.SafeLoader(source)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = expanded_size(node, limit)
-        if size is None:
-            raise ConfigError(f"{what} refers to itself through a YAML alias; remove the cycle.")
-        if size > limit:
-            raise ConfigError(
-                f"{what} expands to more than {limit:,} YAML nodes through its aliases "
-                "(anchors `&name` used as `*name`); refused before reading it. Write the "
-                "values out, or use fewer nested aliases."
-            )
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def expanded_size(root: yaml.Node, limit: int) -> Optional[int]:
-    """Nodes of the tree ``root`` stands for with every alias expanded, counted
-    without expanding (each composed node once), capped at ``limit + 1``; None
-    for a node that contains itself. Iterative: YAML may nest deeper than
-    Python's recursion limit."""
-    sizes: Dict[int, int] = {}
-    open_nodes = set()
-    stack: List[Tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:
-        node, children_done = stack.pop()
-        key = id(node)
-        if children_done:
-            open_nodes.discard(key)
-            total = 1 + sum(sizes[id(child)] for child in _children(node))
-            sizes[key] = min(total, limit + 1)
-            continue
-        if key in sizes:
-            continue
-        if key in open_nodes:
-            return None
-        open_nodes.add(key)
-        stack.append((node, True))
-        for child in _children(node):
-            if id(child) in open_nodes:
-                return None
-            if id(child) not in sizes:
-                stack.append((child, False))
-    return sizes[id(root)]
-
-
-def _children(node: yaml.Node) -> List[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [item for pair in node.value for item in pair]
-    return []
 
 
 @dataclass(frozen=True)

@@ -301,26 +301,58 @@ def _pct(value: Optional[float]) -> str:
     return "–" if value is None else f"{100 * value:.1f} %"
 
 
+# Written by ``evaluate`` (and ``judge``) only, and first, into its output folder: a folder
+# holding it is an earlier (maybe killed) evaluation's, whose files a new one may
+# replace; any other non-empty folder is the user's (an eval.json of their own
+# proves nothing). The text is checked, not just the name.
+OUTPUT_MARKER = ".mergekit-led-evaluation"
+OUTPUT_MARKER_TEXT = (
+    "This folder is written by `mergekit-led evaluate` or `judge` (eval.json, answers.jsonl, summary.md);\n"
+    "a new evaluation into it replaces those three files.\n"
+)
+
+
+def _is_evaluation_folder(out_dir: str) -> bool:
+    marker = os.path.join(out_dir, OUTPUT_MARKER)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            return os.path.isfile(marker) and f.read(4096) == OUTPUT_MARKER_TEXT
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _only_a_killed_marker_write(out_dir: str) -> bool:
+    """Whether ``out_dir`` holds nothing but the temporary file of the marker: an
+    evaluation killed while writing it, its first file."""
+    from mergekit_led.atomic import stale_areas
+
+    left = {os.path.basename(a.path) for a in stale_areas(os.path.join(out_dir, OUTPUT_MARKER))}
+    return bool(left) and set(os.listdir(out_dir)) <= left
+
+
 def check_output_folder(out_dir: str) -> None:
-    """``out_dir`` is new, empty or an earlier evaluation's (it holds ``eval.json``):
-    the files written there would replace files of the same name that no
-    evaluation wrote."""
+    """``out_dir`` is new, empty or an earlier evaluation's (it holds the marker
+    only ``evaluate`` writes): the files written there would replace files of the
+    same name that no evaluation wrote."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise EvalError(f"Evaluation output {out_dir} exists and is not a folder.")
     if (
         os.path.isdir(out_dir)
         and os.listdir(out_dir)
-        and not os.path.isfile(os.path.join(out_dir, "eval.json"))
+        and not _is_evaluation_folder(out_dir)
+        and not _only_a_killed_marker_write(out_dir)
     ):
         raise EvalError(
-            f"Evaluation output {out_dir} holds files and no eval.json (it is not an earlier "
-            "evaluation's folder); write into a new or empty folder."
+            f"Evaluation output {out_dir} holds files and no {OUTPUT_MARKER} (it is not an "
+            "earlier evaluation's folder); write into a new or empty folder."
         )
 
 
 def write_report(report: EvalReport, out_dir: str) -> Dict[str, str]:
     """``eval.json``, ``answers.jsonl`` and ``summary.md`` in ``out_dir``, each
-    written aside and renamed into place (a killed run leaves no half file)."""
+    written aside and renamed into place (a killed run leaves no half file),
+    after the folder's marker (``write_text`` removes the temporary files a
+    killed run left)."""
     check_output_folder(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     paths = {
@@ -328,6 +360,8 @@ def write_report(report: EvalReport, out_dir: str) -> Dict[str, str]:
         "answers": os.path.join(out_dir, "answers.jsonl"),
         "summary": os.path.join(out_dir, "summary.md"),
     }
+    # The marker first: from here on the folder is recognised as this command's.
+    write_text(os.path.join(out_dir, OUTPUT_MARKER), OUTPUT_MARKER_TEXT)
     write_text(
         paths["answers"],
         "".join(json.dumps(a.row(), ensure_ascii=False) + "\n" for a in report.answers),

@@ -17,7 +17,7 @@ import torch
 
 from mergekit_led.errors import EvalError
 from mergekit_led.evaluation.eval_report import EvalReport
-from mergekit_led.evaluation.generation import greedy_answers
+from mergekit_led.evaluation.generation import context_length, greedy_answers
 from mergekit_led.evaluation.judging import AnswerItem, Judge, apply_classifier, matcher_of
 from mergekit_led.evaluation.likelihood import answer_likelihood
 from mergekit_led.evaluation.sets import EvalSet, load_set
@@ -116,7 +116,7 @@ class Evaluator:
         answer_ids = greedy_answers(
             model,
             prepared.prompt_ids,
-            max_new_tokens=spec.max_new_tokens,
+            max_new_tokens=self._new_tokens(model, prepared),
             stop_ids=self.stop_ids,
             pad_id=self.pad_id,
             batch_size=self.batch_size,
@@ -152,6 +152,33 @@ class Evaluator:
 
             self._classifier = load_classifier(self.spec.judge, device=str(device))
         return self._classifier
+
+    def _new_tokens(self, model, prepared: _Prepared) -> int:
+        """The set's ``max_new_tokens``, bounded by the model's context: past it a
+        model's positions mean nothing and generation would only stop at the
+        cap. One bound for the whole set (its longest prompt), so an answer
+        does not depend on the batch it was generated in."""
+        wanted = prepared.set.spec.max_new_tokens
+        context = context_length(model)
+        if context is None:
+            return wanted
+        longest = max(len(ids) for ids in prepared.prompt_ids)
+        if longest >= context:
+            raise EvalError(
+                f"Evaluation set {prepared.set.name} ({prepared.set.source}) has a prompt of "
+                f"{longest} tokens and the model's context is {context}: no room for an "
+                "answer; set generation.max_length to keep fewer prompt tokens."
+            )
+        if longest + wanted <= context:
+            return wanted
+        bounded = context - longest
+        warnings.warn(
+            f"Evaluation set {prepared.set.name}: answers cut at {bounded} new tokens, not "
+            f"max_new_tokens {wanted}: the model's context is {context} tokens and the longest "
+            f"prompt has {longest}.",
+            stacklevel=2,
+        )
+        return bounded
 
     def _settings(self) -> Dict[str, Any]:
         return {

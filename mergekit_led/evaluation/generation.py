@@ -72,6 +72,19 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
+def context_length(model) -> Optional[int]:
+    """The most positions ``model`` attends over (prompt and answer together), from
+    its config; None when the config does not say."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def _bar(total: int, description: Optional[str]):
     if description is None:
         return None

@@ -7,19 +7,27 @@ directory, as store paths in merge configs are.
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional
+import typing
+from typing import Dict, List, Literal, Optional, Sequence
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
 )
 
-from mergekit_led.errors import EvalError
+from mergekit_led.errors import EvalError, did_you_mean
 from mergekit_led.evaluation.answers import EXTRACTORS
+
+# The most new tokens one answer may have (``max_new_tokens``), whatever the
+# model: a refusal or a task's answer is far shorter, and a model that never
+# emits its end token would otherwise generate for hours. Generation is also
+# bounded by the model's context (``Evaluator``). docs/evaluate.md.
+MAX_NEW_TOKENS = 8192
 
 # The answer extractors of a utility task: the table ``answers.EXTRACTORS``, and
 # ``regex`` (which also takes a ``pattern``).
@@ -38,15 +46,15 @@ class SetSpec(_Closed):
     prompt_field: str = "prompt"
     response_field: str = "response"
     messages_field: str = "messages"
-    limit: Optional[int] = Field(default=None, ge=1)  # the first N rows only
-    max_new_tokens: int = Field(default=64, ge=1)
+    limit: Optional[StrictInt] = Field(default=None, ge=1)  # the first N rows only
+    max_new_tokens: StrictInt = Field(default=64, ge=1, le=MAX_NEW_TOKENS)
     description: Optional[str] = None  # free text, copied into eval.json
 
 
 class TaskSpec(SetSpec):
     """A utility task: prompts with reference answers, scored by exact match."""
 
-    max_new_tokens: int = Field(default=256, ge=1)
+    max_new_tokens: StrictInt = Field(default=256, ge=1, le=MAX_NEW_TOKENS)
     answer: Extractor = "full"
     pattern: Optional[str] = None  # for ``answer: regex``: group 1, else the whole match
     normalize: bool = True  # False: the extracted strings must be equal as they are (stripped)
@@ -97,18 +105,20 @@ class ExtraSetSpec(SetSpec):
 
 
 class GenerationSpec(_Closed):
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: StrictInt = Field(default=32, ge=1)
     chat_template: Literal["auto", "none"] = "auto"
-    max_length: Optional[int] = Field(default=None, ge=2)  # prompt tokens kept (from the left)
+    max_length: Optional[StrictInt] = Field(
+        default=None, ge=2
+    )  # prompt tokens kept (from the left)
 
 
 class LmEvalSpec(_Closed):
     """lm-evaluation-harness tasks run on the in-memory model (the ``lm-eval`` extra)."""
 
     tasks: List[str]
-    num_fewshot: Optional[int] = Field(default=None, ge=0)
-    limit: Optional[int] = Field(default=None, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    num_fewshot: Optional[StrictInt] = Field(default=None, ge=0)
+    limit: Optional[StrictInt] = Field(default=None, ge=1)
+    batch_size: StrictInt = Field(default=8, ge=1)
 
 
 class EvalSpec(_Closed):
@@ -144,7 +154,10 @@ def parse_eval_spec(data: object, *, where: str = "the evaluation spec") -> Eval
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise EvalError(f"{where}: {location}: {first['msg']}.") from error
+        hint = ""
+        if first["type"] == "extra_forbidden":
+            hint = did_you_mean(str(first["loc"][-1]), _keys_at(first["loc"][:-1]))
+        raise EvalError(f"{where}: {location}: {first['msg']}{hint}.") from error
     if not spec.sets() and spec.lm_eval is None:
         raise EvalError(f"{where} names no evaluation set: give harmful, benign, tasks or lm_eval.")
     for name in spec.more_sets:
@@ -154,6 +167,27 @@ def parse_eval_spec(data: object, *, where: str = "the evaluation spec") -> Eval
         if task.answer == "regex" and not task.pattern:
             raise EvalError(f"{where}: tasks.{name}: answer: regex needs a pattern.")
     return spec
+
+
+def _keys_at(location: Sequence) -> List[str]:
+    """The keys the spec takes at ``location`` (a pydantic error's path to a
+    mapping), by walking the schema: ``("tasks", "math")`` -> a task's keys."""
+    model: Optional[type] = EvalSpec
+    parts = list(location)
+    while parts and model is not None:
+        field = model.model_fields.get(str(parts.pop(0)))
+        if field is None:
+            return []
+        model = None
+        for kind in (field.annotation, *typing.get_args(field.annotation)):
+            if typing.get_origin(kind) is dict:  # tasks: {name: TaskSpec}; skip the name
+                kind = typing.get_args(kind)[1]
+                if parts:
+                    parts.pop(0)
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                model = kind
+                break
+    return list(model.model_fields) if model is not None and not parts else []
 
 
 def load_eval_spec(path: str) -> EvalSpec:

@@ -13,6 +13,9 @@ from typing import Optional
 from mergekit_led.errors import MemoryPlanError
 
 GIB = 2**30
+# The largest --memory taken (1 EiB, far above any machine): a longer number
+# would overflow the conversion to bytes.
+MAX_MEMORY = 2**60
 _UNITS = {
     "": 1,
     "b": 1,
@@ -50,7 +53,18 @@ def parse_memory(text: str) -> int:
     value = float(match.group(1)) * (_UNITS[unit] if unit else 10**9)
     if value <= 0:
         raise MemoryPlanError(f"--memory {text!r} must be more than zero.")
+    if not value <= MAX_MEMORY:  # also inf, from a number too long for a float
+        raise MemoryPlanError(
+            f"--memory {_shown(text)} is more than any machine has (at most 1 EiB); "
+            "write e.g. 24GB, 24GiB or 800MB."
+        )
     return int(value)
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted, a long one cut (a 400-digit size stays one readable line)."""
+    text = str(text)
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 def format_gib(value: float) -> str:

@@ -13,6 +13,20 @@ from typing import Any, Optional
 from mergekit_led.errors import MemoryPlanError
 
 BYTES_PER_DTYPE = {"float32": 4, "bfloat16": 2, "float16": 2}
+# The most layers, and experts per layer, a config may declare. Building the
+# model on the meta device costs no weight memory but one module per layer and
+# expert: a hostile config.json of 300,000 layers took gigabytes and minutes.
+# The largest real models have about 130 layers and 400 experts.
+MAX_LAYERS = 1024
+MAX_EXPERTS = 4096
+_COUNTS = (
+    ("num_hidden_layers", MAX_LAYERS),
+    ("num_layers", MAX_LAYERS),
+    ("n_layer", MAX_LAYERS),
+    ("num_local_experts", MAX_EXPERTS),
+    ("num_experts", MAX_EXPERTS),
+    ("n_routed_experts", MAX_EXPERTS),
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +54,7 @@ def shape_from_config(config: Any, model: str) -> ModelShape:
     import torch
     from transformers import AutoModelForCausalLM
 
+    check_counts(config, model)
     try:
         with torch.device("meta"):
             built = AutoModelForCausalLM.from_config(config)
@@ -55,6 +70,23 @@ def shape_from_config(config: Any, model: str) -> ModelShape:
             f"Cannot plan the memory of {model}: its config lacks a size the plan needs "
             f"({short_error(error)})."
         ) from error
+
+
+def check_counts(config: Any, model: str) -> None:
+    """Refuse a config declaring more layers or experts than ``MAX_LAYERS`` /
+    ``MAX_EXPERTS`` (its own and its text model's), before anything is built."""
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for part in configs:
+        for name, limit in _COUNTS:
+            value = getattr(part, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                raise MemoryPlanError(
+                    f"Cannot plan the memory of {model}: its config gives {name} {value:,}, "
+                    f"more than the {limit:,} the plan takes (no real model has as many); "
+                    "refused before building it."
+                )
 
 
 def _shape(config: Any, built: Any, model: str) -> ModelShape:

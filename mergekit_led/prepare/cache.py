@@ -337,6 +337,12 @@ def _file_record(path: str) -> Dict[str, Any]:
     return {"size": status.st_size, "sha256": digest}
 
 
+def file_sha256(path: str) -> str:
+    """``sha256:<hex>`` of the file at ``path`` (remembered for this process
+    while the file keeps its identity, as the cache's own checks)."""
+    return _file_record(path)["sha256"]
+
+
 def _sha256(f) -> str:
     """``sha256:<hex>`` of an open binary file, streamed (``hashlib.file_digest``
     is Python 3.11+; this package supports 3.10)."""

@@ -23,10 +23,10 @@ the grid is the blocks one after another (docs/sweep.md)::
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import itertools
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -37,7 +37,7 @@ from mergekit_led.core.parameters import (
     METHOD_NAME,
     STORE_PARAMETERS,
 )
-from mergekit_led.errors import SweepError
+from mergekit_led.errors import SweepError, did_you_mean
 
 ALL_MODELS = "*"
 # What a setting of another method than CONFIG's keeps of CONFIG's parameters.
@@ -92,16 +92,26 @@ def _fmt(value: Any) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
-def load_grid(path: str, models: Sequence[str]) -> List[Setting]:
+def load_grid(
+    path: str, models: Sequence[str], *, max_settings: Optional[int] = None
+) -> List[Setting]:
     """Every setting of the GRID.yml file at ``path``."""
     from mergekit_led.config.yaml_file import read_yaml
 
     data = read_yaml(path, what="Grid", error=SweepError)
-    return parse_grid(data, models, where=f"Grid {path}")
+    return parse_grid(data, models, where=f"Grid {path}", max_settings=max_settings)
 
 
-def parse_grid(data: Any, models: Sequence[str], *, where: str = "The grid") -> List[Setting]:
-    """Every setting of ``data`` (a parsed GRID.yml) for CONFIG's ``models``."""
+def parse_grid(
+    data: Any,
+    models: Sequence[str],
+    *,
+    where: str = "The grid",
+    max_settings: Optional[int] = None,
+) -> List[Setting]:
+    """Every setting of ``data`` (a parsed GRID.yml) for CONFIG's ``models``;
+    more than ``max_settings`` is refused from the lengths of the lists, before
+    any setting is built (a few lines of YAML can ask for 10^12)."""
     from mergekit.merge_methods import registry
 
     if data is None or data == {}:
@@ -115,17 +125,25 @@ def parse_grid(data: Any, models: Sequence[str], *, where: str = "The grid") -> 
     known = {m.spec.name: m for m in registry.registered_methods()}
     resolver = ModelNames(models)
     settings: List[Setting] = []
+    total = 0
     for method, block in data.items():
         if method not in known:
             raise SweepError(
-                f"{where}: unknown merge method {method!r}{_suggest(str(method), known)}."
+                f"{where}: unknown merge method {method!r}{did_you_mean(str(method), known)}."
             )
         block = {} if block is None else block
         if not isinstance(block, dict):
             raise SweepError(
                 f"{where}: {method} must map parameters to values, not {type(block).__name__}."
             )
-        found = _block_settings(method, block, known[method].spec, resolver, f"{where}: {method}")
+        axes = _block_axes(method, block, known[method].spec, resolver, f"{where}: {method}")
+        total += math.prod(len(axis) for axis in axes)
+        if max_settings is not None and total > max_settings:
+            raise SweepError(
+                f"{where} has {total:,} settings or more (the product of its lists), more than "
+                f"--max-settings {max_settings}; shorten its lists or raise --max-settings."
+            )
+        found = _block_settings(method, axes, resolver)
         if not found:
             raise SweepError(f"{where}: {method} has no setting (an empty list).")
         settings.extend(found)
@@ -155,7 +173,7 @@ class ModelNames:
             )
         raise SweepError(
             f"{where}: {name!r} is not a model of the config "
-            f"(models: {', '.join(self.short.values())}){_suggest(name, self.short.values())}."
+            f"(models: {', '.join(self.short.values())}){did_you_mean(name, self.short.values())}."
         )
 
 
@@ -163,15 +181,14 @@ def _short(model: str) -> str:
     return os.path.basename(model.rstrip("/\\")) or model
 
 
-def _suggest(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
+_Axis = List[Tuple[str, Optional[Tuple[str, ...]], Any]]  # [(parameter, models|None, value)]
 
 
-def _block_settings(method: str, block: dict, spec, names: ModelNames, where: str) -> List[Setting]:
+def _block_axes(method: str, block: dict, spec, names: ModelNames, where: str) -> List[_Axis]:
+    """A block's lists, checked: one axis per swept parameter (per model group)."""
     shared_specs = {p.name: p for p in spec.shared_parameters}
     model_specs = {p.name: p for p in spec.input_parameters}
-    axes: List[List[Tuple[str, Optional[str], Any]]] = []  # each: [(parameter, model|None, value)]
+    axes: List[_Axis] = []
     for key, value in block.items():
         key = str(key)
         here = f"{where}.{key}"
@@ -200,9 +217,13 @@ def _block_settings(method: str, block: dict, spec, names: ModelNames, where: st
                 if not (method == METHOD_NAME and (k in _STORE_KEYS or k.startswith(LOCATE_PREFIX)))
             ]
             raise SweepError(
-                f"{here}: {method} takes no parameter {key!r}{_suggest(key, takes)} "
+                f"{here}: {method} takes no parameter {key!r}{did_you_mean(key, takes)} "
                 f"(it takes: {', '.join(takes) or 'none'})."
             )
+    return axes
+
+
+def _block_settings(method: str, axes: List[_Axis], names: ModelNames) -> List[Setting]:
     settings = []
     for combination in itertools.product(*axes):
         shared: Dict[str, Any] = {}
@@ -234,7 +255,9 @@ def _values(value: Any, where: str) -> List[Any]:
 
 
 def _checked(values: List[Any], parameter, where: str) -> List[Any]:
-    """Each value validated as mergekit validates the parameter (its type)."""
+    """Each value validated as mergekit validates the parameter (its type), then
+    as a merge would: numbers finite, a density a share in (0, 1]. Before any
+    store is computed or setting merged."""
     from pydantic import ValidationError
 
     for value in values:
@@ -247,6 +270,13 @@ def _checked(values: List[Any], parameter, where: str) -> List[Any]:
             raise SweepError(
                 f"{where}: {value!r} is not a valid {parameter.name}: {reason}."
             ) from error
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if number is not None and not math.isfinite(number):
+            raise SweepError(f"{where}: {value!r} is not a valid {parameter.name}: not finite.")
+        if number is not None and parameter.name == "density" and not 0 < number <= 1:
+            raise SweepError(
+                f"{where}: {value!r} is not a valid density: a share of the weights, in (0, 1]."
+            )
     return values
 
 

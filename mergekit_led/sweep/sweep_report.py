@@ -96,8 +96,9 @@ def _write_config(out: str, name: str, row, rule) -> str:
     comment = (
         f"# Selected by mergekit-led sweep (setting {row.index}: {row.method}, {row.text}).\n"
         f"# Rule: {rule.describe()}.\n"
-        "# Merge with `mergekit-led merge THIS.yml OUT/` (or mergekit-yaml once the stores are "
-        "cached).\n"
+        "# Merge with `mergekit-led merge THIS.yml OUT/`, which applies random_seed (or "
+        f"`mergekit-yaml THIS.yml OUT/ --random-seed {row.config.get('random_seed')}` once the "
+        "stores are cached: mergekit-yaml ignores the key).\n"
     )
     write_text(path, comment + yaml.safe_dump(row.config, sort_keys=False))
     return path

@@ -11,9 +11,9 @@ the same folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from mergekit_led.errors import SweepError
 from mergekit_led.sweep import scratch
@@ -64,8 +64,27 @@ class SweepRow(BaseModel):
     metrics: Dict[str, float]
     seconds: Dict[str, float]
 
+    @field_validator("metrics")
+    @classmethod
+    def _measured(cls, metrics: Dict[str, float]) -> Dict[str, float]:
+        """What an evaluation can have measured: finite numbers, shares in [0, 1]."""
+        for name, value in metrics.items():
+            if not math.isfinite(value):
+                raise ValueError(f"metric {name} is {value}, not a finite number")
+            if _is_share(name) and not 0 <= value <= 1:
+                raise ValueError(f"metric {name} is {value}, not a share in [0, 1]")
+            if name.endswith("_answer_nll") and value < 0:
+                raise ValueError(f"metric {name} is {value}, a negative log-likelihood")
+        return metrics
+
     def to_json(self) -> Dict[str, Any]:
         return self.model_dump()
+
+
+def _is_share(metric: str) -> bool:
+    return metric in ("harmful_compliance", "over_refusal", "utility") or metric.endswith(
+        ("_accuracy", "_token_accuracy")
+    )
 
 
 @dataclass
@@ -87,14 +106,16 @@ def run_sweep(
     *,
     rule: SelectionRule,
     options: Optional[SweepOptions] = None,
-    identity: Optional[Dict[str, Any]] = None,
     report: Optional[Callable[[str], None]] = None,
 ) -> SweepResult:
     """Sweep ``settings`` of ``config`` (a ``models:`` config as a dict) and write
-    the sweep's files into ``out``. ``spec``: an ``EvalSpec``. ``identity``: what
-    must not change between a run and its resumption (default: config, settings,
-    evaluation spec and rule)."""
+    the sweep's files into ``out``. ``spec``: an ``EvalSpec``. Everything cheap
+    is checked before any store is computed or setting merged: every setting's
+    config, the output folder, the evaluation sets; a resume must be the same
+    sweep (``sweep.identity``)."""
     from filelock import FileLock, Timeout
+
+    from mergekit_led.environment import resolve_device
 
     options = options or SweepOptions()
     say = report or LOG.info
@@ -106,6 +127,7 @@ def run_sweep(
             f"{options.max_settings}; shorten its lists or raise --max-settings."
         )
     _check_models_config(config)
+    check_settings(config, settings)
     out = os.path.abspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise SweepError(f"Sweep output {out} exists and is not a folder.")
@@ -116,6 +138,8 @@ def run_sweep(
             f"Sweep output {out} holds files and no {HEADER} (it is not an earlier sweep's "
             "folder); sweep into a new or empty folder."
         )
+    device = resolve_device(options.device)
+    evaluator = _evaluator(config, spec, options)  # a missing set fails here, in seconds
     os.makedirs(out, exist_ok=True)
     lock = FileLock(os.path.join(out, LOCK))
     try:
@@ -126,20 +150,14 @@ def run_sweep(
             "to finish or sweep into another folder."
         ) from None  # cause: filelock's Timeout adds nothing
     try:
-        identity = identity or {
-            "config": config,
-            "settings": [s.as_dict() for s in settings],
-            "eval": spec.model_dump(mode="json"),
-            "rule": rule.__dict__,
-        }
-        _claim(out, identity)
-        done = _read_rows(out, {s.key for s in settings})
+        _claim(out, _identity(config, settings, spec, rule, options, evaluator, device))
+        done = _read_rows(out, {s.key: _expected(config, s, options) for s in settings})
         todo = [(i, s) for i, s in enumerate(settings) if s.key not in done]
         if done:
             say(f"resuming: {len(done)} of {len(settings)} settings already in {ROWS}")
         rows_by_key = dict(done)
         if todo:
-            for row in _sweep(config, todo, spec, out, options, say):
+            for row in _sweep(config, todo, evaluator, device, out, options, say):
                 rows_by_key[row.key] = row
         rows = [rows_by_key[s.key] for s in settings]
         for index, row in enumerate(rows):
@@ -162,6 +180,76 @@ def run_sweep(
         lock.release()
 
 
+def check_settings(config: Dict[str, Any], settings: Sequence[Setting]) -> None:
+    """Every setting's config is one mergekit accepts (a method block without a
+    required parameter, a value of the wrong type): refused before any work."""
+    from mergekit.config import MergeConfiguration
+
+    names = ModelNames(model_names(config))
+    for index, setting in enumerate(settings):
+        try:
+            MergeConfiguration.model_validate(setting_config(config, setting))
+        except ValueError as error:  # SweepError, or pydantic's ValidationError
+            reason = " ".join(str(error).split())
+            raise SweepError(
+                f"Setting {index} ({setting.method}: {setting.describe(names.short)}) is not a "
+                f"valid config: {reason}"
+            ) from error
+
+
+def _evaluator(config: Dict[str, Any], spec, options: SweepOptions):
+    from mergekit_led.evaluation import Evaluator
+
+    return Evaluator(spec, _tokenizer(config, options), batch_size=options.batch_size)
+
+
+def _identity(config, settings, spec, rule, options: SweepOptions, evaluator, device):
+    from mergekit_led.sweep.identity import (
+        SweepIdentity,
+        eval_data_digests,
+        location_data_digests,
+        model_fingerprints,
+    )
+
+    return SweepIdentity(
+        config=config,
+        settings=[s.as_dict() for s in settings],
+        eval=spec.model_dump(mode="json"),
+        rule=rule.__dict__,
+        options={
+            "seed": options.seed,
+            "device": device.type,
+            "batch_size": evaluator.batch_size,
+            "allow_bad_tokenization": options.allow_bad_tokenization,
+        },
+        eval_data=eval_data_digests(evaluator.sets),
+        location_data=location_data_digests(config),
+        models=model_fingerprints(config, options.trust_remote_code),
+    )
+
+
+def _expected(config: Dict[str, Any], setting: Setting, options: SweepOptions) -> Dict[str, Any]:
+    """What a row of ``setting`` holds besides its measurements (as read back)."""
+    return json.loads(
+        json.dumps(
+            {
+                "method": setting.method,
+                "setting": setting.as_dict(),
+                "config": row_config(config, setting, options),
+            },
+            default=str,
+        )
+    )
+
+
+def row_config(config: Dict[str, Any], setting: Setting, options: SweepOptions) -> Dict[str, Any]:
+    """The setting as the user's config, with the seed its merge used: ``best.yml``
+    reproduces the row (DARE's drops are random)."""
+    user = setting_config(config, setting)
+    user["random_seed"] = options.seed
+    return user
+
+
 def _check_models_config(config: Dict[str, Any]) -> None:
     if not isinstance(config, dict) or not config.get("models") or config.get("slices"):
         raise SweepError(
@@ -181,39 +269,34 @@ def model_names(config: Dict[str, Any]) -> List[str]:
 # --------------------------------------------------------------------------- resume
 
 
-def _digest(identity: Dict[str, Any]) -> str:
-    text = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _claim(out: str, identity: Dict[str, Any]) -> None:
+def _claim(out: str, identity) -> None:
     """Write ``sweep.json``, or check that the one there is this sweep's."""
     from mergekit_led.atomic import write_text
+    from mergekit_led.sweep.identity import check_same_sweep
 
     path = os.path.join(out, HEADER)
-    digest = _digest(identity)
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
                 old = json.load(f)
-            old_digest = old["digest"]
+            if not isinstance(old, dict) or not isinstance(old["digest"], str):
+                raise TypeError("no digest")
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SweepError(
                 f"{path} is not a sweep header written by mergekit-led; sweep into another folder."
             ) from error
-        if old_digest != digest:
-            raise SweepError(
-                f"{out} holds a sweep of another config, grid, evaluation or rule ({path}); "
-                "sweep into another folder to keep both."
-            )
+        check_same_sweep(path, old, identity)
         return
-    header = {"format": FORMAT, "digest": digest, **identity}
-    write_text(path, json.dumps(header, indent=2, sort_keys=True, default=str) + "\n")
+    header = {"format": FORMAT, "digest": identity.digest(), "identity": identity.as_json()}
+    write_text(path, json.dumps(header, indent=2, sort_keys=True) + "\n")
 
 
-def _read_rows(out: str, keys: set) -> Dict[str, SweepRow]:
-    """The finished rows of an earlier run; a torn last line (a kill while
-    appending) is dropped, any other bad line is an error."""
+def _read_rows(out: str, expected: Dict[str, Dict[str, Any]]) -> Dict[str, SweepRow]:
+    """The finished rows of an earlier run (``expected``: per setting key, what
+    its row holds besides measurements); a torn last line (a kill while
+    appending) is dropped, any other bad line is an error: a row that is not
+    one, a measurement no evaluation gives (NaN, a share above 1), a setting
+    or config that is not the grid's."""
     path = os.path.join(out, ROWS)
     if not os.path.exists(path):
         return {}
@@ -230,11 +313,25 @@ def _read_rows(out: str, keys: set) -> Dict[str, SweepRow]:
             if number == len(lines):  # no newline after it: the append was cut short
                 torn = True
                 continue
+            reason = ""
+            if isinstance(error, ValidationError):
+                first = error.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                reason = f" ({where}: {first['msg'].removeprefix('Value error, ')})"
             raise SweepError(
-                f"{path} line {number} is not a sweep row; was the file edited?"
+                f"{path} line {number} is not a sweep row{reason}; was the file edited?"
             ) from error
-        if row.key in keys:
-            rows[row.key] = row
+        wanted = expected.get(row.key)
+        if wanted is None:
+            continue
+        written = {name: json.loads(json.dumps(getattr(row, name))) for name in wanted}
+        if written != wanted:
+            changed = next(name for name in wanted if written[name] != wanted[name])
+            raise SweepError(
+                f"{path} line {number} is not a sweep row (its {changed} is not the one of "
+                f"setting {row.key}); was the file edited?"
+            )
+        rows[row.key] = row
     if torn:
         from mergekit_led.atomic import write_text
 
@@ -252,24 +349,18 @@ def _append(out: str, row: SweepRow) -> None:
 # --------------------------------------------------------------------------- the loop
 
 
-def _sweep(config, todo, spec, out: str, options: SweepOptions, say):
+def _sweep(config, todo, evaluator, device, out: str, options: SweepOptions, say):
     import torch
     from mergekit.config import MergeConfiguration
 
-    from mergekit_led.environment import resolve_device
-    from mergekit_led.evaluation import Evaluator
-
-    device = resolve_device(options.device)
     names = ModelNames(model_names(config))
     resolved = _with_stores(config, [s for _, s in todo], options, say)
-    tokenizer = _tokenizer(config, options)
-    evaluator = Evaluator(spec, tokenizer, batch_size=options.batch_size)
     scratch_root = scratch.scratch_root(config, out, options.scratch)
     scratch.remove_killed_scratch(scratch_root, say)
     for number, (index, setting) in enumerate(todo, start=1):
         text = setting.describe(names.short)
         say(f"[{number}/{len(todo)}] {setting.method}: {text}")
-        user = setting_config(config, setting)
+        user = row_config(config, setting, options)
         merged_config = setting_config(resolved, setting)
         try:
             parsed = MergeConfiguration.model_validate(merged_config)

@@ -72,7 +72,7 @@ def test_moderate_aliases_still_load(tmp_path, llama_family, task_stores):
     text += "parameters: &shared {election: both}\n"
     config = tmp_path / "c.yml"
     config.write_text(text)
-    from mergekit_led.config.walker import load_yaml_bounded
+    from mergekit_led.config.yaml_file import load_yaml_bounded
 
     assert load_yaml_bounded(text, what="c")["parameters"] == {"election": "both"}
     assert run_cli("inspect", config).exit_code == 0
