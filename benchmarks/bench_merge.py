@@ -69,6 +69,8 @@ ONE_B = shapes.ONE_B
 FAMILIES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STORE_DTYPES = ("float32", "bfloat16")
 GOAL = 1.25
+# Wall time beside --load busy processes (issue 28); peak RSS keeps GOAL.
+LOADED_TIME_GOAL = 1.5
 STORE_ROLES = ("ft1", "base-task1", "ft2", "base-task2")
 
 # Runs mergekit-yaml's own entry point and records /proc/self/io at exit.
@@ -469,11 +471,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     goal_met = True
+    time_goal = LOADED_TIME_GOAL if args.load else GOAL
     for family in families:
         params = all_paths[family]["params"]
         for m, r in summary["families"][family]["methods"].items():
             if m.startswith("led_merging") and m != BASELINE:
-                goal_met &= r["median_time_ratio_vs_task_arithmetic"] <= GOAL
+                goal_met &= r["median_time_ratio_vs_task_arithmetic"] <= time_goal
                 goal_met &= r["median_rss_ratio_vs_task_arithmetic"] <= GOAL
             lines.append(
                 f"| {family} | {_label(m)} "
@@ -507,7 +510,8 @@ def main() -> None:
         ]
     lines += [
         "",
-        f"Goal (every LED row <= {GOAL}x task_arithmetic in time and peak RSS): "
+        f"Goal (every LED row <= {time_goal}x task_arithmetic in time, <= {GOAL}x in peak "
+        f"RSS{', with busy processes beside it' if args.load else ''}): "
         f"{'met' if goal_met else 'NOT met'}. B/w: bytes per weight of one model.",
     ]
     if check is not None:
