@@ -8,17 +8,27 @@ under the same competition for the cores.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from typing import Iterator, List
 
-_SPIN = "while True:\n    pass\n"
+# Spins until stopped, or until its parent is gone (a benchmark killed by a signal
+# runs no clean-up: its busy processes must not spin on without it).
+_SPIN = (
+    "import os, sys\n"
+    "while os.getppid() == int(sys.argv[1]):\n"
+    "    for _ in range(1_000_000):\n"
+    "        pass\n"
+)
 
 
 @contextlib.contextmanager
 def busy_processes(count: int) -> Iterator[List[subprocess.Popen]]:
     """``count`` spinning processes for the duration of the ``with`` block."""
-    procs = [subprocess.Popen([sys.executable, "-c", _SPIN]) for _ in range(count)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())]) for _ in range(count)
+    ]
     try:
         yield procs
     finally:
