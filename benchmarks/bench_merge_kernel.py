@@ -8,8 +8,9 @@ election ``both``), in float32 and bfloat16:
 - ``whole tensors``: the pure functions of ``core.elect_merge`` composed on whole
   tensors (elect, disjoint, ``merge_masked``), what the kernel did before
   ``elect_and_merge``;
-- ``elect_and_merge`` with the chunk size it picks for this machine, and with
-  each chunk size of ``--chunks`` (the data behind ``merge_chunk_size``);
+- ``elect_and_merge`` with the chunk size and worker threads it picks for this
+  machine, the same chunks in the calling thread alone (1 worker), and each
+  chunk size of ``--chunks`` (the data behind ``merge_chunk_size``);
 - ``top_mask`` (the exact selection, values checked on the way) of one score
   tensor, and ``torch.aminmax`` (a separate value check) for comparison.
 
@@ -18,6 +19,7 @@ result is checked equal, bit for bit, to the whole-tensor composition.
 
     python benchmarks/bench_merge_kernel.py
     taskset -c 0,1 python benchmarks/bench_merge_kernel.py   # as on a 2-core machine
+    python benchmarks/bench_merge_kernel.py --load 2         # beside two busy processes
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from typing import Callable, Dict
 
 import torch
 
-from mergekit_led.core import elect_merge as el
-from mergekit_led.core.kth_largest import top_mask
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from busy import busy_processes, load_average  # noqa: E402
+
+from mergekit_led.core import elect_merge as el  # noqa: E402
+from mergekit_led.core.kth_largest import top_mask  # noqa: E402
 
 
 def best_ms(function: Callable[[], object], repeat: int) -> float:
@@ -68,8 +74,19 @@ def measure(dtype: torch.dtype, shape, chunks, repeat: int) -> Dict[str, float]:
         "whole tensors": best_ms(whole_tensors, repeat),
     }
     picked = el.merge_chunk_size()
-    original = el.merge_chunk_size
+    original, original_workers = el.merge_chunk_size, el.merge_workers
     try:
+        el.merge_workers = lambda numel: 1
+        row[f"elect_and_merge, chunk {picked >> 10}K, 1 worker"] = best_ms(
+            lambda: el.elect_and_merge(base, finetuned, tops, weights, el.Election.both), repeat
+        )
+        # The kernel before issue 28: 256K chunks in the calling thread, each
+        # operation on torch's own threads.
+        el.merge_chunk_size = lambda: 1 << 18
+        row["previous: chunk 256K, calling thread, torch threads"] = best_ms(
+            lambda: el.elect_and_merge(base, finetuned, tops, weights, el.Election.both), repeat
+        )
+        el.merge_chunk_size, el.merge_workers = original, original_workers
         for chunk in [picked, *chunks]:
             el.merge_chunk_size = lambda chunk=chunk: chunk
             merged, _ = el.elect_and_merge(base, finetuned, tops, weights, el.Election.both)
@@ -83,7 +100,7 @@ def measure(dtype: torch.dtype, shape, chunks, repeat: int) -> Dict[str, float]:
                 repeat,
             )
     finally:
-        el.merge_chunk_size = original
+        el.merge_chunk_size, el.merge_workers = original, original_workers
     row["top_mask, values checked (one store)"] = best_ms(
         lambda: top_mask(scores[0], 0.4, validate=True), repeat
     )
@@ -98,10 +115,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument(
         "--chunks",
-        default="65536,262144,1048576",
+        default="16384,65536,262144",
         help="comma-separated chunk sizes to time besides the picked one",
     )
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--load", type=int, default=0, metavar="N", help="N busy processes")
     args = parser.parse_args()
     chunks = [int(c) for c in args.chunks.split(",") if c]
     shape = (args.rows, args.cols)
@@ -118,15 +136,17 @@ def main() -> None:
     print(
         f"one {shape[0]} x {shape[1]} weight, two fine-tunes, density 0.4; "
         f"{results['machine']['cpus_usable']} usable CPUs, "
-        f"{results['machine']['torch_threads']} torch threads; best of {args.repeat}, ms"
+        f"{results['machine']['torch_threads']} torch threads; best of {args.repeat}, ms; "
+        f"{args.load} busy processes; load average {load_average() or '?'}"
     )
     for dtype in (torch.float32, torch.bfloat16):
-        row = measure(dtype, shape, chunks, args.repeat)
+        with busy_processes(args.load):
+            row = measure(dtype, shape, chunks, args.repeat)
         results["milliseconds"][str(dtype).replace("torch.", "")] = row
         yardstick = row["task_arithmetic"]
         print(f"\n{dtype}")
         for label, ms in row.items():
-            print(f"  {label:45s} {ms:9.2f} ms  {ms / yardstick:6.2f}x task_arithmetic")
+            print(f"  {label:55s} {ms:9.2f} ms  {ms / yardstick:6.2f}x task_arithmetic")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)

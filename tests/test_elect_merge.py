@@ -371,3 +371,100 @@ def test_elect_and_merge_of_a_scalar_weight():
     merged, stats = el.elect_and_merge(base, [ft], tops, [0.5], "both", statistics_name="s")
     assert merged.shape == () and float(merged) == 2.0
     assert stats.elected == [1] and stats.kept == [1]
+
+
+# --------------------------------------------------------------------------- chunks on worker threads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize(
+    "shape, chunk",
+    [
+        ((37, 53), 64),  # many chunks, the last one short
+        ((37, 53), 1000),  # an odd chunk size
+        ((11, 8937), None),  # the real chunk size: 3 whole chunks and 3 elements
+    ],
+)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_elect_and_merge_on_worker_threads_is_the_reference_bit_for_bit(
+    monkeypatch, dtype, shape, chunk, workers
+):
+    """Any chunk seam and any number of worker threads give the reference's bits:
+    the straightforward whole-tensor merge of tests/reference.py where each element
+    takes one task vector (disjoint), the composed pure functions everywhere."""
+    if chunk is not None:
+        monkeypatch.setattr(el, "merge_chunk_size", lambda: chunk)
+    monkeypatch.setattr(el, "merge_workers", lambda numel: workers)
+    count = 2
+    base, fts = _family(shape, count, dtype, seed=7)
+    g = torch.Generator().manual_seed(7)
+    tops = [
+        (torch.rand(shape, generator=g) < 0.6, torch.rand(shape, generator=g) < 0.6)
+        for _ in range(count)
+    ]
+    compute = torch.promote_types(dtype, torch.float32)
+    for election, disjoint, weights in itertools.product(
+        ref.ELECTIONS, (True, False), ([1.0, 1.0], [0.7, -1.3])
+    ):
+        merged, stats = el.elect_and_merge(
+            base, fts, tops, weights, election, disjoint_step=disjoint, statistics_name="w"
+        )
+        expected, elected, kept = _composed(base, fts, tops, weights, election, disjoint)
+        assert torch.equal(merged.view(-1).view(torch.uint8), expected.view(-1).view(torch.uint8))
+        assert stats == weight_stats("w", elected, kept)
+        if disjoint:
+            sets = ref.disjoint_sets([ref_elect(m, b, election) for m, b in tops])
+            straightforward = ref.merge_tensor(base, fts, sets, weights, compute)
+            assert torch.equal(
+                merged.view(-1).view(torch.uint8), straightforward.view(-1).view(torch.uint8)
+            )
+
+
+def ref_elect(model_top, base_top, election):
+    """Section 2's election from two top sets, as tests/reference.py writes it."""
+    return {
+        "both": model_top & base_top,
+        "model_only": model_top & ~base_top,
+        "base_only": base_top & ~model_top,
+    }[str(el.Election(election).value)]
+
+
+def test_map_chunks_keeps_order_and_uses_at_most_its_workers():
+    import threading
+    import time
+
+    from mergekit_led.core import chunked
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def work(piece):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.002)  # long enough for the workers to overlap
+        with lock:
+            running[0] -= 1
+        return piece[0] * 10
+
+    pieces = [(i, i + 1) for i in range(40)]
+    assert chunked.map_chunks(work, pieces, 3) == [i * 10 for i in range(40)]
+    assert 2 <= peak[0] <= 3
+    peak[0] = 0
+    assert chunked.map_chunks(work, pieces, 1) == [i * 10 for i in range(40)]
+    assert peak[0] == 1
+
+
+def test_map_chunks_raises_a_workers_error_after_every_worker_stopped():
+    from mergekit_led.core import chunked
+
+    done = []
+
+    def work(piece):
+        if piece[0] == 5:
+            raise ValueError("piece 5")
+        done.append(piece[0])
+        return piece[0]
+
+    with pytest.raises(ValueError, match="piece 5"):
+        chunked.map_chunks(work, [(i, i + 1) for i in range(1000)], 2)
+    assert len(done) < 999  # the others stopped early instead of finishing every piece

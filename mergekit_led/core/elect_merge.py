@@ -36,13 +36,22 @@ class Election(str, Enum):
 def merge_chunk_size() -> int:
     """Elements per chunk of ``elect_and_merge`` on CPU.
 
-    Each operation on a chunk still runs on torch's intra-op threads, so a
-    chunk gives every thread about 64K elements (enough to amortise the
-    hand-over), within 256K-1M (in cache, and few enough Python-level calls).
-    Measured on 2 and 16 cores against whole-tensor operations and against
-    chunks split over a thread pool: ``docs/benchmarks.md``.
+    At most ``chunked.SERIAL_NUMEL``, so torch runs every operation on a chunk
+    in the worker thread that called it (no parallel region, nothing to wait
+    for on a busy machine), and the chunk's intermediates stay in the core's
+    cache. Measured against larger chunks on torch's threads: docs/benchmarks.md.
     """
-    return max(1 << 18, min(1 << 20, (1 << 16) * torch.get_num_threads()))
+    return chunked.SERIAL_NUMEL
+
+
+def merge_workers(numel: int) -> int:
+    """Worker threads for one weight of ``numel`` elements (1: the calling thread)."""
+    return chunked.worker_count(numel, merge_chunk_size(), _PARALLEL_MIN_NUMEL)
+
+
+# Below this many elements a weight is merged in the calling thread alone: the
+# hand-over to a worker costs more than its share of the work.
+_PARALLEL_MIN_NUMEL = 1 << 18
 
 
 def elect(model_top: torch.Tensor, base_top: torch.Tensor, election: Election) -> torch.Tensor:
@@ -191,10 +200,16 @@ def elect_and_merge(
     finetuned = [tensor.reshape(-1) for tensor in finetuned]
     tops = [(model_top.reshape(-1), base_top.reshape(-1)) for model_top, base_top in tops]
     out = torch.empty_like(base, memory_format=torch.contiguous_format)
+
+    def merge_piece(piece: chunked.Span) -> Optional[WeightStats]:
+        start, stop = piece
+        return combine(slice(start, stop), out[start:stop])[1]
+
+    pieces = list(chunked.chunks_of((0, base.numel()), chunk))
+    counts = chunked.map_chunks(merge_piece, pieces, merge_workers(base.numel()))
     stats = None
-    for start, stop in chunked.chunks_of((0, base.numel()), chunk):
-        _, counts = combine(slice(start, stop), out[start:stop])
-        stats = counts if stats is None else stats.plus(counts)
+    for piece_counts in counts:
+        stats = piece_counts if stats is None else stats.plus(piece_counts)
     if stats is not None:
         stats.tensors = 1  # one weight, counted in chunks
     return out.view(shape), stats
