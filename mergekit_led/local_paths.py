@@ -5,8 +5,9 @@ path with one ``/`` that exists locally (``models/safety``) is also a Hub
 repository, to link it. Offline, or without DNS, that question raises a long
 ``httpx`` traceback at the very end of a merge and the finished merge is lost.
 A path that exists on disk is what mergekit merged, so it is local: the card
-names it as written, and the Hub is never asked. Applied by ``register()`` (so
-plain ``mergekit-yaml`` gets it) and again before every merge of ours.
+names it as written, and the Hub is never asked. Applied by the start-up hook
+when ``mergekit.card`` is imported (so plain ``mergekit-yaml`` gets it) and again
+by ``merge_config`` before every merge of ours.
 """
 
 from __future__ import annotations
