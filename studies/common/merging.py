@@ -20,7 +20,7 @@ from typing import Callable, Dict, Mapping, Optional
 import yaml
 
 from mergekit_led.core.parameters import DATA_PARAMETER, LOCATE_PREFIX
-from mergekit_led.location.score_kinds import data_scores
+from mergekit_led.location.score_kinds import SCORE_KINDS, data_scores
 
 TASKS = ("safety", "math", "code")
 METHODS = ("task_arithmetic", "ties", "breadcrumbs", "model_stock", "led_merging")
@@ -38,8 +38,9 @@ BREADCRUMBS_GAMMA = 0.01  # share of the largest entries Breadcrumbs drops (its 
 FLOW_SCORES = data_scores()
 # Score kinds that need no data (the ablation's ``random``): the flow refuses them
 # (``locate_score`` takes only data scores), so their stores are computed with
-# ``mergekit_led.locate`` and given by path, as docs/one-command.md says.
-DATA_FREE_SCORES = ("random",)
+# ``mergekit_led.locate`` and given by path, as docs/one-command.md says. The
+# rest of the same table, so the two lists cannot disagree.
+DATA_FREE_SCORES = tuple(name for name in SCORE_KINDS if name not in FLOW_SCORES)
 # The locate options of every store the demo computes, for the whole config:
 # the models are scored in float32, their own dtype (``auto`` would read it from
 # the checkpoint; naming it keeps the stores independent of how they were saved).
