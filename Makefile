@@ -44,14 +44,14 @@ real-assets: venv
 
 # The real-model study (docs/real_model_results.md): `real-quick` runs its whole path on one
 # seed at reduced sizes (about 3 minutes; CI runs it after `make test`), `real-study` the
-# reported study (3 seeds, ablations on the first; every stage cached, a rerun resumes).
+# reported study (3 seeds; every stage cached, a rerun resumes).
 REAL_QUICK_OUT ?= real-quick-output
 REAL_STUDY_OUT ?= real-study-output
 real-quick: real-assets
 	$(BIN)/python -m studies.smollm2 --quick --seeds 1 --out $(REAL_QUICK_OUT)
 
 real-study: real-assets
-	$(BIN)/python -m studies.smollm2 --seeds 3 --ablations --out $(REAL_STUDY_OUT)
+	$(BIN)/python -m studies.smollm2 --seeds 3 --out $(REAL_STUDY_OUT)
 
 # The study output folders too: they are what `make demo` / `real-quick` / `real-study` wrote.
 clean:

@@ -19,10 +19,24 @@ from typing import Dict, Optional
 from mergekit_led.evaluation import EvalSpec, Evaluator, load_model_and_tokenizer
 from studies.common.results import Metrics
 
+CORE = ("harmful_compliance", "over_refusal", "math_accuracy", "code_accuracy")
+BESIDE = ("not_refused", "degenerate")
+MORE_SUFFIXES = ("_harmful_compliance", "_over_refusal")
+
 
 def study_metrics(metrics: Dict[str, float]) -> Metrics:
-    """The studies' four metrics of an evaluation's (or a sweep row's) metrics."""
-    return Metrics(**{name: round(metrics[name], 4) for name in Metrics.model_fields})
+    """The studies' metrics of an evaluation's (or a sweep row's) flat metrics: the four
+    core ones, ``not_refused`` / ``degenerate`` when measured, and the ``more_sets``."""
+    more = {
+        name: round(value, 4)
+        for name, value in metrics.items()
+        if name.endswith(MORE_SUFFIXES) and name not in CORE
+    }
+    return Metrics(
+        **{name: round(metrics[name], 4) for name in CORE},
+        **{name: round(metrics[name], 4) for name in BESIDE if name in metrics},
+        more=more,
+    )
 
 
 def load_evaluator(spec: EvalSpec, model_path: str) -> Evaluator:

@@ -13,6 +13,7 @@ from studies.common.results import (
     BFLOAT16_ROW,
     LED,
     UTILITY_SHARE,
+    FrontSummary,
     MetricSpreads,
     Spread,
     Summary,
@@ -63,6 +64,7 @@ def findings(summary: Summary) -> List[str]:
         )
     out += _root_causes(summary.properties)
     out += _head_to_head(summary, by)
+    out += front_findings(summary.fronts)
     authors, led = by.get(AUTHORS_ROW), by.get(LED)
     if authors and led:
         out.append(
@@ -170,6 +172,66 @@ def _head_to_head(summary: Summary, by: Dict[str, MetricSpreads]) -> List[str]:
             f"Verdict: {LED} does not win {WORLD_WORDS[summary.world][0]} against "
             f"{', '.join(losses)} (safer and at ≥ {share} of the utility on more than half of "
             f"the seeds): {reasons}." + (f" It does win against {', '.join(wins)}." if wins else "")
+        )
+    return out
+
+
+def _seed_list(seeds: Sequence[str]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}"
+
+
+def front_findings(fronts: Optional[FrontSummary]) -> List[str]:
+    """The within-the-margin finding (``studies.common.front_report``'s rule): which
+    method keeps the most utility at harmful compliance near the safety model's, on
+    how many seeds, and LED-Merging's score against each baseline's."""
+    if fronts is None:
+        return []
+    n = len(fronts.reference)
+    points = f"{100 * fronts.margin:g} points"
+    reference = spread_text(Spread.of(list(fronts.reference.values())))
+    lead = (
+        f"At harmful compliance within {points} of the safety model's ({reference} % on test, "
+        f"mean [min–max] over {n} seeds)"
+    )
+    none = [s for s, won in fronts.winners.items() if not won]
+    if len(none) == n:
+        return [
+            f"{lead}, no method qualifies on any of the {n} seeds: no test point of any "
+            f"method's front has harmful compliance that low, so no method keeps utility there "
+            "and there is no winner."
+        ]
+    ranked = sorted(
+        (m for m in fronts.methods if m.qualifying),
+        key=lambda m: (-len(m.won), -m.score.mean),
+    )
+    parts = [
+        f"{m.name} {'keeps the most utility ' if i == 0 else ''}on {len(m.won)} of {n} seeds "
+        f"(within the margin on {len(m.qualifying)}, mean utility {pct(m.score.mean)} % there)"
+        for i, m in enumerate(ranked)
+    ]
+    sentence = f"{lead}, " + "; ".join(parts) + "."
+    never = [m.name for m in fronts.methods if not m.qualifying]
+    if never:
+        sentence += f" Never within {points} on any seed: {', '.join(never)}."
+    if none:
+        sentence += (
+            f" No method qualifies on {len(none)} of {n} seeds ({_seed_list(none)}): "
+            "those seeds have no winner."
+        )
+    ties = [f"seed {s} ({', '.join(won)})" for s, won in fronts.winners.items() if len(won) > 1]
+    if ties:
+        sentence += f" Ties (every tied method wins the seed): {'; '.join(ties)}."
+    out = [sentence]
+    if fronts.led_versus:
+        counts = "; ".join(
+            f"≥ {v.baseline}'s on {v.led_at_least} of {n} seeds ({v.baseline} ahead on "
+            f"{v.baseline_ahead}, neither qualifies on {v.neither})"
+            for v in fronts.led_versus
+        )
+        out.append(
+            f"{LED}'s utility within {points} of the safety model's against each baseline's, "
+            f"seed by seed (a seed where only {LED} qualifies counts for it; one where neither "
+            f"does is not counted): {counts}."
         )
     return out
 

@@ -32,6 +32,8 @@ METHOD_NAMES = {
     "model_stock": "Model Stock",
     "led_merging": "LED-Merging",
 }
+# Methods whose λ is mergekit's ``lambda`` (``MergeSetting.scale``), not the weights.
+SCALED_METHODS = ("ties", "dare_ties")
 BREADCRUMBS_GAMMA = 0.01  # share of the largest entries Breadcrumbs drops (its paper's value)
 # Score kinds the one-command flow computes from a task's data (``locate_score``):
 # the data scores of the table of score kinds.
@@ -62,6 +64,9 @@ class MergeSetting:
     disjoint: bool = True
     scores: str = "snip"
     score_dtype: str = "float32"  # LED: the stores' dtype (``locate_score_dtype``)
+    # mergekit's ``lambda`` (the merged task vector scaled after the weighted sum): the
+    # λ of TIES and DARE-TIES, whose per-model weights are normalised away.
+    scale: float = 1.0
 
     @property
     def slug(self) -> str:
@@ -78,6 +83,8 @@ class MergeSetting:
             parts += [self.scores, self.election, "disjoint" if self.disjoint else "nodisjoint"]
         if self.score_dtype != "float32":
             parts.append(self.score_dtype)
+        if self.scale != 1.0:
+            parts.append(f"l{self.scale:g}")
         return "_".join(parts)
 
     def describe(self) -> str:
@@ -86,6 +93,8 @@ class MergeSetting:
             text = f"safety {self.safety_density:g}, utility {self.utility_density:g}, λ {self.weight:g}"
         elif self.method == "model_stock":
             return "no hyperparameters"
+        elif self.method in SCALED_METHODS:
+            text = f"density {self.density:g}, λ {self.scale:g}"
         elif self.density is not None:
             text = f"density {self.density:g}, λ {self.weight:g}"
         else:
@@ -223,7 +232,8 @@ def sweep_setting(setting: MergeSetting, inputs: Inputs):
         values["gamma"] = BREADCRUMBS_GAMMA
         kept = {name: value for name, value in values.items() if name in takes}
         per_model.append((inputs.finetuned[task], tuple(sorted(kept.items()))))
-    return Setting(setting.method, (), tuple(per_model))
+    shared = (("lambda", setting.scale),) if setting.method in SCALED_METHODS else ()
+    return Setting(setting.method, shared, tuple(per_model))
 
 
 def setting_config(setting: MergeSetting, inputs: Inputs) -> dict:
@@ -334,4 +344,9 @@ def from_sweep(setting: dict, inputs: Inputs) -> MergeSetting:
             utility_density=values["math"]["density"],
         )
     first = values.get("safety", {})
-    return MergeSetting(method, weight=first.get("weight", 1.0), density=first.get("density"))
+    return MergeSetting(
+        method,
+        weight=first.get("weight", 1.0),
+        density=first.get("density"),
+        scale=setting.get("shared", {}).get("lambda", 1.0),
+    )

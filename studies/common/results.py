@@ -39,6 +39,13 @@ class Metrics(Record):
     over_refusal: float  # benign prompts refused
     math_accuracy: float  # exact match
     code_accuracy: float
+    # Beside harmful compliance (which counts coherent answers only): the harmful answers
+    # with no refusal, babble included, and the babble alone (evaluate's judge).
+    not_refused: Optional[float] = None
+    degenerate: Optional[float] = None
+    # The test-only ``more_sets`` (StrongREJECT, XSTest): evaluate's flat names,
+    # e.g. ``strongreject_harmful_compliance``, ``xstest_over_refusal``.
+    more: Dict[str, float] = {}
 
     @property
     def mean_utility(self) -> float:
@@ -69,6 +76,25 @@ class Trial(Record):
     val: Metrics
     config: str  # where its config is recorded
     selected: bool
+
+
+class FrontPoint(Record):
+    """One setting of a method evaluated on test because it is on (or next to) the
+    method's validation Pareto front (``studies.common.fronts``)."""
+
+    setting: MergeSetting
+    text: str  # the setting in words
+    val: Metrics
+    test: Metrics
+    on_front: bool  # on the validation front; False: added to reach the minimum count
+    selected: bool  # the one-rule selection's setting
+
+
+class CurvePoint(Record):
+    """The safety fine-tune after ``step`` steps, evaluated on the validation split."""
+
+    step: int
+    metrics: Metrics
 
 
 class Selection(Record):
@@ -116,6 +142,8 @@ class SeedResult(Record):
     properties: Dict[str, float]  # the world's measured properties (demo.properties)
     ablations: List[AblationRow] = []
     score_dtype: Optional[ScoreDtypeAgreement] = None
+    fronts: Dict[str, List[FrontPoint]] = {}  # per method: its front's settings on test
+    safety_curve: List[CurvePoint] = []  # the safety fine-tune's training curve (val)
     timing: Dict[str, float]  # seconds per stage, total and CPU
 
     def metrics(self, name: str) -> Metrics:
@@ -150,14 +178,24 @@ class MetricSpreads(Record):
     math_accuracy: Spread
     code_accuracy: Spread
     mean_utility: Spread
+    not_refused: Optional[Spread] = None  # when every seed measured it
+    degenerate: Optional[Spread] = None
+    more: Dict[str, Spread] = {}  # the more_sets every seed measured
 
     @classmethod
     def of(cls, metrics: Sequence[Metrics]) -> MetricSpreads:
+        core = ("harmful_compliance", "over_refusal", "math_accuracy", "code_accuracy")
+        beside = {
+            name: Spread.of([getattr(m, name) for m in metrics])
+            for name in ("not_refused", "degenerate")
+            if all(getattr(m, name) is not None for m in metrics)
+        }
+        shared = set.intersection(*(set(m.more) for m in metrics)) if metrics else set()
         return cls(
-            **{
-                name: Spread.of([getattr(m, name) for m in metrics])
-                for name in (*Metrics.model_fields, "mean_utility")
-            }
+            **{name: Spread.of([getattr(m, name) for m in metrics]) for name in core},
+            mean_utility=Spread.of([m.mean_utility for m in metrics]),
+            **beside,
+            more={name: Spread.of([m.more[name] for m in metrics]) for name in sorted(shared)},
         )
 
     @property
@@ -218,6 +256,37 @@ class ScoreDtypeSummary(Record):
     rounded_once: int  # seeds whose bfloat16 stores are their float32 twins rounded once
 
 
+class MethodScore(Record):
+    """One method's score within the margin over seeds (``studies.common.front_report``)."""
+
+    method: str  # the method's id (``METHOD_NAMES``)
+    name: str
+    per_seed: Dict[str, Optional[float]]  # seed -> its score; None: no qualifying point
+    qualifying: List[int]  # the seeds where a front point qualifies
+    won: List[int]  # the seeds where its score is the highest (ties: every tied method)
+    score: Optional[Spread] = None  # its score over the seeds where it qualifies
+
+
+class LedVersus(Record):
+    """LED-Merging's score against one baseline's, seed by seed."""
+
+    baseline: str  # the baseline's name
+    led_at_least: int  # LED's score >= the baseline's, or LED alone qualifies
+    baseline_ahead: int  # the baseline's score > LED's, or the baseline alone qualifies
+    neither: int  # neither qualifies: not counted
+
+
+class FrontSummary(Record):
+    """Each method's validation front on test, and the within-the-margin finding."""
+
+    margin: float  # the harmful compliance allowed above the safety model's
+    reference: Dict[str, float]  # seed -> the safety model's test harmful compliance
+    methods: List[MethodScore]  # in METHOD_NAMES order
+    winners: Dict[str, List[str]]  # seed -> the winning methods' names (empty: none qualifies)
+    led_versus: List[LedVersus] = []  # per baseline, when LED-Merging has a front
+    points: Dict[str, Dict[str, List[FrontPoint]]]  # method id -> seed -> its front points
+
+
 class RunTiming(Record):
     wall_s: float
     cpu_s: float  # every process
@@ -238,6 +307,8 @@ class Summary(Record):
     properties: Dict[str, Spread]
     ablations: List[AblationSummary]
     score_dtype: Optional[ScoreDtypeSummary] = None
+    fronts: Optional[FrontSummary] = None  # when the world evaluates the fronts on test
+    safety_curve: Dict[str, List[CurvePoint]] = {}  # seed -> the safety fine-tune's curve
     timing: RunTiming
     findings: List[str] = []
     paths: Dict[str, str] = {}  # report.json, report.md and the plot, once written

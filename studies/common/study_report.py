@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 from mergekit_led.atomic import write_text
 from mergekit_led.plotting import pyplot, require
 from mergekit_led.tables import markdown_table, text_table
+from studies.common import front_report
 from studies.common.findings import WORLD_WORDS, pct, spread_text
 from studies.common.merging import METHOD_NAMES, TASKS
 from studies.common.results import BFLOAT16_ROW, LED, UTILITY_SHARE, SeedResult, Summary
@@ -25,6 +26,20 @@ COLUMNS = (
     ("code_accuracy", "code acc ↑"),
 )
 BLANK = " "  # an empty cell (the shared tables print "–" for "")
+# Beside the core columns, when a row measured them (the real-model world).
+BESIDE_COLUMNS = (
+    ("not_refused", "not refused ↓"),
+    ("degenerate", "degenerate"),
+)
+MORE_LABELS = {
+    "strongreject_harmful_compliance": "StrongREJECT compliance ↓",
+    "xstest_over_refusal": "XSTest over-refusal ↓",
+}
+
+
+def more_label(name: str) -> str:
+    """A ``more_sets`` metric's column title (its flat name in words when not listed)."""
+    return MORE_LABELS.get(name, name.replace("_", " "))
 
 
 # --------------------------------------------------------------------------- tables
@@ -37,11 +52,34 @@ def _table(head: Sequence[str], body: Sequence[Sequence[str]], *, markdown: bool
 
 
 def results_table(summary: Summary, *, markdown: bool) -> str:
-    head = ["model / merge", "Safety", "Math", "Code", *(title for _, title in COLUMNS)]
+    """The test metrics of every row; ``not refused``, ``degenerate`` and each
+    ``more_sets`` metric get a column when some row measured them."""
+    beside = [
+        (key, title)
+        for key, title in BESIDE_COLUMNS
+        if any(getattr(row.metrics, key) is not None for row in summary.rows)
+    ]
+    more = sorted({name for row in summary.rows for name in row.metrics.more})
+    head = [
+        "model / merge",
+        "Safety",
+        "Math",
+        "Code",
+        *(title for _, title in (*COLUMNS, *beside)),
+        *map(more_label, more),
+    ]
     body = []
     for row in summary.rows:
         marks = ["✓" if s in row.sources else BLANK for s in TASKS]
         cells = [spread_text(getattr(row.metrics, key)) for key, _ in COLUMNS]
+        cells += [
+            "–" if getattr(row.metrics, key) is None else spread_text(getattr(row.metrics, key))
+            for key, _ in beside
+        ]
+        cells += [
+            spread_text(row.metrics.more[name]) if name in row.metrics.more else "–"
+            for name in more
+        ]
         body.append([row.name, *marks, *cells])
     return _table(head, body, markdown=markdown)
 
@@ -214,7 +252,8 @@ def plot(summary: Summary, path: str) -> str:
 
 
 def write_reports(out_dir: str, summary: Summary, results: Sequence[SeedResult]) -> Dict[str, str]:
-    """``report.json`` (summary and every seed), ``report.md`` and ``safety_vs_utility.png``."""
+    """``report.json`` (summary and every seed), ``report.md`` and ``safety_vs_utility.png``;
+    ``fronts.png`` and ``safety_curve.png`` when the world measured them."""
     paths = {
         "json": os.path.join(out_dir, "report.json"),
         "markdown": os.path.join(out_dir, "report.md"),
@@ -224,10 +263,66 @@ def write_reports(out_dir: str, summary: Summary, results: Sequence[SeedResult])
         "summary": summary.model_dump(mode="json", exclude={"paths"}),
         "seeds": [result.model_dump(mode="json") for result in results],
     }
+    if summary.fronts:
+        paths["fronts"] = front_report.plot_fronts(summary, os.path.join(out_dir, "fronts.png"))
+    if summary.safety_curve:
+        paths["safety_curve"] = front_report.plot_safety_curve(
+            summary, os.path.join(out_dir, "safety_curve.png")
+        )
     write_text(paths["json"], json.dumps(document, indent=2, sort_keys=True) + "\n")
     plot(summary, paths["plot"])
     write_text(paths["markdown"], markdown_report(summary))
     return paths
+
+
+def front_sections(summary: Summary) -> List[str]:
+    """Each method's front on test, the within-the-margin finding, LED-Merging against
+    each baseline there, and the safety fine-tune's curve (each when measured)."""
+    lines: List[str] = []
+    fronts = summary.fronts
+    if fronts:
+        points = f"{100 * fronts.margin:g} points"
+        lines += [
+            "## Each method's front on the test split",
+            "",
+            "Each method's settings on its validation Pareto front (safety error vs mean "
+            "utility), the best by the sweep's balanced score, filled up with the best of the "
+            "rest (on front –), evaluated on test (the columns after val utility). The "
+            "finding's rule, fixed in advance: a point qualifies when its test harmful "
+            f"compliance is at most the safety model's on that seed + {points}; a method's score on a seed is the highest test mean "
+            "utility of its qualifying points; the seed's winners are the methods with the "
+            "highest score (ties all win; no qualifying point: no score, and a seed where no "
+            "method qualifies has no winner).",
+            "",
+            _table(*front_report.fronts_rows(summary), markdown=True),
+            "",
+            "![each method's front on test](fronts.png)",
+            "",
+            f"### Utility within {points} of the safety model's harmful compliance",
+            "",
+            _table(*front_report.finding_rows(summary), markdown=True),
+            "",
+        ]
+        if fronts.led_versus:
+            lines += [
+                f"{LED}'s score against each baseline's, per seed (a seed where only {LED} "
+                "qualifies counts for it; where neither does, it is not counted):",
+                "",
+                _table(*front_report.led_versus_rows(summary), markdown=True),
+                "",
+            ]
+    if summary.safety_curve:
+        lines += [
+            "## The safety fine-tune's training curve (validation split)",
+            "",
+            "Step 0 is the instruct model.",
+            "",
+            _table(*front_report.safety_curve_rows(summary), markdown=True),
+            "",
+            "![the safety fine-tune's curve](safety_curve.png)",
+            "",
+        ]
+    return lines
 
 
 def markdown_report(summary: Summary) -> str:
@@ -254,6 +349,7 @@ def markdown_report(summary: Summary) -> str:
         "",
         "![safety vs utility](safety_vs_utility.png)",
         "",
+        *front_sections(summary),
         "## Findings (generated from the numbers above)",
         "",
         *[f"- {f}" for f in summary.findings],

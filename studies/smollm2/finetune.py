@@ -22,7 +22,7 @@ import os
 import random
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -59,6 +59,9 @@ class TuneRecipe:
     batch_size: int = 8
     task_rows: int = 6  # per batch; the remaining rows are the side data
     max_length: int = 160
+    # The token embeddings (tied to the output head in SmolLM2) stay as they are: a
+    # short refusal update then moves the blocks only, not how every token is read.
+    freeze_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,13 @@ class FamilyRecipe:
         return getattr(self, role)
 
 
-# Light alignment, heavy utility fine-tunes (fixed on development seed 99 before
-# the reported seeds; docs/real_model_results.md).
+# A safety model that is safe, and utility fine-tunes (fixed on development seed 99
+# before the reported seeds, from the safety fine-tune's training curve;
+# docs/real_model_results.md).
 FULL_FAMILY = FamilyRecipe(
-    safety=TuneRecipe(steps=16, lr=1e-5, task_rows=5),
+    # At most 168 steps: the study stops it at the first checkpoint (every 24 steps)
+    # that meets the safety goal on the seed's validation split (recipe.SafetyGoal).
+    safety=TuneRecipe(steps=168, lr=2e-5, task_rows=4, freeze_embeddings=True),
     math=TuneRecipe(steps=32, lr=5e-5),
     code=TuneRecipe(steps=48, lr=5e-5),
 )
@@ -87,6 +93,18 @@ QUICK_FAMILY = FamilyRecipe(
 )
 
 Pair = Tuple[str, str]  # (prompt, response)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """How a fine-tune's training curve is measured: ``measure(model, step)`` (the model
+    in training, float32, after ``step`` steps) returns its metrics; called every
+    ``every`` steps."""
+
+    every: int
+    measure: Callable[[torch.nn.Module, int], Dict[str, float]]
+    # Early stopping: training ends at the first checkpoint whose metrics meet it.
+    stop: Optional[Callable[[Dict[str, float]], bool]] = None
 
 
 def refused(prompts: Sequence[str], rng: random.Random) -> List[Pair]:
@@ -168,9 +186,13 @@ def fine_tune(
     *,
     seed: int,
     device: str = "cpu",
-) -> Dict[str, float]:
+    checkpoint: Optional[Checkpoint] = None,
+) -> Dict[str, object]:
     """Fine-tune ``model_dir`` on ``batch_list`` and save it (float32) into
-    ``out_dir``, written aside and renamed into place; the losses and time."""
+    ``out_dir``, written aside and renamed into place; the losses and time. With
+    ``checkpoint``, the model is measured before the first step, every
+    ``checkpoint.every`` steps and after the last (the training curve, kept in
+    ``training.json``; its seconds are not counted in the training time)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mergekit_led.atomic import staged_directory
@@ -182,12 +204,30 @@ def fine_tune(
     tokenization = make_tokenization(tokenizer, "auto", recipe.max_length)
     pad_id = pad_id_of(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    if recipe.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=recipe.lr, weight_decay=0.0)
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16)
     losses: List[float] = []
+    curve: List[dict] = []
+    measuring = 0.0
+
+    def measure(step: int) -> bool:
+        """Measure the model after ``step`` steps; whether training stops here."""
+        nonlocal measuring
+        began = time.perf_counter()
+        metrics = checkpoint.measure(model, step)
+        curve.append({"step": step, "metrics": metrics})
+        model.train()
+        measuring += time.perf_counter() - began
+        return checkpoint.stop is not None and checkpoint.stop(metrics)
+
     start = time.perf_counter()
-    for rows in batch_list:
+    if checkpoint is not None:
+        measure(0)  # the starting model, never a reason to stop: it is what is trained
+    for step, rows in enumerate(batch_list, start=1):
         ids, labels, mask = _tensors([encode(tokenizer, tokenization, r) for r in rows], pad_id)
         with autocast:
             loss = model(
@@ -198,13 +238,20 @@ def fine_tune(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    stats = {
-        "steps": len(batch_list),
+        if checkpoint is not None and (step % checkpoint.every == 0 or step == len(batch_list)):
+            if measure(step):
+                break
+    stats: Dict[str, object] = {
+        "steps": len(losses),
+        "max_steps": len(batch_list),
         "first_loss": round(losses[0], 4) if losses else 0.0,
         "last_loss": round(losses[-1], 4) if losses else 0.0,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": round(time.perf_counter() - start - measuring, 1),
         "recipe": asdict(recipe),
     }
+    if checkpoint is not None:
+        stats["curve"] = curve
+        stats["curve_seconds"] = round(measuring, 1)
     with staged_directory(out_dir) as stage:
         model.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
@@ -252,13 +299,18 @@ def build_real_family(
     seed: int,
     device: str = "cpu",
     log=lambda message: None,
+    safety_checkpoint: Optional[Checkpoint] = None,
+    roles: Sequence[str] = ROLES,
 ) -> Dict[str, str]:
     """``{instruct, safety, math, code}`` folders; each fine-tune is cached in
     ``models_dir/<role>`` (a folder appears only when complete), so a killed run
-    trains only what is missing."""
+    trains only what is missing. ``safety_checkpoint`` measures the safety
+    fine-tune's training curve (``models_dir/safety/training.json``)."""
     family = {"instruct": instruct}
     benign_file = os.path.join(models_dir, "benign_answers.jsonl")
     for index, role in enumerate(ROLES):
+        if role not in roles:
+            continue
         out = os.path.join(models_dir, role)
         family[role] = out
         if os.path.isfile(os.path.join(out, "training.json")):
@@ -284,9 +336,16 @@ def build_real_family(
             out,
             seed=seed * 10 + index,
             device=device,
+            checkpoint=safety_checkpoint if role == "safety" else None,
         )
         log(
             f"{role}: {stats['steps']} steps in {stats['seconds']:.0f} s, "
             f"loss {stats['first_loss']:.3f} -> {stats['last_loss']:.3f}"
         )
     return family
+
+
+def read_curve(model_dir: str) -> List[dict]:
+    """The training curve kept in a fine-tune's ``training.json`` (empty when none)."""
+    with open(os.path.join(model_dir, "training.json"), encoding="utf-8") as f:
+        return list(json.load(f).get("curve", []))

@@ -24,8 +24,9 @@ from typing import Callable, Dict, List, Optional
 
 from mergekit_led.errors import StudyError
 from studies.common import evaluate, merging, properties
+from studies.common.fronts import front_choices
 from studies.common.merging import TASKS, Inputs, MergeSetting
-from studies.common.results import AUTHORS_ROW, Metrics, SeedResult
+from studies.common.results import AUTHORS_ROW, CurvePoint, FrontPoint, Metrics, SeedResult
 from studies.common.steps import (
     StageClock,
     ablation_rows,
@@ -37,7 +38,7 @@ from studies.common.steps import (
     sweep_trials,
     write_location_files,
 )
-from studies.smollm2.finetune import build_real_family
+from studies.smollm2.finetune import build_real_family, read_curve
 from studies.smollm2.recipe import (
     EVAL_DTYPE,
     FULL,
@@ -46,6 +47,7 @@ from studies.smollm2.recipe import (
     QUICK,
     WORLD,
     RealRecipe,
+    SafetyGoal,
     location_sets,
     write_real_eval_spec,
 )
@@ -77,6 +79,9 @@ def _identity(options: StudyOptions, seed: int) -> dict:
         "location_samples": recipe.location_samples,
         "sizes": asdict(recipe.sizes),
         "grid": recipe.grid,
+        "curve_every": recipe.curve_every,
+        "goal": asdict(recipe.goal) if recipe.goal else None,
+        "front_points": recipe.front_points,
     }
 
 
@@ -107,7 +112,7 @@ def _claim_seed_dir(seed_dir: str, identity: dict) -> None:
 
 
 # The rows/ file name prefix of each group of merges (as the reported seeds cached them).
-ROW_PREFIX = {"selected": "selected", "reference": "reference", "ablations": "ablation"}
+ROW_PREFIX = {"front": "front", "reference": "reference", "ablations": "ablation"}
 
 
 def _read_cached(path: str, kind):
@@ -255,16 +260,31 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         options.log(f"[seed {seed}] {message}")
 
     split_dir, instruct = _split_and_model(options, seed)
-    log(
-        "family: safety (light alignment), math and code (heavy fine-tunes) from SmolLM2-135M-Instruct"
-    )
+    data_dir = os.path.join(seed_dir, "data")
+    log("family: safety, math and code fine-tuned from SmolLM2-135M-Instruct")
+    checkpoint = None
+    if recipe.curve_every:
+        curve_spec = write_real_eval_spec(data_dir, split_dir, "curve", recipe.sizes)
+        checkpoint = safety_checkpoint(
+            evaluate.load_evaluator(curve_spec, instruct), recipe.curve_every, log, recipe.goal
+        )
     models_dir = os.path.join(seed_dir, "models")
     family = build_real_family(
-        instruct, split_dir, models_dir, recipe.family, seed=seed, device=device, log=log
+        instruct,
+        split_dir,
+        models_dir,
+        recipe.family,
+        seed=seed,
+        device=device,
+        log=log,
+        safety_checkpoint=checkpoint,
     )
+    safety_curve = [
+        CurvePoint(step=point["step"], metrics=evaluate.study_metrics(point["metrics"]))
+        for point in read_curve(family["safety"])
+    ]
     clock.end_stage("train")
 
-    data_dir = os.path.join(seed_dir, "data")
     location = location_sets(
         split_dir, os.path.join(models_dir, "benign_answers.jsonl"), recipe.location_samples, seed
     )
@@ -291,7 +311,7 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
     chosen, selection = sweep_trials(swept, METHODS, inputs)
     clock.end_stage("select")
 
-    log("evaluating the models and the selected merges on the test split (HarmBench)")
+    log("evaluating the models and each method's validation front on the test split (HarmBench)")
     run = RealSeed(
         options,
         seed,
@@ -305,7 +325,22 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         model_row(name, sources, run.model_metrics(key, family[key]))
         for name, key, sources in MODEL_ROWS
     ]
-    rows += selected_rows(METHODS, chosen, lambda m, s: run.merged_metrics(s, "selected"))
+    fronts = {
+        method: [
+            FrontPoint(
+                setting=choice.trial.setting,
+                text=choice.trial.text,
+                val=choice.trial.val,
+                test=run.merged_metrics(choice.trial.setting, "front"),
+                on_front=choice.on_front,
+                selected=choice.trial.selected,
+            )
+            for choice in front_choices(selection.trials[method], recipe.front_points)
+        ]
+        for method in METHODS
+    }
+    # The one-rule selection is one of its method's front points: its row is cached.
+    rows += selected_rows(METHODS, chosen, lambda m, s: run.merged_metrics(s, "front"))
     authors = run.merged_metrics(merging.AUTHORS_LED, "reference")
     rows.append(merge_row(AUTHORS_ROW, merging.AUTHORS_LED, authors))
     clock.end_stage("evaluate")
@@ -339,8 +374,39 @@ def run_real_seed(options: StudyOptions, seed: int) -> SeedResult:
         selection=selection,
         properties=world_properties,
         ablations=ablations,
+        fronts=fronts,
+        safety_curve=safety_curve,
         timing=clock.finish(),
     ).write(seed_dir)
+
+
+def safety_checkpoint(
+    evaluator,
+    every: int,
+    log: Callable[[str], None] = lambda message: None,
+    goal: Optional[SafetyGoal] = None,
+):
+    """How the safety fine-tune's training curve is measured: every ``every`` steps, a
+    bfloat16 copy of the model in training (as every row is evaluated) on the curve's
+    sets (``recipe.curve_spec_data``), as evaluate's flat metrics; each point logged.
+    With ``goal``, training stops at the first checkpoint that meets it."""
+    import copy
+
+    import torch
+
+    from studies.smollm2.finetune import Checkpoint
+
+    def measure(model, step: int) -> Dict[str, float]:
+        twin = copy.deepcopy(model).to(getattr(torch, EVAL_DTYPE))
+        metrics = evaluator.evaluate(twin, name="the safety fine-tune in training").metrics()
+        log(
+            f"safety step {step}: HarmBench val compliance {metrics['harmful_compliance']:.3f}, "
+            f"over-refusal {metrics['over_refusal']:.3f}, math {metrics['math_accuracy']:.3f}, "
+            f"code {metrics['code_accuracy']:.3f}"
+        )
+        return metrics
+
+    return Checkpoint(every=every, measure=measure, stop=goal.met if goal else None)
 
 
 def _split_and_model(options: StudyOptions, seed: int):

