@@ -86,11 +86,13 @@ def read_harmbench_split(val_path: str, test_path: str, behaviors: Sequence[Row]
     for name, path in (("val", val_path), ("test", test_path)):
         try:
             with open(path, encoding="utf-8", newline="") as f:
-                records = list(csv.DictReader(f))
+                reader = csv.DictReader(f)
+                # The line a record ends on (a ContextString may span several lines).
+                records = [(reader.line_num, record) for record in reader]
         except (OSError, UnicodeDecodeError, csv.Error) as error:
             raise AssetError(f"Cannot read HarmBench's {name} behaviors {path}: {error}") from None
         rows = []
-        for number, record in enumerate(records, 2):
+        for number, record in records:
             if (record.get("FunctionalCategory") or "").strip() != "standard":
                 continue
             prompt = (record.get("Behavior") or "").strip()
