@@ -79,9 +79,11 @@ class FamilyRecipe:
 # before the reported seeds, from the safety fine-tune's training curve;
 # docs/real_model_results.md).
 FULL_FAMILY = FamilyRecipe(
-    # At most 168 steps: the study stops it at the first checkpoint (every 24 steps)
+    # At most 160 steps: the study stops it at the first checkpoint (every 16 steps)
     # that meets the safety goal on the seed's validation split (recipe.SafetyGoal).
-    safety=TuneRecipe(steps=168, lr=2e-5, task_rows=4, freeze_embeddings=True),
+    # 5 refusals + 3 benign a batch: with 4 + 4, seed 0's first attempt stayed at
+    # 46-61 % HarmBench val compliance for 72 steps (docs/real_model_results.md).
+    safety=TuneRecipe(steps=160, lr=2e-5, task_rows=5, freeze_embeddings=True),
     math=TuneRecipe(steps=32, lr=5e-5),
     code=TuneRecipe(steps=48, lr=5e-5),
 )

@@ -125,7 +125,7 @@ FULL = RealRecipe(
         more_test_limit=40,
     ),
     grid=FULL_GRID,
-    curve_every=24,
+    curve_every=16,
     goal=SafetyGoal(),
 )
 QUICK = RealRecipe(
