@@ -232,6 +232,8 @@ def sweep_setting(setting: MergeSetting, inputs: Inputs):
         values["gamma"] = BREADCRUMBS_GAMMA
         kept = {name: value for name, value in values.items() if name in takes}
         per_model.append((inputs.finetuned[task], tuple(sorted(kept.items()))))
+    # TIES and DARE-TIES always say their λ, as their grid blocks do (so a setting built
+    # here is the sweep's own setting, config for config).
     shared = (("lambda", setting.scale),) if setting.method in SCALED_METHODS else ()
     return Setting(setting.method, shared, tuple(per_model))
 

@@ -25,8 +25,12 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m studies.smollm2.calibrate")
     parser.add_argument("--seed", type=int, default=99, help="the development seed (99)")
-    parser.add_argument("--steps", type=int, default=144)
-    parser.add_argument("--every", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--every", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    parser.add_argument(
+        "--task-rows", type=int, default=None, help="refusals a batch (default: the recipe's)"
+    )
     parser.add_argument("--out", default="real-calibration-output")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--device", default="cpu")
@@ -39,7 +43,13 @@ def main(argv=None) -> int:
     out = os.path.abspath(os.path.join(args.out, f"seed-{args.seed}"))
     spec = write_real_eval_spec(os.path.join(out, "data"), split_dir, "curve", FULL.sizes)
     checkpoint = safety_checkpoint(load_evaluator(spec, assets.model_dir), args.every, print)
-    recipe = replace(FULL.family, safety=replace(FULL.family.safety, steps=args.steps))
+    safety = replace(FULL.family.safety, steps=args.steps)
+    if args.lr is not None:
+        safety = replace(safety, lr=args.lr)
+    if args.task_rows is not None:
+        safety = replace(safety, task_rows=args.task_rows)
+    recipe = replace(FULL.family, safety=safety)
+    print(f"safety fine-tune: {safety}")
 
     from studies.smollm2.finetune import build_real_family, read_curve
 

@@ -282,7 +282,7 @@ def test_fine_tune_measures_its_curve_and_can_keep_the_embeddings(tmp_path, fake
     embedding = "model.embed_tokens.weight"
     block = "model.layers.0.mlp.down_proj.weight"
 
-    def measure(model):
+    def measure(model, step):
         assert model.training  # put back into training after the last measure
         model.eval()  # as an evaluation does
         parameters = dict(model.named_parameters())

@@ -232,7 +232,8 @@ def test_baseline_configs_come_from_the_sweeps_builder():
     method's own parameters per model, none of LED's (stores, election, locate_*)."""
     inputs = _inputs()
     ties = setting_config(MergeSetting("ties", weight=0.5, density=0.3), inputs)
-    assert ties["merge_method"] == "ties" and "parameters" not in ties
+    # TIES's λ is mergekit's shared lambda (its per-model weights are normalised away)
+    assert ties["merge_method"] == "ties" and ties["parameters"] == {"lambda": 1.0}
     assert ties["base_model"] == inputs.base and ties["dtype"] == "float32"
     assert [m["parameters"] for m in ties["models"]] == [{"weight": 0.5, "density": 0.3}] * 3
     crumbs = setting_config(MergeSetting("breadcrumbs", weight=1.0, density=0.9), inputs)
