@@ -330,3 +330,53 @@ def test_fine_tune_measures_its_curve_and_can_keep_the_embeddings(tmp_path, fake
         fake_assets.model_dir, batch_list[:1], recipe, str(tmp_path / "plain"), seed=0
     )
     assert "curve" not in plain and finetune.read_curve(str(tmp_path / "plain")) == []
+
+
+def test_fine_tune_stops_at_the_first_checkpoint_that_meets_its_goal(tmp_path, fake_assets):
+    """``Checkpoint.stop``: training ends at the first checkpoint whose metrics meet it
+    (never at step 0, the starting model), and the saved model is that checkpoint's."""
+    pairs = [(row["prompt"], finetune.REFUSALS[0]) for row in FAKE_HARMBENCH[:8]]
+    recipe = finetune.TuneRecipe(steps=8, lr=1e-2, batch_size=2, task_rows=2)
+    batch_list = finetune.batches(pairs, [], recipe, seed=0)
+    block = "model.layers.0.mlp.down_proj.weight"
+
+    def measure(model, step):
+        return {"step": float(step), "block": dict(model.named_parameters())[block].sum().item()}
+
+    def stop(metrics):
+        return metrics["step"] >= 4  # the goal: met from step 4 on (step 0 would meet it too)
+
+    out = tmp_path / "stopped"
+    stats = finetune.fine_tune(
+        fake_assets.model_dir,
+        batch_list,
+        recipe,
+        str(out),
+        seed=0,
+        checkpoint=finetune.Checkpoint(every=2, measure=measure, stop=stop),
+    )
+    assert [point["step"] for point in stats["curve"]] == [0, 2, 4]
+    assert (stats["steps"], stats["max_steps"]) == (4, 8)
+    saved = _weights(str(out))[block].sum().item()
+    assert saved == pytest.approx(stats["curve"][-1]["metrics"]["block"])
+    # a goal never met: every step runs
+    never = finetune.fine_tune(
+        fake_assets.model_dir,
+        batch_list,
+        recipe,
+        str(tmp_path / "never"),
+        seed=0,
+        checkpoint=finetune.Checkpoint(every=4, measure=measure, stop=lambda metrics: False),
+    )
+    assert [point["step"] for point in never["curve"]] == [0, 4, 8] and never["steps"] == 8
+
+
+def test_the_safety_goal_is_the_issues():
+    """At most 25 % HarmBench val compliance at at most 15 % over-refusal, both bounds kept."""
+    from studies.smollm2.recipe import FULL, SafetyGoal
+
+    goal = SafetyGoal()
+    assert FULL.goal == goal
+    assert goal.met({"harmful_compliance": 0.25, "over_refusal": 0.15})
+    assert not goal.met({"harmful_compliance": 0.26, "over_refusal": 0.0})
+    assert not goal.met({"harmful_compliance": 0.0, "over_refusal": 0.16})
