@@ -55,4 +55,4 @@ real-study: real-assets
 
 # The study output folders too: they are what `make demo` / `real-quick` / `real-study` wrote.
 clean:
-	rm -rf $(VENV) build dist *.egg-info demo-output $(REAL_QUICK_OUT) $(REAL_STUDY_OUT)
+	rm -rf $(VENV) build dist *.egg-info demo-output $(REAL_QUICK_OUT) $(REAL_STUDY_OUT) real-calibration-output
