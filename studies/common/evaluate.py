@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from mergekit_led.evaluation import EvalSpec, Evaluator, load_model_and_tokenizer
-from studies.common.results import Metrics
+from studies.common.results import BESIDE_METRICS, CORE_METRICS, Metrics
 
-CORE = ("harmful_compliance", "over_refusal", "math_accuracy", "code_accuracy")
-BESIDE = ("not_refused", "degenerate")
+# evaluate's names of the ``more_sets`` metrics: ``<set>_harmful_compliance`` and
+# ``<set>_over_refusal`` (the core names have no set prefix, so they never match).
 MORE_SUFFIXES = ("_harmful_compliance", "_over_refusal")
 
 
@@ -28,13 +28,11 @@ def study_metrics(metrics: Dict[str, float]) -> Metrics:
     """The studies' metrics of an evaluation's (or a sweep row's) flat metrics: the four
     core ones, ``not_refused`` / ``degenerate`` when measured, and the ``more_sets``."""
     more = {
-        name: round(value, 4)
-        for name, value in metrics.items()
-        if name.endswith(MORE_SUFFIXES) and name not in CORE
+        name: round(value, 4) for name, value in metrics.items() if name.endswith(MORE_SUFFIXES)
     }
     return Metrics(
-        **{name: round(metrics[name], 4) for name in CORE},
-        **{name: round(metrics[name], 4) for name in BESIDE if name in metrics},
+        **{name: round(metrics[name], 4) for name in CORE_METRICS},
+        **{name: round(metrics[name], 4) for name in BESIDE_METRICS if name in metrics},
         more=more,
     )
 

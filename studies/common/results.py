@@ -32,6 +32,11 @@ class Record(BaseModel):
 # --------------------------------------------------------------------------- one seed
 
 
+# The four metrics every row has, and the two beside harmful compliance when measured.
+CORE_METRICS = ("harmful_compliance", "over_refusal", "math_accuracy", "code_accuracy")
+BESIDE_METRICS = ("not_refused", "degenerate")
+
+
 class Metrics(Record):
     """A model's evaluation on one split, as shares in [0, 1]."""
 
@@ -184,15 +189,14 @@ class MetricSpreads(Record):
 
     @classmethod
     def of(cls, metrics: Sequence[Metrics]) -> MetricSpreads:
-        core = ("harmful_compliance", "over_refusal", "math_accuracy", "code_accuracy")
         beside = {
             name: Spread.of([getattr(m, name) for m in metrics])
-            for name in ("not_refused", "degenerate")
+            for name in BESIDE_METRICS
             if all(getattr(m, name) is not None for m in metrics)
         }
         shared = set.intersection(*(set(m.more) for m in metrics)) if metrics else set()
         return cls(
-            **{name: Spread.of([getattr(m, name) for m in metrics]) for name in core},
+            **{name: Spread.of([getattr(m, name) for m in metrics]) for name in CORE_METRICS},
             mean_utility=Spread.of([m.mean_utility for m in metrics]),
             **beside,
             more={name: Spread.of([m.more[name] for m in metrics]) for name in sorted(shared)},

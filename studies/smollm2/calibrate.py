@@ -75,11 +75,7 @@ def main(argv=None) -> int:
             f"{m['over_refusal']:>12.3f}  {m['math_accuracy']:.3f}  {m['code_accuracy']:.3f}  "
             f"{m.get('degenerate', float('nan')):.3f}"
         )
-        if (
-            met is None
-            and m["harmful_compliance"] <= goal.max_harmbench_compliance
-            and m["over_refusal"] <= goal.max_over_refusal
-        ):
+        if met is None and goal.met(m):
             met = point["step"]
     print(f"first step meeting the goal: {met}")
     return 0

@@ -166,86 +166,73 @@ def harmful_val_rows(split_dir: str, sizes: EvalSizes) -> List[dict]:
     )
 
 
+def _limited(entry: dict, limit: Optional[int]) -> dict:
+    """``entry`` with ``limit: N`` (its first N prompts) when there is a limit."""
+    return {**entry, "limit": limit} if limit is not None else entry
+
+
+def _refusal_set(split_dir: str, name: str, limit: Optional[int], sizes: EvalSizes) -> dict:
+    """A harmful or benign set of ``split_dir``, answered in ``sizes.refusal_tokens``."""
+    entry = {
+        "data": os.path.join(split_dir, f"{name}.jsonl"),
+        "max_new_tokens": sizes.refusal_tokens,
+    }
+    return _limited(entry, limit)
+
+
+def _task_sets(split_dir: str, split: str, sizes: EvalSizes, limit: Optional[int]) -> dict:
+    """Math and code of ``split``, each read by its own answer extractor."""
+    math = {
+        "data": os.path.join(split_dir, f"math_{split}.jsonl"),
+        "answer": "last_number",
+        "max_new_tokens": sizes.math_tokens,
+    }
+    code = {
+        "data": os.path.join(split_dir, f"code_{split}.jsonl"),
+        "answer": "first_line",
+        "normalize": False,
+        "max_new_tokens": sizes.code_tokens,
+    }
+    return {"math": _limited(math, limit), "code": _limited(code, limit)}
+
+
+def _generation(sizes: EvalSizes) -> dict:
+    return {"batch_size": sizes.batch_size, "chat_template": "auto"}
+
+
 def eval_spec_data(split_dir: str, split: str, sizes: EvalSizes, data_dir: str) -> dict:
     """The EVAL.yml of ``split``: harmful val = HarmBench's val behaviors + Do-Not-Answer
     val (written into ``data_dir``); harmful test = HarmBench's test behaviors, with
     StrongREJECT and XSTest beside it."""
-
-    def path(name: str) -> str:
-        return os.path.join(split_dir, f"{name}.jsonl")
-
     test = split == "test"
-    limits = {
-        "benign": sizes.benign_test_limit if test else sizes.val_limit,
-        "task": sizes.task_test_limit if test else sizes.task_val_limit,
-    }
-
-    def limited(entry: dict, limit: Optional[int]) -> dict:
-        return {**entry, "limit": limit} if limit is not None else entry
-
     if test:
-        harmful = limited(
-            {"data": path("harmbench_test"), "max_new_tokens": sizes.refusal_tokens},
-            sizes.harmful_test_limit,
-        )
+        harmful = _refusal_set(split_dir, "harmbench_test", sizes.harmful_test_limit, sizes)
     else:
         harmful_file = os.path.join(data_dir, "harmful_val.jsonl")
         write_jsonl(harmful_file, harmful_val_rows(split_dir, sizes))
         harmful = {"data": harmful_file, "max_new_tokens": sizes.refusal_tokens}
+    benign_limit = sizes.benign_test_limit if test else sizes.val_limit
+    task_limit = sizes.task_test_limit if test else sizes.task_val_limit
     return {
         "harmful": harmful,
-        "benign": limited(
-            {"data": path(f"benign_{split}"), "max_new_tokens": sizes.refusal_tokens},
-            limits["benign"],
-        ),
-        "tasks": {
-            "math": limited(
-                {
-                    "data": path(f"math_{split}"),
-                    "answer": "last_number",
-                    "max_new_tokens": sizes.math_tokens,
-                },
-                limits["task"],
-            ),
-            "code": limited(
-                {
-                    "data": path(f"code_{split}"),
-                    "answer": "first_line",
-                    "normalize": False,
-                    "max_new_tokens": sizes.code_tokens,
-                },
-                limits["task"],
-            ),
-        },
+        "benign": _refusal_set(split_dir, f"benign_{split}", benign_limit, sizes),
+        "tasks": _task_sets(split_dir, split, sizes, task_limit),
         **({"more_sets": _more_sets(split_dir, sizes)} if test else {}),
-        "generation": {"batch_size": sizes.batch_size, "chat_template": "auto"},
+        "generation": _generation(sizes),
     }
 
 
-def curve_spec_data(split_dir: str, sizes: EvalSizes, data_dir: str) -> dict:
+def curve_spec_data(split_dir: str, sizes: EvalSizes) -> dict:
     """The safety fine-tune's checkpoints are measured on: HarmBench's val behaviors
     (the safety goal's set), Do-Not-Answer val beside it, the benign val prompts, and
-    math and code val."""
-    harmbench = {"data": os.path.join(split_dir, "harmbench_val.jsonl")}
-    if sizes.harmbench_val_limit is not None:
-        harmbench["limit"] = sizes.harmbench_val_limit
-    dna = {
-        "kind": "harmful",
-        "data": os.path.join(split_dir, "donotanswer_val.jsonl"),
-        "max_new_tokens": sizes.refusal_tokens,
-    }
-    if sizes.dna_val_limit is not None:
-        dna["limit"] = sizes.dna_val_limit
-    benign = {"data": os.path.join(split_dir, "benign_val.jsonl")}
-    if sizes.val_limit is not None:
-        benign["limit"] = sizes.val_limit
-    val = eval_spec_data(split_dir, "val", sizes, data_dir)
+    math and code val (kept near the instruct model's)."""
+    dna = _refusal_set(split_dir, "donotanswer_val", sizes.dna_val_limit, sizes)
     return {
-        "harmful": {**harmbench, "max_new_tokens": sizes.refusal_tokens},
-        "benign": {**benign, "max_new_tokens": sizes.refusal_tokens},
-        "tasks": val["tasks"],  # math and code kept near the instruct model's
-        "more_sets": {"donotanswer": dna},
-        "generation": {"batch_size": sizes.batch_size, "chat_template": "auto"},
+        "harmful": _refusal_set(split_dir, "harmbench_val", sizes.harmbench_val_limit, sizes),
+        "benign": _refusal_set(split_dir, "benign_val", sizes.val_limit, sizes),
+        "tasks": _task_sets(split_dir, "val", sizes, sizes.task_val_limit),
+        "more_sets": {"donotanswer": {"kind": "harmful", **dna}},
+        "generation": _generation(sizes),
     }
 
 
@@ -254,16 +241,10 @@ def _more_sets(split_dir: str, sizes: EvalSizes) -> dict:
     from studies.smollm2.evalsets import test_more_sets
 
     strongreject = os.path.isfile(os.path.join(split_dir, "strongreject_test.jsonl"))
-    more = {}
-    for name, (kind, file) in test_more_sets(strongreject).items():
-        entry = {
-            "kind": kind,
-            "data": os.path.join(split_dir, f"{file}.jsonl"),
-            "max_new_tokens": sizes.refusal_tokens,
-        }
-        limit = sizes.more_test_limit
-        more[name] = {**entry, "limit": limit} if limit is not None else entry
-    return more
+    return {
+        name: {"kind": kind, **_refusal_set(split_dir, file, sizes.more_test_limit, sizes)}
+        for name, (kind, file) in test_more_sets(strongreject).items()
+    }
 
 
 def write_real_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSizes):
@@ -272,7 +253,7 @@ def write_real_eval_spec(folder: str, split_dir: str, split: str, sizes: EvalSiz
 
     os.makedirs(folder, exist_ok=True)
     if split == "curve":
-        data = curve_spec_data(split_dir, sizes, folder)
+        data = curve_spec_data(split_dir, sizes)
     else:
         data = eval_spec_data(split_dir, split, sizes, folder)
     with open(os.path.join(folder, f"{split}_eval.yml"), "w", encoding="utf-8") as f:

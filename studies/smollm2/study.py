@@ -38,7 +38,7 @@ from studies.common.steps import (
     sweep_trials,
     write_location_files,
 )
-from studies.smollm2.finetune import build_real_family, read_curve
+from studies.smollm2.finetune import Checkpoint, build_real_family, read_curve
 from studies.smollm2.recipe import (
     EVAL_DTYPE,
     FULL,
@@ -393,8 +393,6 @@ def safety_checkpoint(
     import copy
 
     import torch
-
-    from studies.smollm2.finetune import Checkpoint
 
     def measure(model, step: int) -> Dict[str, float]:
         twin = copy.deepcopy(model).to(getattr(torch, EVAL_DTYPE))
